@@ -1,0 +1,131 @@
+"""Command line: ``python -m dphyper <command> --help``.
+
+Every option comes from a config dataclass, so its help text lives next to its default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import add_dataclass_args, dataclass_from_args
+
+
+@dataclass
+class SampleConfig:
+    """`python -m dphyper sample`: PNG samples from the base model (no private data)."""
+
+    out: Path = field(default=Path("samples"), metadata={"help": "output folder for the PNGs"})
+    samples: int = field(default=16, metadata={"help": "number of images to write"})
+    steps: int = field(default=25, metadata={"help": "DDIM sampling steps"})
+    seed: int = field(default=0, metadata={"help": "seed of the sampling noise"})
+    grid: bool = field(default=True, metadata={"help": "also write grid.png"})
+
+
+@dataclass
+class EvaluateConfig:
+    """`python -m dphyper evaluate`: FID/KID (evaluator features) and a class histogram."""
+
+    samples: Path = field(default=Path("samples"), metadata={"help": "folder of generated images"})
+    reference: Path = field(default=Path("reference"), metadata={"help": "folder of reference images"})
+    kid_subset_size: int = field(default=0, metadata={"help": "KID subset size (0 = min(1000, n))"})
+
+
+def _cmd_sample(cfg: SampleConfig) -> dict:
+    import time
+
+    from .data import make_grid, save_pngs
+    from .diffusion import load_unet, sample
+
+    t0 = time.time()
+    unet = load_unet()
+    x = sample(unet, cfg.samples, steps=cfg.steps, seed=cfg.seed)
+    paths = save_pngs(x, cfg.out)
+    if cfg.grid:
+        make_grid(x).save(Path(cfg.out) / "grid.png")
+    return {"written": len(paths), "out": str(cfg.out), "seconds": round(time.time() - t0, 2)}
+
+
+def _cmd_evaluate(cfg: EvaluateConfig) -> dict:
+    from .data import load_folder
+    from .evaluator import evaluate
+
+    samples = load_folder(cfg.samples)
+    reference = load_folder(cfg.reference)
+    return evaluate(samples.images, reference.images, kid_subset_size=cfg.kid_subset_size or None)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .diffusion import BaseTrainConfig
+    from .encoder import EncoderTrainConfig
+    from .evaluator import EvaluatorTrainConfig
+    from .train_hypernet import HypernetTrainConfig
+
+    parser = argparse.ArgumentParser(prog="python -m dphyper", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = sub.add_parser("train", help="train a public-data model of the default profile")
+    tsub = train.add_subparsers(dest="what", required=True, metavar="MODEL")
+    for name, cls, helptext in (
+        ("base", BaseTrainConfig, "the base diffusion UNet (DDPM on public Fashion-MNIST)"),
+        ("encoder", EncoderTrainConfig, "the dataset encoder phi (open_clip, public data)"),
+        ("evaluator", EvaluatorTrainConfig, "the evaluator classifier behind FID/KID"),
+        ("hypernet", HypernetTrainConfig, "the hypernetwork H (noise-aware, public sets only)"),
+    ):
+        p = tsub.add_parser(name, help=helptext, description=cls.__doc__)
+        add_dataclass_args(p, cls)
+        p.set_defaults(config_cls=cls)
+
+    from .pipeline import GenerateConfig
+
+    for name, cls, helptext in (
+        ("generate", GenerateConfig, "a DP LoRA from a private folder with the hypernetwork (seconds)"),
+        ("sample", SampleConfig, "write PNG samples from the base model"),
+        ("evaluate", EvaluateConfig, "FID/KID and class histogram of a folder of samples"),
+    ):
+        p = sub.add_parser(name, help=helptext, description=cls.__doc__)
+        add_dataclass_args(p, cls)
+        p.set_defaults(config_cls=cls)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if ns.verbose else logging.WARNING, format="%(message)s")
+    cfg = dataclass_from_args(ns.config_cls, ns)
+    from .data import DataError
+
+    try:
+        if ns.command == "train":
+            if ns.what == "base":
+                from .diffusion import train_base as run
+            elif ns.what == "encoder":
+                from .encoder import train_encoder as run
+            elif ns.what == "hypernet":
+                from .train_hypernet import train_hypernet as run
+            else:
+                from .evaluator import train_evaluator as run
+            result = run(cfg)
+        elif ns.command == "generate":
+            from .pipeline import generate
+
+            result = generate(cfg)
+        elif ns.command == "sample":
+            result = _cmd_sample(cfg)
+        else:
+            result = _cmd_evaluate(cfg)
+    except (DataError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

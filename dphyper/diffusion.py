@@ -1,0 +1,213 @@
+"""The base diffusion model: a small diffusers UNet2DModel, DDPM training, DDIM sampling.
+
+Trained on public Fashion-MNIST only (``python -m dphyper train base``). Training runs in
+time-boxed, resumable chunks: state goes to ``--work-dir`` and every call continues from
+it, so a long run can be spread over several sessions. The exported model holds the EMA
+weights, which sample much better than the raw weights after a short run.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
+
+from .config import BASE_UNET_DIR, CHANNELS, IMAGE_SIZE, get_device
+
+log = logging.getLogger(__name__)
+
+NUM_TRAIN_TIMESTEPS = 1000
+BETA_SCHEDULE = "squaredcos_cap_v2"
+
+
+@dataclass
+class UNetConfig:
+    """Architecture of the base UNet (the default is sized for a 2-core CPU)."""
+
+    block_out_channels: tuple[int, ...] = field(default=(32, 64, 64), metadata={"help": "channels per resolution level"})
+    layers_per_block: int = field(default=1, metadata={"help": "ResNet blocks per level"})
+    attention_level: int = field(default=2, metadata={"help": "index of the level with self-attention (8x8 for the default)"})
+    norm_num_groups: int = field(default=8, metadata={"help": "GroupNorm groups"})
+
+
+def build_unet(cfg: UNetConfig | None = None) -> UNet2DModel:
+    cfg = cfg or UNetConfig()
+    n = len(cfg.block_out_channels)
+    down = tuple("AttnDownBlock2D" if i == cfg.attention_level else "DownBlock2D" for i in range(n))
+    up = tuple("AttnUpBlock2D" if (n - 1 - i) == cfg.attention_level else "UpBlock2D" for i in range(n))
+    return UNet2DModel(
+        sample_size=IMAGE_SIZE,
+        in_channels=CHANNELS,
+        out_channels=CHANNELS,
+        layers_per_block=cfg.layers_per_block,
+        block_out_channels=tuple(cfg.block_out_channels),
+        down_block_types=down,
+        up_block_types=up,
+        norm_num_groups=cfg.norm_num_groups,
+        attention_head_dim=cfg.block_out_channels[cfg.attention_level] // 2,
+    )
+
+
+def make_train_scheduler() -> DDPMScheduler:
+    return DDPMScheduler(num_train_timesteps=NUM_TRAIN_TIMESTEPS, beta_schedule=BETA_SCHEDULE)
+
+
+def make_sample_scheduler() -> DDIMScheduler:
+    return DDIMScheduler(num_train_timesteps=NUM_TRAIN_TIMESTEPS, beta_schedule=BETA_SCHEDULE, clip_sample=True)
+
+
+def load_unet(path: Path | None = None, device: torch.device | None = None) -> UNet2DModel:
+    """The shipped base UNet (diffusers ``save_pretrained`` layout), frozen, in eval mode."""
+    path = Path(path or BASE_UNET_DIR)
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"No base UNet at {path}: run `python -m dphyper train base` first.")
+    unet = UNet2DModel.from_pretrained(path)
+    unet.requires_grad_(False).eval()
+    return unet.to(device or get_device())
+
+
+def denoising_loss(model_fn, x0: torch.Tensor, scheduler: DDPMScheduler, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The DDPM epsilon-prediction loss; ``model_fn(noisy, t)`` returns predicted noise.
+
+    Used by base training, the hypernetwork's training and the DP-SGD baseline alike.
+    """
+    b = x0.shape[0]
+    noise = torch.randn(x0.shape, generator=generator, device=x0.device)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=generator, device=x0.device)
+    noisy = scheduler.add_noise(x0, noise, t)
+    return F.mse_loss(model_fn(noisy, t), noise)
+
+
+@torch.no_grad()
+def sample(unet: UNet2DModel, n: int, steps: int = 25, seed: int | None = None, batch_size: int = 256,
+           model_fn=None) -> torch.Tensor:
+    """DDIM samples (n, 1, 32, 32) in [-1, 1]. ``model_fn`` overrides ``unet`` (e.g. with a LoRA)."""
+    device = next(unet.parameters()).device
+    gen = torch.Generator(device="cpu")
+    if seed is None:
+        gen.seed()
+    else:
+        gen.manual_seed(seed)
+    fn = model_fn or (lambda x, t: unet(x, t).sample)
+    out = []
+    for start in range(0, n, batch_size):
+        b = min(batch_size, n - start)
+        sched = make_sample_scheduler()
+        sched.set_timesteps(steps)
+        x = torch.randn((b, CHANNELS, IMAGE_SIZE, IMAGE_SIZE), generator=gen).to(device)
+        for t in sched.timesteps:
+            eps = fn(x, t.to(device).expand(b))
+            x = sched.step(eps, t, x).prev_sample
+        out.append(x.clamp(-1, 1).cpu())
+    return torch.cat(out)
+
+
+# ---------------------------------------------------------------- training
+
+@dataclass
+class BaseTrainConfig:
+    """`python -m dphyper train base`: DDPM training of the base UNet on public data."""
+
+    out: Path = field(default=BASE_UNET_DIR, metadata={"help": "where the EMA model is exported (save_pretrained layout)"})
+    work_dir: Path = field(default=Path("runs/base"), metadata={"help": "resumable training state lives here"})
+    minutes: float = field(default=55.0, metadata={"help": "wall-clock budget of this call; rerun to continue"})
+    max_steps: int = field(default=20000, metadata={"help": "stop for good after this many optimiser steps"})
+    batch_size: int = field(default=64, metadata={"help": "images per step"})
+    lr: float = field(default=1e-3, metadata={"help": "AdamW peak learning rate"})
+    warmup_steps: int = field(default=200, metadata={"help": "linear learning-rate warm-up steps"})
+    ema_decay: float = field(default=0.999, metadata={"help": "EMA decay of the exported weights"})
+    block_out_channels: tuple[int, ...] = field(default=UNetConfig.block_out_channels, metadata={"help": "UNet channels per level"})
+    layers_per_block: int = field(default=UNetConfig.layers_per_block, metadata={"help": "ResNet blocks per level"})
+    limit_images: int = field(default=0, metadata={"help": "use only the first N public images (0 = all; for tests)"})
+    save_every: int = field(default=200, metadata={"help": "write resumable state every N steps"})
+    seed: int = field(default=0, metadata={"help": "seed for the data order and diffusion noise (public data only)"})
+    threads: int = field(default=0, metadata={"help": "torch CPU threads (0 = torch default)"})
+
+    def unet_config(self) -> UNetConfig:
+        return UNetConfig(block_out_channels=tuple(self.block_out_channels), layers_per_block=self.layers_per_block)
+
+
+def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    with torch.no_grad():
+        for pe, pm in zip(ema.parameters(), model.parameters()):
+            pe.lerp_(pm, 1.0 - decay)
+
+
+def train_base(cfg: BaseTrainConfig, images: torch.Tensor | None = None) -> dict:
+    """Train (or continue training) the base UNet; returns a summary dict."""
+    from .data import load_fashion_mnist
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = get_device()
+    if images is None:
+        images, _ = load_fashion_mnist("train")
+    if cfg.limit_images:
+        images = images[: cfg.limit_images]
+    work = Path(cfg.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    state_path = work / "state.pt"
+
+    unet = build_unet(cfg.unet_config()).to(device)
+    ema = copy.deepcopy(unet).requires_grad_(False)
+    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    step, history, seconds = 0, [], 0.0
+    if state_path.exists():
+        state = torch.load(state_path, map_location=device, weights_only=False)
+        unet.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        gen.set_state(state["gen"])
+        step, history, seconds = state["step"], state["history"], state.get("seconds", 0.0)
+        log.info("resumed base training at step %d", step)
+    sched = make_train_scheduler()
+
+    def save():
+        total = seconds + (time.time() - t_start)  # training seconds over all resumed calls
+        torch.save({"model": unet.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                    "gen": gen.get_state(), "step": step, "history": history, "seconds": total,
+                    "config": {k: str(v) for k, v in asdict(cfg).items()}}, work / "state.tmp")
+        (work / "state.tmp").replace(state_path)
+
+    unet.train()
+    t_start = time.time()
+    run_losses = []
+    while step < cfg.max_steps and (time.time() - t_start) < cfg.minutes * 60:
+        idx = torch.randint(0, len(images), (cfg.batch_size,), generator=gen)
+        x0 = images[idx].to(device)
+        x0 = torch.where(torch.rand(x0.shape[0], 1, 1, 1, generator=gen).to(device) < 0.5, x0, x0.flip(-1))
+        lr = cfg.lr * min(1.0, (step + 1) / max(cfg.warmup_steps, 1))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        loss = denoising_loss(lambda x, t: unet(x, t).sample, x0, sched, gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        # EMA warm-up: a short run should not be dominated by the random initialisation.
+        _ema_update(ema, unet, min(cfg.ema_decay, (1 + step) / (10 + step)))
+        step += 1
+        run_losses.append(loss.item())
+        if step % 50 == 0:
+            history.append((step, sum(run_losses) / len(run_losses)))
+            log.info("base step %d loss %.4f (%.0f s this call)", step, history[-1][1], time.time() - t_start)
+            run_losses = []
+        if step % cfg.save_every == 0:
+            save()
+    seconds_total = seconds + (time.time() - t_start)
+    save()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ema.save_pretrained(out, safe_serialization=True)
+    summary = {"steps": step, "final_loss": history[-1][1] if history else None,
+               "train_seconds": round(seconds_total, 1), "params": sum(p.numel() for p in unet.parameters())}
+    (out / "training.json").write_text(json.dumps({"summary": summary, "history": history}, indent=1))
+    return summary

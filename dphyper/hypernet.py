@@ -1,0 +1,97 @@
+"""The hypernetwork H: (noisy mean embedding, public noise level) -> LoRA for the base UNet.
+
+DP-DeepSets: the set function is "mean of clipped phi(x_i)", released once with noise by
+``privacy.release_mean``; H is the network after the sum. Everything H sees is a DP
+output, so running H is post-processing.
+
+Design choices (each measured or forced by a limit):
+
+* H generates every LoRA ``B`` matrix (the up-projections); each LoRA ``A`` is a learned
+  parameter shared by all datasets (as in LoRA-FA). Generating A too would triple the
+  output layer and break the 10 MB file limit, and with A and B both generated from a
+  zero-initialised head the gradient of both is zero (the product stays 0).
+* The output layer starts at zero, so an untrained H gives B = 0: exactly the base model.
+* The noise level enters as features (log std and the shrinkage weight 1/(1 + d*std^2)),
+  so H can learn how far to trust a noisy mean: at small epsilon it should fall back
+  toward the average LoRA instead of amplifying noise.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from safetensors.torch import load_file, save_file
+
+from .config import ASSETS_DIR, get_device
+
+HYPERNET_PATH = ASSETS_DIR / "hypernet" / "hypernet.safetensors"
+
+
+class HyperNetwork(nn.Module):
+    """H: (S, d) means and (S,) noise stds -> {lora param name: (S, *shape)}."""
+
+    def __init__(self, lora_shapes: dict[str, tuple[int, ...]], embed_dim: int = 64, hidden: int = 256) -> None:
+        super().__init__()
+        self.embed_dim = embed_dim
+        self.a_names = [n for n in lora_shapes if ".lora_A." in n]
+        self.b_names = [n for n in lora_shapes if ".lora_B." in n]
+        self.b_shapes = [tuple(lora_shapes[n]) for n in self.b_names]
+        self.b_sizes = [math.prod(s) for s in self.b_shapes]
+        # Shared down-projections, initialised like peft's default (Kaiming-uniform).
+        self.lora_a = nn.ParameterList()
+        for n in self.a_names:
+            w = torch.empty(lora_shapes[n])
+            nn.init.kaiming_uniform_(w, a=math.sqrt(5))
+            self.lora_a.append(nn.Parameter(w))
+        self.trunk = nn.Sequential(
+            nn.Linear(embed_dim + 2, hidden), nn.SiLU(),
+            nn.Linear(hidden, hidden), nn.LayerNorm(hidden), nn.SiLU(),
+        )
+        self.head = nn.Linear(hidden, sum(self.b_sizes))
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def features(self, mean: torch.Tensor, noise_std: torch.Tensor) -> torch.Tensor:
+        std = noise_std.to(mean.dtype).reshape(-1, 1)
+        shrink = 1.0 / (1.0 + self.embed_dim * std ** 2)
+        return torch.cat([mean, torch.log(std + 1e-3), shrink], dim=1)
+
+    def forward(self, mean: torch.Tensor, noise_std: torch.Tensor) -> dict[str, torch.Tensor]:
+        flat = self.head(self.trunk(self.features(mean, noise_std)))
+        out = {n: a.unsqueeze(0).expand(mean.shape[0], *a.shape) for n, a in zip(self.a_names, self.lora_a)}
+        for n, shape, chunk in zip(self.b_names, self.b_shapes, flat.split(self.b_sizes, dim=1)):
+            out[n] = chunk.reshape(-1, *shape)
+        return out
+
+    def generate(self, mean: torch.Tensor, noise_std: float) -> dict[str, torch.Tensor]:
+        """One LoRA (unbatched tensors) for one released mean."""
+        with torch.no_grad():
+            lora = self(mean.reshape(1, -1), torch.tensor([noise_std]))
+        return {k: v[0] for k, v in lora.items()}
+
+
+def lora_shapes_of(unet: nn.Module) -> dict[str, tuple[int, ...]]:
+    return {n: tuple(p.shape) for n, p in unet.named_parameters() if ".lora_" in n}
+
+
+def save_hypernet(h: HyperNetwork, path: Path, extra: dict[str, str] | None = None) -> None:
+    meta = {"embed_dim": str(h.embed_dim), "hidden": str(h.head.in_features), **(extra or {})}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous() for k, v in h.state_dict().items()}, str(path), metadata=meta)
+
+
+def load_hypernet(unet_with_lora: nn.Module, path: Path | None = None, device: torch.device | None = None) -> HyperNetwork:
+    from safetensors import safe_open
+
+    path = Path(path or HYPERNET_PATH)
+    if not path.exists():
+        raise FileNotFoundError(f"No hypernetwork at {path}: run `python -m dphyper train hypernet` first.")
+    with safe_open(str(path), "pt") as fh:
+        meta = fh.metadata() or {}
+    h = HyperNetwork(lora_shapes_of(unet_with_lora), embed_dim=int(meta.get("embed_dim", 64)),
+                     hidden=int(meta.get("hidden", 256)))
+    h.load_state_dict(load_file(str(path)))
+    return h.requires_grad_(False).eval().to(device or get_device())

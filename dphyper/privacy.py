@@ -1,0 +1,247 @@
+"""The only code that touches private embeddings: clipping, one Gaussian release, accounting.
+
+Mechanism (DESIGN.md section 1, step 3), under add/remove-one adjacency:
+
+* every embedding e_i is clipped to L2 norm <= C here, in code (sensitivity is enforced,
+  never assumed), and a constant coordinate c is appended: e~_i = [clip(e_i), c], so
+  ||e~_i|| <= Delta = sqrt(C^2 + c^2);
+* one Gaussian mechanism releases S~ = sum_i e~_i + N(0, (s * Delta)^2 I), which holds
+  the sum and the count together: adding or removing one image moves the sum by at most
+  Delta in L2, so this is one (epsilon, delta)-DP release;
+* the noisy count is n~ = S~[d] / c and the mean S~[:d] / max(n~, 1) is post-processing.
+
+The noise multiplier s = sigma / Delta comes from the exact analytic Gaussian calibration
+(Balle & Wang 2018): delta(s) = Phi(1/(2s) - eps*s) - e^eps * Phi(-1/(2s) - eps*s),
+solved for s by bisection in log space. Tests check it against dp_accounting's PLD
+accountant and against golden numbers.
+
+Noise comes from a generator seeded by the operating system (``secrets``) unless the
+caller passes one; only public-data training and tests pass one. The user's ``--seed``
+never reaches this module.
+
+Known limitation: the Gaussian noise is drawn in float64 with torch, not with a
+floating-point-safe sampler (Mironov 2012); the guarantee is for the ideal real-valued
+mechanism, like Opacus'.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+from scipy.special import log_ndtr
+
+DEFAULT_DELTA = 1e-5
+
+
+class PrivacyWarning(UserWarning):
+    """A privacy setting that is legal but weaker than it looks (e.g. delta >= 1/n)."""
+
+
+# ---------------------------------------------------------------- calibration
+
+def analytic_gaussian_delta(*, noise_multiplier: float, epsilon: float) -> float:
+    """Exact delta of the Gaussian mechanism with std = noise_multiplier * sensitivity."""
+    s = noise_multiplier
+    if s <= 0:
+        return 1.0
+    a = 1.0 / (2.0 * s)
+    b = epsilon * s
+    # Phi(a - b) - e^eps Phi(-a - b), the second term in log space to avoid overflow.
+    first = math.exp(log_ndtr(a - b))
+    second = math.exp(epsilon + log_ndtr(-a - b)) if epsilon < 700 else 0.0
+    return max(first - second, 0.0)
+
+
+def analytic_gaussian_epsilon(*, noise_multiplier: float, delta: float) -> float:
+    """Smallest epsilon for which the Gaussian mechanism with this multiplier is (eps, delta)-DP."""
+    if noise_multiplier <= 0:
+        return math.inf
+    if analytic_gaussian_delta(noise_multiplier=noise_multiplier, epsilon=0.0) <= delta:
+        return 0.0
+    lo, hi = 0.0, 1.0
+    while analytic_gaussian_delta(noise_multiplier=noise_multiplier, epsilon=hi) > delta:
+        hi *= 2.0
+        if hi > 1e6:
+            return math.inf
+    for _ in range(200):  # delta(eps) is decreasing in eps
+        mid = 0.5 * (lo + hi)
+        if analytic_gaussian_delta(noise_multiplier=noise_multiplier, epsilon=mid) > delta:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
+def calibrate_gaussian(*, epsilon: float, delta: float = DEFAULT_DELTA) -> float:
+    """Noise multiplier sigma / sensitivity so that one Gaussian release is (epsilon, delta)-DP.
+
+    Exact (analytic Gaussian mechanism); returns 0.0 for epsilon = inf (no privacy).
+    The returned value is rounded *up* in the bisection, so the guarantee holds.
+    """
+    _check_epsilon_delta(epsilon, delta)
+    if math.isinf(epsilon):
+        return 0.0
+    lo, hi = 1e-3, 1.0
+    while analytic_gaussian_delta(noise_multiplier=hi, epsilon=epsilon) > delta:
+        hi *= 2.0
+    while analytic_gaussian_delta(noise_multiplier=lo, epsilon=epsilon) <= delta:
+        lo /= 2.0
+    for _ in range(200):  # delta(s) is decreasing in s; keep delta(hi) <= target
+        mid = math.sqrt(lo * hi)
+        if analytic_gaussian_delta(noise_multiplier=mid, epsilon=epsilon) > delta:
+            lo = mid
+        else:
+            hi = mid
+        if hi / lo < 1 + 1e-12:
+            break
+    return hi
+
+
+def _check_epsilon_delta(epsilon: float, delta: float) -> None:
+    if not (epsilon > 0):
+        raise ValueError(f"epsilon must be > 0 (or inf for no privacy), got {epsilon}.")
+    if not (0 < delta < 1):
+        raise ValueError(f"delta must be in (0, 1), got {delta}.")
+
+
+# ---------------------------------------------------------------- events and ledger
+
+@dataclass(frozen=True)
+class PrivacyEvent:
+    """What happened, once: one mechanism applied to one dataset (immutable)."""
+
+    mechanism: str  # "gaussian_sum_count" (hypernet) or "dpsgd_poisson_gaussian"
+    epsilon: float
+    delta: float
+    noise_multiplier: float  # sigma / sensitivity
+    sensitivity: float
+    sample_rate: float = 1.0
+    steps: int = 1
+    accountant: str = "analytic_gaussian"
+    time: float = field(default_factory=time.time)
+
+    @property
+    def private(self) -> bool:
+        return self.noise_multiplier > 0
+
+
+class PrivacyLedger:
+    """All releases on one dataset in one session, and what they cost together.
+
+    One-shot Gaussian releases compose exactly through Gaussian DP: k Gaussian mechanisms
+    with multipliers s_i are together a Gaussian mechanism with multiplier
+    (sum_i s_i^-2)^(-1/2), whose (epsilon, delta) is again the analytic formula.
+    Other events (DP-SGD) are composed with dp_accounting's PLD accountant.
+    """
+
+    def __init__(self) -> None:
+        self._events: list[PrivacyEvent] = []
+
+    @property
+    def events(self) -> tuple[PrivacyEvent, ...]:
+        return tuple(self._events)
+
+    def record(self, event: PrivacyEvent) -> None:
+        self._events.append(event)
+
+    def total(self, *, delta: float | None = None) -> tuple[float, float]:
+        """Composed (epsilon, delta) over every recorded event."""
+        if not self._events:
+            return 0.0, 0.0
+        delta = delta if delta is not None else max(e.delta for e in self._events)
+        if any(not e.private for e in self._events):
+            return math.inf, delta
+        if all(e.mechanism == "gaussian_sum_count" for e in self._events):
+            s_total = sum(e.noise_multiplier ** -2 for e in self._events) ** -0.5
+            return analytic_gaussian_epsilon(noise_multiplier=s_total, delta=delta), delta
+        return _pld_epsilon(self._events, delta), delta
+
+
+def _pld_epsilon(events: list[PrivacyEvent], delta: float) -> float:
+    from dp_accounting import dp_event as dpe
+    from dp_accounting.pld import pld_privacy_accountant
+
+    acc = pld_privacy_accountant.PLDAccountant(value_discretization_interval=1e-3)
+    for e in events:
+        g = dpe.GaussianDpEvent(e.noise_multiplier)
+        if e.sample_rate < 1.0:
+            g = dpe.PoissonSampledDpEvent(e.sample_rate, g)
+        acc.compose(dpe.SelfComposedDpEvent(g, e.steps) if e.steps > 1 else g)
+    return float(acc.get_epsilon(delta))
+
+
+# ---------------------------------------------------------------- the release
+
+def clip_embeddings(embeddings: torch.Tensor, *, max_norm: float) -> torch.Tensor:
+    """Scale each row to L2 norm <= max_norm (rows already inside are unchanged)."""
+    if max_norm <= 0:
+        raise ValueError("max_norm must be > 0")
+    e = embeddings.to(torch.float64)
+    norms = e.norm(dim=1, keepdim=True)
+    clipped = e * torch.clamp(max_norm / norms.clamp_min(1e-300), max=1.0)
+    # Guard against rounding: the bound is what the guarantee rests on.
+    over = clipped.norm(dim=1) > max_norm
+    if over.any():
+        clipped[over] = clipped[over] * (max_norm / clipped[over].norm(dim=1, keepdim=True)) * (1 - 1e-12)
+    return clipped
+
+
+def private_generator() -> torch.Generator:
+    """A generator seeded by the OS, for noise on private data."""
+    return torch.Generator().manual_seed(secrets.randbits(63))
+
+
+@dataclass(frozen=True)
+class ReleasedMean:
+    """The DP output of one release: everything here is safe to show and to keep."""
+
+    mean: torch.Tensor  # (d,) noisy mean embedding (float32)
+    noisy_count: float
+    noise_std_mean: float  # std of the noise in ``mean``: sigma * Delta / max(n~, 1)
+    event: PrivacyEvent
+
+
+def release_mean(
+    embeddings: torch.Tensor,
+    *,
+    epsilon: float,
+    delta: float = DEFAULT_DELTA,
+    clip_norm: float = 1.0,
+    count_scale: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> ReleasedMean:
+    """One (epsilon, delta)-DP release of the mean embedding and count of a private set.
+
+    ``embeddings`` (n, d) is private. ``generator`` is for public-data training and
+    tests only; the private path leaves it None (OS-seeded noise).
+    """
+    _check_epsilon_delta(epsilon, delta)
+    if embeddings.ndim != 2 or embeddings.shape[0] == 0:
+        raise ValueError("embeddings must be a non-empty (n, d) tensor")
+    if count_scale <= 0:
+        raise ValueError("count_scale must be > 0")
+    d = embeddings.shape[1]
+    clipped = clip_embeddings(embeddings, max_norm=clip_norm)
+    augmented = torch.cat([clipped, torch.full((clipped.shape[0], 1), float(count_scale), dtype=torch.float64)], 1)
+    total = augmented.sum(0)
+    sensitivity = math.sqrt(clip_norm ** 2 + count_scale ** 2)
+    multiplier = calibrate_gaussian(epsilon=epsilon, delta=delta)
+    if multiplier > 0:
+        gen = generator if generator is not None else private_generator()
+        total = total + torch.randn(d + 1, generator=gen, dtype=torch.float64) * (multiplier * sensitivity)
+    noisy_count = float(total[d] / count_scale)
+    denom = max(noisy_count, 1.0)  # no blow-up when noise drives the count near or below 0
+    mean = (total[:d] / denom).to(torch.float32)
+    if math.isfinite(epsilon) and delta >= 1.0 / denom:
+        warnings.warn(f"delta = {delta:g} is not below 1/n (n ~ {noisy_count:.0f}): the guarantee is weak; "
+                      "use a smaller delta.", PrivacyWarning, stacklevel=2)
+    event = PrivacyEvent(mechanism="gaussian_sum_count", epsilon=epsilon, delta=delta,
+                         noise_multiplier=multiplier, sensitivity=sensitivity,
+                         accountant="analytic_gaussian" if multiplier > 0 else "none (non-private)")
+    return ReleasedMean(mean=mean, noisy_count=noisy_count,
+                        noise_std_mean=multiplier * sensitivity / denom, event=event)

@@ -1,0 +1,196 @@
+"""Noise-aware training of the hypernetwork on public data only (`python -m dphyper train hypernet`).
+
+Each step draws S public "datasets" that look like what users upload: the k nearest
+neighbours (in phi space) of a random public anchor, sometimes the union of two such
+neighbourhoods, sometimes a uniform random subset; size n log-uniform in [n_min, n_max].
+Each set's embedding is privatised exactly as the private path does
+(``privacy.release_mean``) at a random epsilon (log-uniform, or inf), H turns the released
+mean into a LoRA, and the frozen base UNet's denoising loss on images of that set is
+minimised end to end (``torch.func.functional_call`` under ``torch.func.vmap`` over sets).
+
+Written with Hugging Face accelerate: a single CPU process by default, and
+``accelerate launch -m dphyper train hypernet`` runs data-parallel on many GPUs.
+Resumable: state is written to ``--work-dir`` and a rerun continues.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from .config import ENCODER_PATH
+from .diffusion import load_unet, make_train_scheduler
+from .hypernet import HYPERNET_PATH, HyperNetwork, lora_shapes_of, save_hypernet
+from .lora import add_lora
+from .privacy import DEFAULT_DELTA, release_mean
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class HypernetTrainConfig:
+    """`python -m dphyper train hypernet`: noise-aware training of H on public sets."""
+
+    out: Path = field(default=HYPERNET_PATH, metadata={"help": "safetensors file to write"})
+    work_dir: Path = field(default=Path("runs/hypernet"), metadata={"help": "resumable training state lives here"})
+    minutes: float = field(default=60.0, metadata={"help": "wall-clock budget of this call; rerun to continue"})
+    max_steps: int = field(default=20000, metadata={"help": "stop for good after this many steps"})
+    sets_per_step: int = field(default=4, metadata={"help": "public datasets per step (S)"})
+    images_per_set: int = field(default=16, metadata={"help": "images of each set in the denoising loss"})
+    n_min: int = field(default=32, metadata={"help": "smallest public set size"})
+    n_max: int = field(default=2000, metadata={"help": "largest public set size"})
+    epsilon_min: float = field(default=0.1, metadata={"help": "smallest epsilon drawn in training"})
+    epsilon_max: float = field(default=16.0, metadata={"help": "largest finite epsilon drawn in training"})
+    p_no_privacy: float = field(default=0.2, metadata={"help": "probability of epsilon = inf for a set"})
+    delta: float = field(default=DEFAULT_DELTA, metadata={"help": "delta of the simulated releases"})
+    hidden: int = field(default=256, metadata={"help": "width of H's hidden layers"})
+    lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate"})
+    warmup_steps: int = field(default=100, metadata={"help": "linear learning-rate warm-up"})
+    limit_images: int = field(default=0, metadata={"help": "use only the first N public images (0 = all; for tests)"})
+    save_every: int = field(default=100, metadata={"help": "write resumable state every N steps"})
+    seed: int = field(default=0, metadata={"help": "seed for public-set sampling and simulated noise"})
+    threads: int = field(default=0, metadata={"help": "torch CPU threads (0 = torch default)"})
+
+
+def public_embeddings(images: torch.Tensor, cache: Path | None = None) -> torch.Tensor:
+    """phi of every public image, cached next to the training state."""
+    from .encoder import embed, load_encoder
+
+    key = f"{ENCODER_PATH.stat().st_mtime_ns}-{len(images)}" if ENCODER_PATH.exists() else None
+    if cache is not None and cache.exists():
+        saved = torch.load(cache, weights_only=False)
+        if saved.get("key") == key:
+            return saved["emb"]
+    emb = embed(images, load_encoder(device=torch.device("cpu")))
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"key": key, "emb": emb}, cache)
+    return emb
+
+
+class PublicSetSampler:
+    """Draws public sets that resemble private uploads (k-NN neighbourhoods in phi space)."""
+
+    def __init__(self, emb: torch.Tensor, cfg: HypernetTrainConfig, gen: torch.Generator) -> None:
+        self.emb, self.cfg, self.gen = emb, cfg, gen
+
+    def _size(self) -> int:
+        lo, hi = math.log(self.cfg.n_min), math.log(min(self.cfg.n_max, len(self.emb)))
+        return int(round(math.exp(lo + (hi - lo) * torch.rand(1, generator=self.gen).item())))
+
+    def _knn(self, n: int) -> torch.Tensor:
+        anchor = torch.randint(0, len(self.emb), (1,), generator=self.gen)
+        return torch.topk(self.emb @ self.emb[anchor].squeeze(0), n).indices
+
+    def draw(self) -> torch.Tensor:
+        n, kind = self._size(), torch.rand(1, generator=self.gen).item()
+        if kind < 0.15:  # uniform mixture of everything
+            return torch.randperm(len(self.emb), generator=self.gen)[:n]
+        if kind < 0.35:  # two neighbourhoods
+            return torch.unique(torch.cat([self._knn(max(n // 2, 1)), self._knn(n - n // 2)]))
+        return self._knn(n)
+
+    def epsilon(self) -> float:
+        if torch.rand(1, generator=self.gen).item() < self.cfg.p_no_privacy:
+            return math.inf
+        lo, hi = math.log(self.cfg.epsilon_min), math.log(self.cfg.epsilon_max)
+        return math.exp(lo + (hi - lo) * torch.rand(1, generator=self.gen).item())
+
+
+def train_hypernet(cfg: HypernetTrainConfig, images: torch.Tensor | None = None) -> dict:
+    from accelerate import Accelerator
+
+    from .data import load_fashion_mnist
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    acc = Accelerator()
+    device = acc.device
+    if images is None:
+        images, _ = load_fashion_mnist("train")
+    if cfg.limit_images:
+        images = images[: cfg.limit_images]
+    work = Path(cfg.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    emb = public_embeddings(images, work / "public_embeddings.pt")
+
+    unet = add_lora(load_unet(device=device))
+    unet.requires_grad_(False)
+    hyper = HyperNetwork(lora_shapes_of(unet), embed_dim=emb.shape[1], hidden=cfg.hidden).to(device)
+    opt = torch.optim.AdamW(hyper.parameters(), lr=cfg.lr, weight_decay=1e-4)
+    # Each process draws different sets (seed + rank); the model starts identical everywhere.
+    gen = torch.Generator().manual_seed(cfg.seed * 1000 + acc.process_index)
+    step, history, seconds = 0, [], 0.0
+    state_path = work / "state.pt"
+    if state_path.exists():
+        state = torch.load(state_path, map_location="cpu", weights_only=False)
+        hyper.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        gen.set_state(state["gen"])
+        step, history, seconds = state["step"], state["history"], state["seconds"]
+        log.info("resumed hypernet training at step %d", step)
+    hyper, opt = acc.prepare(hyper, opt)
+    sampler = PublicSetSampler(emb, cfg, gen)
+    sched = make_train_scheduler()
+    alphas = sched.alphas_cumprod.to(device)
+
+    def set_loss(lora: dict[str, torch.Tensor], x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        a = alphas[t].sqrt().view(-1, 1, 1, 1)
+        s = (1 - alphas[t]).sqrt().view(-1, 1, 1, 1)
+        pred = torch.func.functional_call(unet, lora, (a * x0 + s * noise, t), strict=False).sample
+        return ((pred - noise) ** 2).mean()
+
+    batched_loss = torch.func.vmap(set_loss)
+    t_start, run_losses = time.time(), []
+
+    def save() -> None:
+        if not acc.is_main_process:
+            return
+        model = acc.unwrap_model(hyper)
+        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(), "step": step,
+                    "history": history, "seconds": seconds + time.time() - t_start,
+                    "config": {k: str(v) for k, v in asdict(cfg).items()}}, work / "state.tmp")
+        (work / "state.tmp").replace(state_path)
+
+    while step < cfg.max_steps and time.time() - t_start < cfg.minutes * 60:
+        means, stds, xs = [], [], []
+        for _ in range(cfg.sets_per_step):
+            idx = sampler.draw()
+            rel = release_mean(emb[idx], epsilon=sampler.epsilon(), delta=cfg.delta, generator=gen)
+            means.append(rel.mean)
+            stds.append(rel.noise_std_mean)
+            pick = idx[torch.randint(0, len(idx), (cfg.images_per_set,), generator=gen)]
+            xs.append(images[pick])
+        x0 = torch.stack(xs).to(device)  # (S, b, 1, 32, 32)
+        noise = torch.randn(x0.shape, generator=gen).to(device)
+        t = torch.randint(0, sched.config.num_train_timesteps, x0.shape[:2], generator=gen).to(device)
+        lora = hyper(torch.stack(means).to(device), torch.tensor(stds, device=device))
+        loss = batched_loss(lora, x0, noise, t).mean()
+        for g in opt.param_groups:
+            g["lr"] = cfg.lr * min(1.0, (step + 1) / max(cfg.warmup_steps, 1))
+        opt.zero_grad(set_to_none=True)
+        acc.backward(loss)
+        acc.clip_grad_norm_(hyper.parameters(), 1.0)
+        opt.step()
+        step += 1
+        run_losses.append(loss.item())
+        if step % 25 == 0:
+            history.append((step, sum(run_losses) / len(run_losses)))
+            run_losses = []
+            log.info("hypernet step %d loss %.4f (%.0f s this call)", step, history[-1][1], time.time() - t_start)
+        if step % cfg.save_every == 0:
+            save()
+    save()
+    acc.wait_for_everyone()
+    summary = {"steps": step, "final_loss": history[-1][1] if history else None,
+               "train_seconds": round(seconds + time.time() - t_start, 1)}
+    if acc.is_main_process:
+        save_hypernet(acc.unwrap_model(hyper), cfg.out, extra={"steps": str(step)})
+        Path(cfg.out).with_suffix(".json").write_text(json.dumps({"summary": summary, "history": history}, indent=1))
+    return summary

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs everything dphyper needs on a fresh Debian machine:
+#   apt: dataset-fashion-mnist (public data), chromium (browser tests)
+#   pip: requirements.txt (exact pins) into the virtual environment given as $1.
+set -euo pipefail
+venv="${1:-.venv}"
+need=()
+[ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || need+=(dataset-fashion-mnist)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+if [ ${#need[@]} -gt 0 ]; then
+  sudo_cmd=""
+  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+"$venv/bin/python" -m pip install -q -r requirements.txt
