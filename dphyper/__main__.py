@@ -12,7 +12,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import add_dataclass_args, dataclass_from_args
+from .config import EXAMPLES_DIR, add_dataclass_args, dataclass_from_args
 
 
 @dataclass
@@ -33,6 +33,13 @@ class EvaluateConfig:
     samples: Path = field(default=Path("samples"), metadata={"help": "folder of generated images"})
     reference: Path = field(default=Path("reference"), metadata={"help": "folder of reference images"})
     kid_subset_size: int = field(default=0, metadata={"help": "KID subset size (0 = min(1000, n))"})
+
+
+@dataclass
+class ExamplesConfig:
+    """`python -m dphyper examples`: write assets/examples/<set>/*.png from the test split."""
+
+    out: Path = field(default=EXAMPLES_DIR, metadata={"help": "folder to write the sets into"})
 
 
 def _cmd_sample(cfg: SampleConfig) -> dict:
@@ -91,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=helptext, description=cls.__doc__)
         add_dataclass_args(p, cls)
         p.set_defaults(config_cls=cls)
+    p = sub.add_parser("examples", help="(re)write the bundled example sets from the Fashion-MNIST test split",
+                       description=ExamplesConfig.__doc__)
+    add_dataclass_args(p, ExamplesConfig)
+    p.set_defaults(config_cls=ExamplesConfig)
     return parser
 
 
@@ -116,6 +127,10 @@ def main(argv: list[str] | None = None) -> int:
             from .pipeline import generate
 
             result = generate(cfg)
+        elif ns.command == "examples":
+            from .examples import write_examples
+
+            result = write_examples(cfg.out)
         elif ns.command == "sample":
             result = _cmd_sample(cfg)
         else:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import types
 import typing
 from pathlib import Path
 
@@ -59,7 +60,7 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type) -> None:
         if typ is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=helptext)
             continue
-        if origin is typing.Union or str(origin) == "types.UnionType":  # Optional[X]
+        if origin in (typing.Union, types.UnionType):  # Optional[X]
             inner = [a for a in args if a is not type(None)][0]
             typ = inner
         if typing.get_origin(typ) is tuple:
