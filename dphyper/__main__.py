@@ -88,12 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
         add_dataclass_args(p, cls)
         p.set_defaults(config_cls=cls)
 
+    from .bench import BenchConfig
     from .pipeline import GenerateConfig
 
     for name, cls, helptext in (
         ("generate", GenerateConfig, "a DP LoRA from a private folder with the hypernetwork (seconds)"),
         ("sample", SampleConfig, "write PNG samples from the base model"),
         ("evaluate", EvaluateConfig, "FID/KID and class histogram of a folder of samples"),
+        ("bench", BenchConfig, "measure the models and the private path; writes docs/BENCHMARKS.md"),
     ):
         p = sub.add_parser(name, help=helptext, description=cls.__doc__)
         add_dataclass_args(p, cls)
@@ -127,6 +129,10 @@ def main(argv: list[str] | None = None) -> int:
             from .pipeline import generate
 
             result = generate(cfg)
+        elif ns.command == "bench":
+            from .bench import run_bench
+
+            result = run_bench(cfg)
         elif ns.command == "examples":
             from .examples import write_examples
 

@@ -1,0 +1,212 @@
+"""Benchmarks that print numbers and write them to docs/BENCHMARKS.md (`python -m dphyper bench`).
+
+Suites:
+* ``models``: the public side: evaluator accuracy, base-model FID with its floor (test vs
+  train) and ceiling (noise vs test), sampling time, training times of every checkpoint;
+* ``hypernet``: the private path: P1 (embed + privatise + generate LoRA for n = 1000) and
+  utility at epsilon = inf and 1 on every example set (class agreement of samples, FID/KID
+  against the held-out test images of the same definition), next to the base model.
+
+Each suite rewrites its own section of the file between markers, so suites can be rerun
+separately. Results also go to ``bench/<suite>.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .config import ASSETS_DIR, REPO_DIR
+
+DOC = REPO_DIR / "docs" / "BENCHMARKS.md"
+
+
+@dataclass
+class BenchConfig:
+    """`python -m dphyper bench`: measure and record numbers in docs/BENCHMARKS.md."""
+
+    suite: str = field(default="models", metadata={"help": "which suite: models or hypernet"})
+    samples: int = field(default=1000, metadata={"help": "generated images per FID (models suite)"})
+    set_samples: int = field(default=256, metadata={"help": "generated images per example set (hypernet suite)"})
+    steps: int = field(default=25, metadata={"help": "DDIM steps for every sample"})
+    seed: int = field(default=0, metadata={"help": "seed of the sampling noise and of image subsets"})
+    doc: Path = field(default=DOC, metadata={"help": "markdown file to update"})
+
+
+def machine() -> str:
+    cores = torch.get_num_threads()
+    dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{platform.machine()} {platform.processor() or ''} {cores} CPU threads, {dev}, torch {torch.__version__}"
+
+
+def write_section(doc: Path, name: str, body: str) -> None:
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    text = doc.read_text() if doc.exists() else "# Benchmarks\n\nNumbers measured by `python -m dphyper bench`.\n"
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    block = f"{start}\n{body.rstrip()}\n{end}"
+    if start in text:
+        text = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S)
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    doc.write_text(text)
+
+
+def _json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def bench_models(cfg: BenchConfig) -> dict:
+    from .data import load_fashion_mnist
+    from .diffusion import load_unet, sample
+    from .evaluator import class_histogram, classify, fid_kid, load_evaluator
+
+    g = torch.Generator().manual_seed(cfg.seed)
+    xt, yt = load_fashion_mnist("test")
+    xtr, _ = load_fashion_mnist("train")
+    ev = load_evaluator()
+    res: dict = {"machine": machine()}
+    res["evaluator_test_accuracy"] = float((classify(xt, ev) == yt).float().mean())
+    ref = xt[torch.randperm(len(xt), generator=g)[: cfg.samples]]
+    unet = load_unet()
+    sample(unet, 2, steps=2, seed=0)  # warm-up
+    t0 = time.perf_counter()
+    sample(unet, 16, steps=cfg.steps, seed=cfg.seed)
+    res["sample_16_seconds"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    gen = sample(unet, cfg.samples, steps=cfg.steps, seed=cfg.seed)
+    res["sample_n_seconds"] = time.perf_counter() - t0
+    res["base_vs_test"] = fid_kid(gen, ref)
+    res["train_vs_test_floor"] = fid_kid(xtr[torch.randperm(len(xtr), generator=g)[: cfg.samples]], ref)
+    res["noise_vs_test_ceiling"] = fid_kid(torch.rand(cfg.samples, 1, 32, 32, generator=g) * 2 - 1, ref)
+    res["base_class_histogram"] = class_histogram(gen, ev)
+    res["n"] = cfg.samples
+    res["steps"] = cfg.steps
+    res["training"] = {
+        "base": _json(ASSETS_DIR / "base_unet" / "training.json").get("summary", {}),
+        "encoder": _json(ASSETS_DIR / "encoder" / "encoder.json"),
+        "evaluator": _json(ASSETS_DIR / "evaluator" / "evaluator.json"),
+        "hypernet": _json(ASSETS_DIR / "hypernet" / "hypernet.json").get("summary", {}),
+    }
+    t = res["training"]
+    rows = [
+        "## Public models (`python -m dphyper bench --suite models`)",
+        "",
+        f"Machine: {res['machine']}. Seeds: {cfg.seed}. DDIM steps: {cfg.steps}.",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        f"| evaluator accuracy, Fashion-MNIST test (10,000) | {res['evaluator_test_accuracy']:.4f} |",
+        f"| FID base samples vs test ({cfg.samples} vs {cfg.samples}) | {res['base_vs_test']['fid']:.2f} |",
+        f"| KID base vs test | {res['base_vs_test']['kid_mean']:.4f} ± {res['base_vs_test']['kid_std']:.4f} |",
+        f"| FID train vs test (floor) | {res['train_vs_test_floor']['fid']:.2f} |",
+        f"| FID uniform noise vs test (ceiling) | {res['noise_vs_test_ceiling']['fid']:.2f} |",
+        f"| time to sample 16 images ({cfg.steps} DDIM steps) | {res['sample_16_seconds']:.2f} s |",
+        f"| time to sample {cfg.samples} images | {res['sample_n_seconds']:.1f} s |",
+        "",
+        f"Base-sample class histogram (evaluator): {res['base_class_histogram']}",
+        "",
+        "Training (2-core CPU, shared with other jobs while they ran; resumable chunks):",
+        "",
+        "| checkpoint | command | steps / epochs | seconds | result |",
+        "|---|---|---|---|---|",
+        f"| base UNet | `python -m dphyper train base` | {t['base'].get('steps')} steps × 64 | "
+        f"{t['base'].get('train_seconds')} | final loss {t['base'].get('final_loss')} |",
+        f"| encoder φ | `python -m dphyper train encoder --epochs 1` | {t['encoder'].get('epochs')} epochs | "
+        f"{t['encoder'].get('train_seconds')} | zero-shot test accuracy {t['encoder'].get('test_zero_shot_accuracy')} |",
+        f"| evaluator | `python -m dphyper train evaluator --epochs 3` | {t['evaluator'].get('epochs')} epochs | "
+        f"{t['evaluator'].get('train_seconds')} | test accuracy {t['evaluator'].get('test_accuracy')} |",
+        f"| hypernetwork | `python -m dphyper train hypernet` | {t['hypernet'].get('steps')} steps | "
+        f"{t['hypernet'].get('train_seconds')} | final loss {t['hypernet'].get('final_loss')} |",
+    ]
+    write_section(cfg.doc, "models", "\n".join(rows))
+    return res
+
+
+def bench_hypernet(cfg: BenchConfig) -> dict:
+    from .data import CLASS_NAMES, load_fashion_mnist, load_folder
+    from .diffusion import sample
+    from .evaluator import classify, fid_kid, load_evaluator
+    from .examples import EXAMPLE_SETS, heldout_images
+    from .pipeline import HypernetPipeline
+
+    pipe = HypernetPipeline()
+    ev = load_evaluator()
+    res: dict = {"machine": machine(), "sets": {}}
+    # P1: n = 1000 public-test images (stand-in for a private folder), timings of the private path
+    xt, _ = load_fashion_mnist("test")
+    x1000 = xt[:1000]
+    pipe.run(x1000[:64], epsilon=1.0, samples=0)  # warm-up
+    times = []
+    for _ in range(5):
+        r = pipe.run(x1000, epsilon=1.0, samples=0)
+        s = r.report["seconds"]
+        times.append(s["embed"] + s["privatise"] + s["generate_lora"])
+    res["p1_seconds_median"] = sorted(times)[len(times) // 2]
+    res["p1_stage_seconds"] = r.report["seconds"]
+    t0 = time.perf_counter()
+    pipe.run(x1000[:200], epsilon=1.0, samples=16, steps=cfg.steps)
+    res["n200_to_16_samples_seconds"] = time.perf_counter() - t0
+
+    base = sample(pipe.unet, cfg.set_samples, steps=cfg.steps, seed=cfg.seed)
+    base_pred = classify(base, ev)
+    rows = [
+        "## Hypernetwork private path (`python -m dphyper bench --suite hypernet`)",
+        "",
+        f"Machine: {res['machine']}. {cfg.set_samples} samples per cell, {cfg.steps} DDIM steps, sampling seed "
+        f"{cfg.seed}; privacy noise is OS-seeded (one draw per cell).",
+        "",
+        f"- P1, embed + privatise + generate LoRA, n = 1,000: **{res['p1_seconds_median']:.3f} s** (median of 5; "
+        f"stages of the last run: {json.dumps({k: round(v, 3) for k, v in res['p1_stage_seconds'].items() if k != 'sample'})})",
+        f"- 200 images → 16 samples (embed, release, LoRA, {cfg.steps}-step sampling): "
+        f"{res['n200_to_16_samples_seconds']:.2f} s",
+        "",
+        "Class agreement = share of samples the evaluator puts in the set's classes (for `mixed`, "
+        "1 − total-variation distance between the sample and uniform class histograms). FID/KID "
+        "against the set's held-out test images (same definition, disjoint from the set).",
+        "",
+        "| set | n held-out | method | ε | class agreement | FID | KID |",
+        "|---|---|---|---|---|---|---|",
+    ]
+
+    def agreement(pred: torch.Tensor, classes: tuple[int, ...]) -> float:
+        if len(classes) == len(CLASS_NAMES):
+            hist = torch.bincount(pred, minlength=10).float() / len(pred)
+            return float(1 - 0.5 * (hist - 0.1).abs().sum())
+        return float(torch.isin(pred, torch.tensor(classes)).float().mean())
+
+    for s in EXAMPLE_SETS:
+        private = load_folder(ASSETS_DIR / "examples" / s.name).images
+        held = heldout_images(s.name)
+        cell = {"base": {"agreement": agreement(base_pred, s.classes), **fid_kid(base, held)}}
+        rows.append(f"| {s.name} | {len(held)} | base model | – | {cell['base']['agreement']:.3f} | "
+                    f"{cell['base']['fid']:.2f} | {cell['base']['kid_mean']:.4f} |")
+        for eps in (math.inf, 1.0):
+            r = pipe.run(private, epsilon=eps, samples=cfg.set_samples, steps=cfg.steps, seed=cfg.seed)
+            pred = classify(r.samples, ev)
+            key = "inf" if math.isinf(eps) else str(eps)
+            cell[key] = {"agreement": agreement(pred, s.classes), **fid_kid(r.samples, held),
+                         "noisy_count": r.release.noisy_count}
+            rows.append(f"| {s.name} | {len(held)} | hypernet | {'∞' if math.isinf(eps) else eps} | "
+                        f"{cell[key]['agreement']:.3f} | {cell[key]['fid']:.2f} | {cell[key]['kid_mean']:.4f} |")
+        res["sets"][s.name] = cell
+        print(s.name, json.dumps(cell), flush=True)
+    write_section(cfg.doc, "hypernet", "\n".join(rows))
+    return res
+
+
+def run_bench(cfg: BenchConfig) -> dict:
+    fn = {"models": bench_models, "hypernet": bench_hypernet}.get(cfg.suite)
+    if fn is None:
+        raise ValueError(f"unknown suite {cfg.suite!r}: choose models or hypernet")
+    res = fn(cfg)
+    out = REPO_DIR / "bench" / f"{cfg.suite}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=1, default=str))
+    return res

@@ -1,0 +1,131 @@
+"""The private path: H, LoRA export through peft, the pipeline and its report."""
+
+import json
+import math
+
+import pytest
+import torch
+from peft import set_peft_model_state_dict
+from safetensors.torch import load_file
+
+from dphyper.config import BASE_UNET_DIR, ENCODER_PATH, EXAMPLES_DIR
+from dphyper.diffusion import build_unet, load_unet
+from dphyper.hypernet import HYPERNET_PATH, HyperNetwork, lora_shapes_of
+from dphyper.lora import add_lora, lora_model_fn, save_lora
+
+have_all = all(p.exists() for p in (BASE_UNET_DIR / "config.json", ENCODER_PATH, HYPERNET_PATH))
+needs_models = pytest.mark.skipif(not have_all, reason="shipped checkpoints missing")
+
+
+def _unet():
+    torch.manual_seed(0)
+    u = add_lora(build_unet())
+    return u.requires_grad_(False).eval()
+
+
+def test_untrained_hypernet_gives_the_base_model():
+    unet = _unet()
+    h = HyperNetwork(lora_shapes_of(unet))
+    lora = h.generate(torch.randn(64), 0.1)
+    assert set(lora) == set(lora_shapes_of(unet))
+    x, t = torch.randn(2, 1, 32, 32), torch.tensor([10, 500])
+    with torch.no_grad():
+        base = unet(x, t).sample
+        assert torch.allclose(lora_model_fn(unet, lora)(x, t), base)
+
+
+def test_generated_lora_is_differentiable_and_changes_output():
+    unet = _unet()
+    h = HyperNetwork(lora_shapes_of(unet))
+    torch.nn.init.normal_(h.head.weight, std=0.05)
+    x, t = torch.randn(2, 1, 32, 32), torch.tensor([10, 500])
+    lora = {k: v[0] for k, v in h(torch.randn(1, 64), torch.tensor([0.0])).items()}
+    out = lora_model_fn(unet, lora)(x, t)
+    with torch.no_grad():
+        assert not torch.allclose(out, unet(x, t).sample, atol=1e-4)
+    out.pow(2).mean().backward()
+    assert h.head.weight.grad is not None and h.head.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in unet.parameters())  # the base stays frozen
+
+
+def test_lora_file_round_trips_through_peft(tmp_path):
+    unet = _unet()
+    h = HyperNetwork(lora_shapes_of(unet))
+    torch.nn.init.normal_(h.head.weight, std=0.05)
+    lora = h.generate(torch.randn(64), 0.0)
+    save_lora(lora, tmp_path / "lora.safetensors")
+    keys = load_file(str(tmp_path / "lora.safetensors"))
+    assert all(".default." not in k and ".lora_" in k for k in keys)
+    fresh = _unet()  # same seed: same base weights
+    set_peft_model_state_dict(fresh, keys)
+    x, t = torch.randn(2, 1, 32, 32), torch.tensor([3, 700])
+    with torch.no_grad():
+        assert torch.allclose(fresh(x, t).sample, lora_model_fn(unet, lora)(x, t), atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    from dphyper.pipeline import HypernetPipeline
+
+    return HypernetPipeline(device=torch.device("cpu"))
+
+
+@needs_models
+def test_shipped_hypernet_lora_changes_unet_and_depends_on_data(pipe):
+    from dphyper.data import load_folder
+
+    sneakers = load_folder(EXAMPLES_DIR / "sneakers").images
+    trousers = load_folder(EXAMPLES_DIR / "trousers").images
+    ra = pipe.run(sneakers, epsilon=math.inf, samples=0)
+    rb = pipe.run(trousers, epsilon=math.inf, samples=0)
+    x, t = torch.randn(2, 1, 32, 32), torch.tensor([50, 400])
+    with torch.no_grad():
+        base = pipe.unet(x, t).sample
+        out_a = lora_model_fn(pipe.unet, ra.lora)(x, t)
+        out_b = lora_model_fn(pipe.unet, rb.lora)(x, t)
+    assert (out_a - base).abs().mean() > 1e-3
+    assert (out_a - out_b).abs().mean() > 1e-3
+    assert ra.report["noise_multiplier"] == 0 and ra.report["private"] is False
+
+
+@needs_models
+def test_report_has_no_private_values(tmp_path, pipe):
+    from dphyper.__main__ import main
+
+    src = EXAMPLES_DIR / "bags"
+    private = tmp_path / "private"
+    private.mkdir()
+    files = sorted(src.glob("*.png"))[:57]
+    for i, f in enumerate(files):
+        (private / f"CANARY_alice_{i}.png").write_bytes(f.read_bytes())
+    out = tmp_path / "out"
+    assert main(["generate", "--images", str(private), "--epsilon", "1", "--samples", "4", "--seed", "3",
+                 "--out", str(out)]) == 0
+    report_text = (out / "report.json").read_text()
+    report = json.loads(report_text)
+    assert "CANARY" not in report_text and "alice" not in report_text
+    assert report["method"] == "hypernet" and report["epsilon"] == 1.0 and report["delta"] == 1e-5
+    assert report["noise_multiplier"] == pytest.approx(3.7306, abs=1e-3)
+    assert report["sensitivity"] == pytest.approx(math.sqrt(2))
+    assert report["noisy_count"] != 57  # noise is on
+    assert set(report["seconds"]) == {"load", "embed", "privatise", "generate_lora", "sample"}
+    assert len(list((out / "samples").glob("*.png"))) == 4 and (out / "grid.png").exists()
+    # the LoRA file loads with peft into the shipped UNet
+    unet = add_lora(load_unet(device=torch.device("cpu")))
+    set_peft_model_state_dict(unet, load_file(str(out / "lora.safetensors")))
+    for name, p in unet.named_parameters():
+        if ".lora_B." in name:
+            assert p.abs().sum() > 0
+            break
+
+
+@needs_models
+def test_seed_fixes_sampling_not_privacy(pipe):
+    x = torch.zeros(64, 1, 32, 32) - 1
+    x[:, :, 8:24, 8:24] = 1
+    a = pipe.run(x, epsilon=1.0, samples=2, steps=5, seed=7)
+    b = pipe.run(x, epsilon=1.0, samples=2, steps=5, seed=7)
+    assert not torch.equal(a.release.mean, b.release.mean)  # privacy noise differs
+    c = pipe.run(x, epsilon=math.inf, samples=2, steps=5, seed=7)
+    d = pipe.run(x, epsilon=math.inf, samples=2, steps=5, seed=7)
+    assert torch.equal(c.samples, d.samples)  # same LoRA + same seed: same samples

@@ -1,0 +1,90 @@
+"""The project's own promises: Spaces settings agree, pins are exact, the CLI documents itself."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dphyper.__main__ import build_parser
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def front_matter() -> dict:
+    text = (ROOT / "README.md").read_text()
+    m = re.match(r"^---\n(.*?)\n---\n", text, re.S)
+    assert m, "README.md must start with YAML front matter"
+    return yaml.safe_load(m.group(1))
+
+
+def test_front_matter_and_space_yaml_agree():
+    fm = front_matter()
+    space = yaml.safe_load((ROOT / "space.yaml").read_text())
+    assert fm == space
+    for key in ("title", "sdk", "sdk_version", "app_file", "python_version", "suggested_hardware", "license",
+                "short_description", "tags"):
+        assert key in fm, key
+    assert fm["sdk"] == "gradio" and (ROOT / fm["app_file"]).exists()
+    pins = dict(line.split("==") for line in _requirements())
+    assert fm["sdk_version"] == pins["gradio"]
+
+
+def _requirements() -> list[str]:
+    lines = [ln.strip() for ln in (ROOT / "requirements.txt").read_text().splitlines()]
+    return [ln for ln in lines if ln and not ln.startswith("#")]
+
+
+def test_requirements_are_exact_pins():
+    reqs = _requirements()
+    assert all(re.fullmatch(r"[A-Za-z0-9_.\-\[\]]+==[0-9][A-Za-z0-9.+\-]*", r) for r in reqs), reqs
+    names = {r.split("==")[0].lower().replace("_", "-") for r in reqs}
+    for needed in ("torch", "torchvision", "diffusers", "peft", "open-clip-torch", "opacus", "torch-fidelity",
+                   "gradio", "plotly", "pillow", "pytest", "accelerate", "dp-accounting", "hypothesis"):
+        assert needed in names, needed
+    assert "torch==2.14.1" in reqs and "torchvision==0.29.1" in reqs
+
+
+def test_readme_has_the_two_setup_commands_and_ci_runs_the_test_one():
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", text, re.S)
+    setup = [b.strip() for b in blocks if "scripts/setup.sh" in b]
+    assert len(setup) == 2, setup
+    app_cmd, test_cmd = setup
+    assert "app.py" in app_cmd and "pytest" in test_cmd
+    assert test_cmd in (ROOT / ".ci" / "run").read_text()
+
+
+def _all_parsers(parser, prefix=()):
+    yield prefix, parser
+    for action in parser._actions:
+        if action.__class__.__name__ == "_SubParsersAction":
+            for name, sub in action.choices.items():
+                yield from _all_parsers(sub, prefix + (name,))
+
+
+def test_every_cli_option_is_documented():
+    seen = set()
+    for path, p in _all_parsers(build_parser()):
+        seen.add(" ".join(path))
+        for action in p._actions:
+            if action.option_strings and action.dest != "help":
+                assert action.help and len(action.help) > 15, (path, action.dest)
+    for cmd in ("train base", "train encoder", "train evaluator", "train hypernet", "sample", "evaluate",
+                "generate", "examples"):
+        assert cmd in seen, cmd
+
+
+@pytest.mark.parametrize("args", [["--help"], ["train", "hypernet", "--help"], ["generate", "--help"]])
+def test_cli_help_runs(args):
+    out = subprocess.run([sys.executable, "-m", "dphyper", *args], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0 and "usage" in out.stdout
+
+
+def test_cli_reports_bad_input_without_traceback(tmp_path):
+    (tmp_path / "x.png").write_bytes(b"not a png")
+    out = subprocess.run([sys.executable, "-m", "dphyper", "evaluate", "--samples", str(tmp_path), "--reference",
+                          str(tmp_path)], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 2 and "Traceback" not in out.stderr and "x.png" in out.stderr
