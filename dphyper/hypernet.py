@@ -11,9 +11,9 @@ Design choices (each measured or forced by a limit):
   output layer and break the 10 MB file limit, and with A and B both generated from a
   zero-initialised head the gradient of both is zero (the product stays 0).
 * The output layer starts at zero, so an untrained H gives B = 0: exactly the base model.
-* The noise level enters as features (log std and the shrinkage weight 1/(1 + d*std^2)),
-  so H can learn how far to trust a noisy mean: at small epsilon it should fall back
-  toward the average LoRA instead of amplifying noise.
+* The noise level enters as features (log std and the shrinkage weight 1/(1 + d*std^2),
+  also applied to the mean), so H can learn how far to trust a noisy mean: at small
+  epsilon it should fall back toward the average LoRA instead of amplifying noise.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ class HyperNetwork(nn.Module):
             nn.init.kaiming_uniform_(w, a=math.sqrt(5))
             self.lora_a.append(nn.Parameter(w))
         self.trunk = nn.Sequential(
-            nn.Linear(embed_dim + 2, hidden), nn.SiLU(),
+            nn.Linear(2 * embed_dim + 2, hidden), nn.SiLU(),
             nn.Linear(hidden, hidden), nn.LayerNorm(hidden), nn.SiLU(),
         )
         self.head = nn.Linear(hidden, sum(self.b_sizes))
@@ -57,7 +57,9 @@ class HyperNetwork(nn.Module):
     def features(self, mean: torch.Tensor, noise_std: torch.Tensor) -> torch.Tensor:
         std = noise_std.to(mean.dtype).reshape(-1, 1)
         shrink = 1.0 / (1.0 + self.embed_dim * std ** 2)
-        return torch.cat([mean, torch.log(std + 1e-3), shrink], dim=1)
+        # A shrunk mean (small when noise dominates) and a bounded raw mean: a tiny-epsilon
+        # release can have norm >> 1, which must not blow up the first layer.
+        return torch.cat([mean * shrink, torch.tanh(mean), torch.log(std + 1e-3), shrink], dim=1)
 
     def forward(self, mean: torch.Tensor, noise_std: torch.Tensor) -> dict[str, torch.Tensor]:
         flat = self.head(self.trunk(self.features(mean, noise_std)))

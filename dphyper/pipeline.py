@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,6 +125,7 @@ def generate(cfg: GenerateConfig) -> dict:
     result = HypernetPipeline().run(cfg.images, epsilon=cfg.epsilon, delta=cfg.delta, samples=cfg.samples,
                                     steps=cfg.steps, seed=cfg.seed)
     report = write_outputs(result, cfg.out)
-    if result.rejected:  # counts only: file names of private data stay out of outputs
-        report = {**report, "rejected_files": len(result.rejected)}
+    # The data owner's own terminal learns which files were skipped; the report does not.
+    for name, why in result.rejected:
+        print(f"skipped {name}: {why}", file=sys.stderr)
     return report

@@ -129,3 +129,16 @@ def test_seed_fixes_sampling_not_privacy(pipe):
     c = pipe.run(x, epsilon=math.inf, samples=2, steps=5, seed=7)
     d = pipe.run(x, epsilon=math.inf, samples=2, steps=5, seed=7)
     assert torch.equal(c.samples, d.samples)  # same LoRA + same seed: same samples
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@needs_models
+def test_private_path_on_cuda():
+    from dphyper.data import load_folder
+    from dphyper.pipeline import HypernetPipeline
+
+    cuda = HypernetPipeline(device=torch.device("cuda"))
+    r = cuda.run(load_folder(EXAMPLES_DIR / "sneakers").images, epsilon=1.0, samples=8, steps=10, seed=0)
+    assert r.samples.shape == (8, 1, 32, 32) and torch.isfinite(r.samples).all()
+    assert next(iter(r.lora.values())).device.type == "cuda"
