@@ -1,0 +1,165 @@
+"""The classic baseline: DP-SGD fine-tuning of the same LoRA with Opacus.
+
+Same base UNet, LoRA targets and rank as the hypernetwork (``lora.add_lora``), same image
+loader, same (epsilon, delta). ``make_private_with_epsilon`` with Poisson sampling under
+add/remove-one adjacency; the noise multiplier is found by Opacus for the chosen
+accountant (PRV by default, RDP available) over the planned number of steps, and the
+report states the epsilon the accountant says was spent. Only LoRA parameters train and
+only they are clipped per sample. ``epsilon = inf`` trains the same LoRA with the same
+schedule without clipping or noise (the non-private floor).
+
+Grad-sample mode: ``hooks`` (Opacus' default). The LoRA layers are plain ``nn.Linear``
+modules inside peft, which hooks support; per-step cost is measured in docs/BENCHMARKS.md.
+Hyperparameter defaults must come from a sweep on public sets only (never the private
+folder): see ``docs/BENCHMARKS.md``.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from .config import get_device
+from .diffusion import load_unet, make_train_scheduler, sample
+from .lora import add_lora, lora_model_fn
+from .privacy import DEFAULT_DELTA, PrivacyEvent, private_generator
+
+
+@dataclass
+class DPSGDConfig:
+    """`python -m dphyper dpsgd`: a DP LoRA from a private folder with DP-SGD (minutes)."""
+
+    images: Path = field(default=Path("private"), metadata={"help": "folder of private images"})
+    epsilon: float = field(default=1.0, metadata={"help": "total privacy budget of the training ('inf' = no privacy)"})
+    delta: float = field(default=DEFAULT_DELTA, metadata={"help": "delta of the training; keep it below 1/n"})
+    samples: int = field(default=16, metadata={"help": "number of images to sample with the LoRA"})
+    steps: int = field(default=25, metadata={"help": "DDIM sampling steps"})
+    seed: int | None = field(default=None, metadata={"help": "seed of the *sampling* noise only (never the privacy noise)"})
+    out: Path = field(default=Path("out-dpsgd"), metadata={"help": "output folder (lora.safetensors, samples/, grid.png, report.json)"})
+    epochs: float = field(default=10.0, metadata={"help": "expected passes over the private set"})
+    batch_size: int = field(default=64, metadata={"help": "expected Poisson batch size"})
+    lr: float = field(default=5e-3, metadata={"help": "Adam learning rate"})
+    max_grad_norm: float = field(default=0.05, metadata={"help": "per-sample clipping norm C"})
+    max_steps: int = field(default=0, metadata={"help": "cap on optimiser steps (0 = none); accounting uses the planned steps"})
+    accountant: str = field(default="prv", metadata={"help": "Opacus accountant: prv or rdp"})
+
+
+@dataclass
+class DPSGDResult:
+    lora: dict[str, torch.Tensor]
+    samples: torch.Tensor
+    report: dict
+    event: PrivacyEvent | None
+    losses: list[float]
+
+
+class Cancelled(RuntimeError):
+    """Raised when the caller's cancel event is set; nothing is released."""
+
+
+def train_dpsgd(images: torch.Tensor, cfg: DPSGDConfig, *, progress: Callable[[dict], None] | None = None,
+                cancel: threading.Event | None = None, device: torch.device | None = None) -> DPSGDResult:
+    """DP-SGD on LoRA parameters; images (n, 1, 32, 32) are private."""
+    from opacus import PrivacyEngine
+
+    device = device or get_device()
+    t_all = time.perf_counter()
+    n = len(images)
+    private = math.isfinite(cfg.epsilon)
+    unet = add_lora(load_unet(device=device))
+    unet.train()
+    names = [name for name, p in unet.named_parameters() if p.requires_grad]
+    params = [p for p in unet.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=cfg.lr)
+    q = min(1.0, cfg.batch_size / n)
+    planned = max(1, int(math.ceil(cfg.epochs / q)))
+    loader = DataLoader(TensorDataset(images), batch_size=min(cfg.batch_size, n), shuffle=True)
+    model, engine = unet, None
+    if private:
+        engine = PrivacyEngine(accountant=cfg.accountant, secure_mode=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model, opt, loader = engine.make_private_with_epsilon(
+                module=unet, optimizer=opt, data_loader=loader, target_epsilon=cfg.epsilon,
+                target_delta=cfg.delta, epochs=int(math.ceil(cfg.epochs)) if cfg.epochs >= 1 else 1,
+                max_grad_norm=cfg.max_grad_norm, poisson_sampling=True, grad_sample_mode="hooks",
+                noise_generator=private_generator())  # OS-seeded, never the user's seed
+        planned = int(math.ceil(cfg.epochs)) * len(loader) if cfg.epochs >= 1 else len(loader)
+    total_steps = min(planned, cfg.max_steps) if cfg.max_steps else planned
+    sched = make_train_scheduler()
+    alphas = sched.alphas_cumprod.to(device)
+    losses, step, t0 = [], 0, time.perf_counter()
+    while step < total_steps:
+        for (x0,) in loader:
+            if cancel is not None and cancel.is_set():
+                raise Cancelled("DP-SGD run cancelled; nothing was released.")
+            if step >= total_steps:
+                break
+            x0 = x0.to(device)
+            opt.zero_grad(set_to_none=True)
+            if x0.shape[0] == 0:  # an empty Poisson batch still takes a (pure-noise) step
+                for p in params:
+                    p.grad_sample = torch.zeros((0, *p.shape), device=device)
+                opt.step()
+            else:
+                noise = torch.randn_like(x0)
+                t = torch.randint(0, sched.config.num_train_timesteps, (x0.shape[0],), device=device)
+                a = alphas[t].sqrt().view(-1, 1, 1, 1)
+                s = (1 - alphas[t]).sqrt().view(-1, 1, 1, 1)
+                loss = ((model(a * x0 + s * noise, t).sample - noise) ** 2).mean()
+                loss.backward()
+                opt.step()
+                losses.append(loss.item())
+            step += 1
+            if progress is not None:
+                spent = engine.get_epsilon(cfg.delta) if engine is not None else math.inf
+                elapsed = time.perf_counter() - t0
+                progress({"step": step, "total": total_steps, "epsilon_spent": spent,
+                          "eta_seconds": elapsed / step * (total_steps - step)})
+    train_seconds = time.perf_counter() - t0
+    eps_spent = engine.get_epsilon(cfg.delta) if engine is not None else math.inf
+    noise_multiplier = float(opt.noise_multiplier) if private else 0.0
+    base = unet._module if hasattr(unet, "_module") else unet
+    lora = {name: p.detach().clone() for name, p in zip(names, params)}
+    if hasattr(model, "_close"):
+        model._close()
+    base.eval()
+    t1 = time.perf_counter()
+    x = sample(base, cfg.samples, steps=cfg.steps, seed=cfg.seed, model_fn=lora_model_fn(base, lora)) if cfg.samples \
+        else torch.empty(0, 1, 32, 32)
+    sample_seconds = time.perf_counter() - t1
+    event = None
+    if private:
+        event = PrivacyEvent(mechanism="dpsgd_poisson_gaussian", epsilon=float(eps_spent), delta=cfg.delta,
+                             noise_multiplier=noise_multiplier, sensitivity=cfg.max_grad_norm, sample_rate=q,
+                             steps=step, accountant=cfg.accountant)
+    report = {
+        "method": "dpsgd",
+        "private": private,
+        "epsilon": cfg.epsilon if private else "inf",
+        "epsilon_spent": float(eps_spent) if private else "inf",
+        "delta": cfg.delta,
+        "noise_multiplier": noise_multiplier,
+        "max_grad_norm": cfg.max_grad_norm if private else None,
+        "sample_rate": q,
+        "steps": step,
+        "planned_steps": planned,
+        "accountant": cfg.accountant if private else "none (non-private)",
+        "grad_sample_mode": "hooks" if private else None,
+        "lr": cfg.lr,
+        "batch_size": cfg.batch_size,
+        "samples": int(x.shape[0]),
+        "seconds": {"train": round(train_seconds, 3), "sample": round(sample_seconds, 3),
+                    "total": round(time.perf_counter() - t_all, 3)},
+    }
+    if not private:
+        report["warning"] = "epsilon = inf: NO privacy (non-private reference)"
+    return DPSGDResult(lora=lora, samples=x, report=report, event=event, losses=losses)

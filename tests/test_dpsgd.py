@@ -1,0 +1,82 @@
+"""DP-SGD baseline: accounting, and that updates really happen (Opacus issue 820 guard)."""
+
+import math
+import threading
+
+import pytest
+import torch
+from peft import set_peft_model_state_dict
+from safetensors.torch import load_file
+
+from dphyper.config import BASE_UNET_DIR
+from dphyper.diffusion import load_unet
+from dphyper.dpsgd import Cancelled, DPSGDConfig, train_dpsgd
+from dphyper.lora import add_lora, lora_model_fn, save_lora
+
+needs_base = pytest.mark.skipif(not (BASE_UNET_DIR / "config.json").exists(), reason="no shipped base UNet")
+
+
+def _squares(n=64):
+    g = torch.Generator().manual_seed(0)
+    x = -torch.ones(n, 1, 32, 32)
+    for i in range(n):
+        a, b = torch.randint(6, 18, (2,), generator=g).tolist()
+        x[i, 0, a:a + 8, b:b + 8] = 1.0
+    return x
+
+
+def _fixed_loss(unet, lora, x0):
+    g = torch.Generator().manual_seed(123)
+    from dphyper.diffusion import make_train_scheduler
+
+    alphas = make_train_scheduler().alphas_cumprod
+    noise = torch.randn(x0.shape, generator=g)
+    t = torch.randint(0, 1000, (len(x0),), generator=g)
+    a, s = alphas[t].sqrt().view(-1, 1, 1, 1), (1 - alphas[t]).sqrt().view(-1, 1, 1, 1)
+    with torch.no_grad():
+        return ((lora_model_fn(unet, lora)(a * x0 + s * noise, t) - noise) ** 2).mean().item()
+
+
+@needs_base
+def test_two_step_run_is_loadable_and_within_budget(tmp_path):
+    cfg = DPSGDConfig(epsilon=2.0, delta=1e-5, batch_size=16, epochs=2, max_steps=2, samples=2, steps=3, seed=0)
+    seen = []
+    res = train_dpsgd(_squares(64), cfg, progress=seen.append, device=torch.device("cpu"))
+    assert res.report["steps"] == 2 and len(seen) == 2
+    assert res.report["epsilon_spent"] <= 2.0 + 1e-9
+    assert res.report["noise_multiplier"] > 0.3 and res.report["accountant"] == "prv"
+    assert res.event.epsilon <= 2.0 and res.event.sample_rate == pytest.approx(0.25)
+    save_lora(res.lora, tmp_path / "lora.safetensors")
+    unet = add_lora(load_unet(device=torch.device("cpu")))
+    set_peft_model_state_dict(unet, load_file(str(tmp_path / "lora.safetensors")))
+    assert res.samples.shape == (2, 1, 32, 32)
+
+
+@needs_base
+def test_negligible_noise_lowers_loss_and_changes_lora():
+    x = _squares(64)
+    # epsilon = 1e5: noise multiplier ~0.01, so sigma*C/B ~ 4e-4 per coordinate, well below the signal
+    cfg = DPSGDConfig(epsilon=1e5, delta=1e-5, batch_size=32, epochs=20, lr=1e-2, max_grad_norm=1.0,
+                      accountant="rdp", samples=0)
+    res = train_dpsgd(x, cfg, device=torch.device("cpu"))
+    assert res.report["noise_multiplier"] < 0.05
+    unet = add_lora(load_unet(device=torch.device("cpu")))
+    zero = {k: torch.zeros_like(v) if ".lora_B." in k else v for k, v in res.lora.items()}
+    before, after = _fixed_loss(unet, zero, x), _fixed_loss(unet, res.lora, x)
+    assert any(v.abs().sum() > 0 for k, v in res.lora.items() if ".lora_B." in k)
+    assert after < 0.97 * before, (before, after)
+
+
+@needs_base
+def test_cancel_releases_nothing():
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(Cancelled):
+        train_dpsgd(_squares(32), DPSGDConfig(epsilon=1.0, samples=0), cancel=stop, device=torch.device("cpu"))
+
+
+@needs_base
+def test_non_private_reference_has_no_noise():
+    res = train_dpsgd(_squares(32), DPSGDConfig(epsilon=math.inf, batch_size=16, epochs=1, samples=0),
+                      device=torch.device("cpu"))
+    assert res.report["noise_multiplier"] == 0 and res.event is None and res.report["private"] is False
