@@ -67,43 +67,35 @@ def _cmd_evaluate(cfg: EvaluateConfig) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .bench import BenchConfig
     from .diffusion import BaseTrainConfig
+    from .dpsgd import DPSGDConfig
     from .encoder import EncoderTrainConfig
     from .evaluator import EvaluatorTrainConfig
+    from .pipeline import GenerateConfig
     from .train_hypernet import HypernetTrainConfig
 
     parser = argparse.ArgumentParser(prog="python -m dphyper", description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    def add(parent, name: str, cls: type, helptext: str) -> None:
+        p = parent.add_parser(name, help=helptext, description=cls.__doc__)
+        add_dataclass_args(p, cls)
+        p.set_defaults(config_cls=cls)
+
     train = sub.add_parser("train", help="train a public-data model of the default profile")
     tsub = train.add_subparsers(dest="what", required=True, metavar="MODEL")
-    for name, cls, helptext in (
-        ("base", BaseTrainConfig, "the base diffusion UNet (DDPM on public Fashion-MNIST)"),
-        ("encoder", EncoderTrainConfig, "the dataset encoder phi (open_clip, public data)"),
-        ("evaluator", EvaluatorTrainConfig, "the evaluator classifier behind FID/KID"),
-        ("hypernet", HypernetTrainConfig, "the hypernetwork H (noise-aware, public sets only)"),
-    ):
-        p = tsub.add_parser(name, help=helptext, description=cls.__doc__)
-        add_dataclass_args(p, cls)
-        p.set_defaults(config_cls=cls)
-
-    from .bench import BenchConfig
-    from .pipeline import GenerateConfig
-
-    for name, cls, helptext in (
-        ("generate", GenerateConfig, "a DP LoRA from a private folder with the hypernetwork (seconds)"),
-        ("sample", SampleConfig, "write PNG samples from the base model"),
-        ("evaluate", EvaluateConfig, "FID/KID and class histogram of a folder of samples"),
-        ("bench", BenchConfig, "measure the models and the private path; writes docs/BENCHMARKS.md"),
-    ):
-        p = sub.add_parser(name, help=helptext, description=cls.__doc__)
-        add_dataclass_args(p, cls)
-        p.set_defaults(config_cls=cls)
-    p = sub.add_parser("examples", help="(re)write the bundled example sets from the Fashion-MNIST test split",
-                       description=ExamplesConfig.__doc__)
-    add_dataclass_args(p, ExamplesConfig)
-    p.set_defaults(config_cls=ExamplesConfig)
+    add(tsub, "base", BaseTrainConfig, "the base diffusion UNet (DDPM on public Fashion-MNIST)")
+    add(tsub, "encoder", EncoderTrainConfig, "the dataset encoder phi (open_clip, public data)")
+    add(tsub, "evaluator", EvaluatorTrainConfig, "the evaluator classifier behind FID/KID")
+    add(tsub, "hypernet", HypernetTrainConfig, "the hypernetwork H (noise-aware, public sets only)")
+    add(sub, "generate", GenerateConfig, "a DP LoRA from a private folder with the hypernetwork (seconds)")
+    add(sub, "dpsgd", DPSGDConfig, "a DP LoRA from a private folder with DP-SGD (Opacus; minutes)")
+    add(sub, "sample", SampleConfig, "write PNG samples from the base model")
+    add(sub, "evaluate", EvaluateConfig, "FID/KID and class histogram of a folder of samples")
+    add(sub, "bench", BenchConfig, "measure the models and the private path; writes docs/BENCHMARKS.md")
+    add(sub, "examples", ExamplesConfig, "(re)write the bundled example sets from the Fashion-MNIST test split")
     return parser
 
 
@@ -129,6 +121,10 @@ def main(argv: list[str] | None = None) -> int:
             from .pipeline import generate
 
             result = generate(cfg)
+        elif ns.command == "dpsgd":
+            from .dpsgd import dpsgd
+
+            result = dpsgd(cfg)
         elif ns.command == "bench":
             from .bench import run_bench
 

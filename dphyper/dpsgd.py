@@ -163,3 +163,32 @@ def train_dpsgd(images: torch.Tensor, cfg: DPSGDConfig, *, progress: Callable[[d
     if not private:
         report["warning"] = "epsilon = inf: NO privacy (non-private reference)"
     return DPSGDResult(lora=lora, samples=x, report=report, event=event, losses=losses)
+
+
+def dpsgd(cfg: DPSGDConfig) -> dict:
+    """CLI entry: folder -> DP-SGD LoRA -> the same outputs as ``generate``, with a tqdm bar."""
+    import sys
+
+    from tqdm import tqdm
+
+    from .data import load_folder
+    from .pipeline import GenerateResult, write_outputs
+
+    t = time.perf_counter()
+    loaded = load_folder(cfg.images)
+    load_seconds = time.perf_counter() - t
+    bar = tqdm(desc="DP-SGD", unit="step", file=sys.stderr)
+
+    def progress(p: dict) -> None:
+        bar.total = p["total"]
+        bar.set_postfix(eps=f"{p['epsilon_spent']:.3g}")
+        bar.update(1)
+
+    res = train_dpsgd(loaded.images, cfg, progress=progress)
+    bar.close()
+    res.report["seconds"]["load"] = round(load_seconds, 3)
+    result = GenerateResult(lora=res.lora, samples=res.samples, release=None, report=res.report)  # type: ignore[arg-type]
+    report = write_outputs(result, cfg.out)
+    for name, why in loaded.rejected:
+        print(f"skipped {name}: {why}", file=sys.stderr)
+    return report

@@ -43,7 +43,7 @@ class GenerateConfig:
 class GenerateResult:
     lora: dict[str, torch.Tensor]  # unbatched LoRA tensors, UNet parameter names
     samples: torch.Tensor  # (K, 1, 32, 32) in [-1, 1]
-    release: ReleasedMean
+    release: ReleasedMean | None  # None for DP-SGD (its event is in the report)
     report: dict
     rejected: list[tuple[str, str]] = field(default_factory=list)
 

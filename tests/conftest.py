@@ -18,3 +18,15 @@ def fmnist_test():
     from dphyper.data import load_fashion_mnist
 
     return load_fashion_mnist("test")
+
+
+def toy_squares(n: int = 64, lo: int = 4, hi: int = 20, seed: int = 0):
+    """Bright 8x8 squares at random places on a dark 32x32 background: learnable in a few steps."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    x = -torch.ones(n, 1, 32, 32)
+    for i in range(n):
+        a, b = torch.randint(lo, hi, (2,), generator=g).tolist()
+        x[i, 0, a:a + 8, b:b + 8] = 1.0
+    return x

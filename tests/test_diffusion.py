@@ -4,17 +4,13 @@ import torch
 from dphyper.config import BASE_UNET_DIR
 from dphyper.diffusion import BaseTrainConfig, build_unet, load_unet, sample, train_base
 
+from .conftest import toy_squares
+
 needs_base = pytest.mark.skipif(not (BASE_UNET_DIR / "config.json").exists(), reason="no shipped base UNet")
 
 
 def _toy_images(n=256):
-    """Bright squares of random size and position: learnable in a few dozen steps."""
-    g = torch.Generator().manual_seed(0)
-    x = -torch.ones(n, 1, 32, 32)
-    for i in range(n):
-        a, b = torch.randint(4, 20, (2,), generator=g).tolist()
-        x[i, 0, a:a + 8, b:b + 8] = 1.0
-    return x
+    return toy_squares(n, 4, 20)
 
 
 def test_tiny_training_lowers_loss(tmp_path):

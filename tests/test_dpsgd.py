@@ -13,16 +13,13 @@ from dphyper.diffusion import load_unet
 from dphyper.dpsgd import Cancelled, DPSGDConfig, train_dpsgd
 from dphyper.lora import add_lora, lora_model_fn, save_lora
 
+from .conftest import toy_squares
+
 needs_base = pytest.mark.skipif(not (BASE_UNET_DIR / "config.json").exists(), reason="no shipped base UNet")
 
 
 def _squares(n=64):
-    g = torch.Generator().manual_seed(0)
-    x = -torch.ones(n, 1, 32, 32)
-    for i in range(n):
-        a, b = torch.randint(6, 18, (2,), generator=g).tolist()
-        x[i, 0, a:a + 8, b:b + 8] = 1.0
-    return x
+    return toy_squares(n, 6, 18)
 
 
 def _fixed_loss(unet, lora, x0):
