@@ -40,8 +40,16 @@ open_clip.add_model_config(PACKAGE_DIR / "model_configs")
 
 
 def build_clip() -> nn.Module:
-    """A randomly initialised open_clip model of the custom config (no download)."""
-    return open_clip.create_model(MODEL_NAME, pretrained=None)
+    """A randomly initialised open_clip model of the custom config (no download).
+
+    open_clip logs "no pretrained weights, initialized randomly" on the root logger; that
+    is the intent here (our weights are loaded right after), so it is silenced.
+    """
+    logging.disable(logging.WARNING)
+    try:
+        return open_clip.create_model(MODEL_NAME, pretrained=None)
+    finally:
+        logging.disable(logging.NOTSET)
 
 
 class Encoder(nn.Module):

@@ -178,10 +178,15 @@ def _pld_epsilon(events: list[PrivacyEvent], delta: float) -> float:
 # ---------------------------------------------------------------- the release
 
 def clip_embeddings(embeddings: torch.Tensor, *, max_norm: float) -> torch.Tensor:
-    """Scale each row to L2 norm <= max_norm (rows already inside are unchanged)."""
+    """Scale each row to L2 norm <= max_norm (rows already inside are unchanged).
+
+    A row with a NaN or infinite entry becomes the zero vector: left alone it would turn
+    the whole released sum into NaN and so reveal its presence (unbounded privacy loss).
+    """
     if max_norm <= 0:
         raise ValueError("max_norm must be > 0")
     e = embeddings.to(torch.float64)
+    e = torch.where(torch.isfinite(e).all(dim=1, keepdim=True), e, torch.zeros_like(e))
     norms = e.norm(dim=1, keepdim=True)
     clipped = e * torch.clamp(max_norm / norms.clamp_min(1e-300), max=1.0)
     # Guard against rounding: the bound is what the guarantee rests on.

@@ -142,3 +142,19 @@ def test_private_path_on_cuda():
     r = cuda.run(load_folder(EXAMPLES_DIR / "sneakers").images, epsilon=1.0, samples=8, steps=10, seed=0)
     assert r.samples.shape == (8, 1, 32, 32) and torch.isfinite(r.samples).all()
     assert next(iter(r.lora.values())).device.type == "cuda"
+
+
+@needs_models
+def test_hypernet_training_runs_resumes_and_moves_the_lora(tmp_path):
+    from dphyper.hypernet import load_hypernet
+    from dphyper.train_hypernet import HypernetTrainConfig, train_hypernet
+
+    cfg = HypernetTrainConfig(out=tmp_path / "h.safetensors", work_dir=tmp_path / "work", max_steps=3,
+                              sets_per_step=2, images_per_set=4, n_max=200, limit_images=1000, save_every=2)
+    assert train_hypernet(cfg)["steps"] == 3
+    cfg.max_steps = 5
+    assert train_hypernet(cfg)["steps"] == 5  # resumed, not restarted
+    assert (tmp_path / "h.safetensors").stat().st_size < 10 * 2**20
+    unet = add_lora(build_unet())
+    h = load_hypernet(unet, tmp_path / "h.safetensors", device=torch.device("cpu"))
+    assert h.head.weight.abs().sum() > 0  # training moved the zero-initialised head

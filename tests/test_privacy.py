@@ -71,6 +71,16 @@ def test_clipping_bound_holds_for_any_input(e, c):
     assert torch.allclose(out[inside], torch.from_numpy(e)[inside])  # rows inside stay unchanged
 
 
+def test_non_finite_rows_cannot_poison_the_release():
+    e = torch.nn.functional.normalize(torch.randn(10, 4, dtype=torch.float64), dim=1)
+    e[3, 1] = float("nan")
+    e[5, 0] = float("inf")
+    out = clip_embeddings(e, max_norm=1.0)
+    assert torch.isfinite(out).all() and out[3].abs().sum() == 0 and out[5].abs().sum() == 0
+    rel = release_mean(e, epsilon=1.0)
+    assert torch.isfinite(rel.mean).all() and math.isfinite(rel.noisy_count)
+
+
 @settings(max_examples=100, deadline=None)
 @given(st.integers(2, 50), st.integers(1, 32), st.floats(0.1, 10), st.floats(0.1, 10), st.integers(0, 2**31))
 def test_sensitivity_used_equals_claimed(n, d, clip, c, seed):
