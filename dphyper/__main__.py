@@ -73,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .encoder import EncoderTrainConfig
     from .evaluator import EvaluatorTrainConfig
     from .pipeline import GenerateConfig
+    from .theory import TheoryConfig
     from .train_hypernet import HypernetTrainConfig
 
     parser = argparse.ArgumentParser(prog="python -m dphyper", description=__doc__.splitlines()[0] if __doc__ else None)
@@ -95,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     add(sub, "sample", SampleConfig, "write PNG samples from the base model")
     add(sub, "evaluate", EvaluateConfig, "FID/KID and class histogram of a folder of samples")
     add(sub, "bench", BenchConfig, "measure the models and the private path; writes docs/BENCHMARKS.md")
+    add(sub, "theory", TheoryConfig, "teaching: one-shot vs DP-SGD risk in the synthetic setting (JSON rows)")
     add(sub, "examples", ExamplesConfig, "(re)write the bundled example sets from the Fashion-MNIST test split")
     return parser
 
@@ -129,6 +131,10 @@ def main(argv: list[str] | None = None) -> int:
             from .bench import run_bench
 
             result = run_bench(cfg)
+        elif ns.command == "theory":
+            from .theory import rows
+
+            result = rows(cfg)
         elif ns.command == "examples":
             from .examples import write_examples
 

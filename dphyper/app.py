@@ -165,6 +165,10 @@ def build_demo():
             base_go = gr.Button("Sample the base model")
             base_gallery = gr.Gallery(columns=8, height=320)
             base_go.click(run_base, [base_n, base_seed], base_gallery, concurrency_limit=2)
+        with gr.Tab("Teaching: why one-shot noise helps"):
+            from .theory_tab import build_tab
+
+            build_tab()
         for comp in (log_eps, no_privacy, delta):
             comp.change(privacy_summary, [log_eps, no_privacy, delta], summary, queue=False, show_progress="hidden")
         go.click(run_hypernet, [example, files, log_eps, no_privacy, delta, n_samples, ledgers],

@@ -61,6 +61,15 @@ class DPSGDResult:
     losses: list[float]
 
 
+def dpsgd_noise_multiplier(*, epsilon: float, delta: float, sample_rate: float, steps: int,
+                           accountant: str = "prv") -> float:
+    """sigma for `steps` Poisson-sampled Gaussian steps at (epsilon, delta): Opacus' own search."""
+    from opacus.accountants.utils import get_noise_multiplier
+
+    return float(get_noise_multiplier(target_epsilon=epsilon, target_delta=delta, sample_rate=sample_rate,
+                                      steps=steps, accountant=accountant))
+
+
 class Cancelled(RuntimeError):
     """Raised when the caller's cancel event is set; nothing is released."""
 
