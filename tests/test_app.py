@@ -1,5 +1,6 @@
 """The app through its HTTP API (gradio_client), as a user's browser would drive it."""
 
+import re
 import socket
 
 import pytest
@@ -32,6 +33,10 @@ def app_url(tmp_path_factory):
     demo.close()
 
 
+def _ledger_rows(markdown: str) -> list[int]:
+    return [int(m) for m in re.findall(r"^\| (\d+) \| ", markdown, flags=re.M)]
+
+
 def test_privacy_summary_updates_with_epsilon():
     from dphyper.app import privacy_summary
 
@@ -52,10 +57,10 @@ def test_upload_run_and_session_isolation(app_url):
     assert len(gallery) == 4 and report["method"] == "hypernet" and report["epsilon"] == 1.0
     assert "40 images used" in info and any(str(d).endswith("lora.safetensors") for d in downloads)
     out = alice.predict(None, files, 0.0, False, 1e-5, 4, api_name="/run_hypernet")
-    assert "| 2 |" in out[3]  # the same folder twice: two releases in Alice's ledger
+    assert _ledger_rows(out[3]) == [1, 2]  # the same folder twice: two releases in Alice's ledger
     # Bob, another session, runs once on other data: he sees only his own release.
     out_b = bob.predict("sneakers", None, 0.3, False, 1e-5, 4, api_name="/run_hypernet")
-    assert "| 1 |" in out_b[3] and "| 2 |" not in out_b[3]
+    assert _ledger_rows(out_b[3]) == [1]
     assert "200 images used" in out_b[4]
 
 
