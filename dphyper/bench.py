@@ -32,7 +32,7 @@ DOC = REPO_DIR / "docs" / "BENCHMARKS.md"
 class BenchConfig:
     """`python -m dphyper bench`: measure and record numbers in docs/BENCHMARKS.md."""
 
-    suite: str = field(default="models", metadata={"help": "which suite: models or hypernet"})
+    suite: str = field(default="models", metadata={"help": "which suite: models, hypernet or theory"})
     samples: int = field(default=1000, metadata={"help": "generated images per FID (models suite)"})
     set_samples: int = field(default=256, metadata={"help": "generated images per example set (hypernet suite)"})
     steps: int = field(default=25, metadata={"help": "DDIM steps for every sample"})
@@ -201,10 +201,52 @@ def bench_hypernet(cfg: BenchConfig) -> dict:
     return res
 
 
+def bench_theory(cfg: BenchConfig) -> dict:
+    from . import theory_tab
+    from .theory import oneshot_closed_form, oneshot_simulate
+
+    reps = 3000
+    res: dict = {"machine": machine(), "cells": []}
+    rows = [
+        "## Teaching setting (`python -m dphyper bench --suite theory`)",
+        "",
+        f"F4: one-shot simulated excess risk ({reps} private datasets per cell, seed {cfg.seed}; the map "
+        "fitted on 2,000 public datasets) vs the closed form.",
+        "",
+        "| ε | n | d | closed form | simulated mean ± s.e. | ratio |",
+        "|---|---|---|---|---|---|",
+    ]
+    for eps, n, d in [(0.25, 100, 10), (1.0, 1000, 10), (4.0, 200, 50), (8.0, 1000, 5), (0.1, 50, 20)]:
+        sim = oneshot_simulate(eps, n, d, reps=reps, seed=cfg.seed)
+        cf = oneshot_closed_form(eps, n, d)
+        se = float(sim.std() / math.sqrt(reps))
+        res["cells"].append({"epsilon": eps, "n": n, "d": d, "closed_form": cf, "sim": float(sim.mean()), "se": se})
+        rows.append(f"| {eps} | {n} | {d} | {cf:.4e} | {sim.mean():.4e} ± {se:.1e} | {sim.mean() / cf:.4f} |")
+    ns, ds = theory_tab.grid_values()
+    if ns:
+        theory_tab.figure(0.0, ns[0], ds[0])  # warm-up
+        t0 = time.perf_counter()
+        for i, n in enumerate(ns):
+            theory_tab.figure(-1.0 + 0.3 * i, n, ds[-1])
+            theory_tab.reading(-1.0 + 0.3 * i, n, ds[-1])
+        res["redraw_seconds"] = (time.perf_counter() - t0) / len(ns)
+        rows += ["", f"Tab redraw after a slider change (figure + reading, server side): "
+                 f"{res['redraw_seconds'] * 1000:.0f} ms (mean of {len(ns)})."]
+        stored = theory_tab.load_curves()
+        rows += ["", "Stored simulation curves (`assets/curves/theory.json`), DP-SGD / one-shot risk ratio at n = 1000:",
+                 "", "| d | " + " | ".join(f"ε = {r['epsilon']:g}" for r in stored if r["n"] == 1000 and r["d"] == ds[0]) + " |",
+                 "|---|" + "---|" * len([r for r in stored if r["n"] == 1000 and r["d"] == ds[0]])]
+        for d in ds:
+            cells = [r for r in stored if r["n"] == 1000 and r["d"] == d]
+            rows.append(f"| {d} | " + " | ".join(f"{r['dpsgd']['mean'] / r['hypernet']['mean']:.1f}×" for r in cells) + " |")
+    write_section(cfg.doc, "theory", "\n".join(rows))
+    return res
+
+
 def run_bench(cfg: BenchConfig) -> dict:
-    fn = {"models": bench_models, "hypernet": bench_hypernet}.get(cfg.suite)
+    fn = {"models": bench_models, "hypernet": bench_hypernet, "theory": bench_theory}.get(cfg.suite)
     if fn is None:
-        raise ValueError(f"unknown suite {cfg.suite!r}: choose models or hypernet")
+        raise ValueError(f"unknown suite {cfg.suite!r}: choose models, hypernet or theory")
     res = fn(cfg)
     out = REPO_DIR / "bench" / f"{cfg.suite}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
