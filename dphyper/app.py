@@ -101,6 +101,7 @@ def run_hypernet(example: str | None, files: list | None, log_eps: float, no_pri
     key = _dataset_key(loaded.images)
     ledger = ledgers.setdefault(key, PrivacyLedger())
     ledger.record(result.release.event)
+    _sweep_old_runs()
     out = Path(tempfile.mkdtemp(prefix="run-", dir=TEMP_DIR))
     write_outputs(result, out)
     from .data import to_uint8_images
@@ -110,6 +111,18 @@ def run_hypernet(example: str | None, files: list | None, log_eps: float, no_pri
     info = f"{loaded.n} images used; rejected: {rejected}"
     return (gallery, result.report, [str(out / "lora.safetensors"), str(out / "grid.png"), str(out / "report.json")],
             _ledger_markdown(ledgers, key), info, ledgers)
+
+
+def _sweep_old_runs(max_age_s: float = 600.0) -> None:
+    """Delete run folders (DP outputs already copied into Gradio's cache) older than max_age_s."""
+    import time
+
+    for d in TEMP_DIR.glob("run-*"):
+        try:
+            if time.time() - d.stat().st_mtime > max_age_s:
+                shutil.rmtree(d, ignore_errors=True)
+        except OSError:
+            pass
 
 
 def run_base(n_samples: int, seed: int):

@@ -130,7 +130,9 @@ def bench_models(cfg: BenchConfig) -> dict:
 
 
 def bench_hypernet(cfg: BenchConfig) -> dict:
-    from .data import CLASS_NAMES, load_fashion_mnist, load_folder
+    from PIL import Image
+
+    from .data import CLASS_NAMES, load_fashion_mnist, load_folder, make_grid
     from .diffusion import sample
     from .evaluator import classify, fid_kid, load_evaluator
     from .examples import EXAMPLE_SETS, heldout_images
@@ -181,6 +183,7 @@ def bench_hypernet(cfg: BenchConfig) -> dict:
             return float(1 - 0.5 * (hist - 0.1).abs().sum())
         return float(torch.isin(pred, torch.tensor(classes)).float().mean())
 
+    figure_rows = [base[:10]]
     for s in EXAMPLE_SETS:
         private = load_folder(ASSETS_DIR / "examples" / s.name).images
         held = heldout_images(s.name)
@@ -193,10 +196,17 @@ def bench_hypernet(cfg: BenchConfig) -> dict:
             key = "inf" if math.isinf(eps) else str(eps)
             cell[key] = {"agreement": agreement(pred, s.classes), **fid_kid(r.samples, held),
                          "noisy_count": r.release.noisy_count}
+            if eps == 1.0:
+                figure_rows.append(r.samples[:10])
             rows.append(f"| {s.name} | {len(held)} | hypernet | {'∞' if math.isinf(eps) else eps} | "
                         f"{cell[key]['agreement']:.3f} | {cell[key]['fid']:.2f} | {cell[key]['kid_mean']:.4f} |")
         res["sets"][s.name] = cell
         print(s.name, json.dumps(cell), flush=True)
+    # The README figure: base model, then the epsilon = 1 LoRA of each example set, a row each.
+    make_grid(torch.cat(figure_rows), ncol=10).resize((10 * 34 * 2 + 4, len(figure_rows) * 34 * 2 + 4),
+                                                      Image.Resampling.NEAREST).save(REPO_DIR / "docs" / "samples.png")
+    rows += ["", "`docs/samples.png`: first row the base model, then one row per set above (ε = 1), "
+             "same sampling seed."]
     write_section(cfg.doc, "hypernet", "\n".join(rows))
     return res
 
