@@ -127,6 +127,7 @@ class BaseTrainConfig:
     layers_per_block: int = field(default=UNetConfig.layers_per_block, metadata={"help": "ResNet blocks per level"})
     limit_images: int = field(default=0, metadata={"help": "use only the first N public images (0 = all; for tests)"})
     save_every: int = field(default=200, metadata={"help": "write resumable state every N steps"})
+    log_every: int = field(default=50, metadata={"help": "record the mean loss every N steps"})
     seed: int = field(default=0, metadata={"help": "seed for the data order and diffusion noise (public data only)"})
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0 = torch default)"})
 
@@ -196,7 +197,7 @@ def train_base(cfg: BaseTrainConfig, images: torch.Tensor | None = None) -> dict
         _ema_update(ema, unet, min(cfg.ema_decay, (1 + step) / (10 + step)))
         step += 1
         run_losses.append(loss.item())
-        if step % 50 == 0:
+        if step % cfg.log_every == 0:
             history.append((step, sum(run_losses) / len(run_losses)))
             log.info("base step %d loss %.4f (%.0f s this call)", step, history[-1][1], time.time() - t_start)
             run_losses = []

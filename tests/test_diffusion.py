@@ -15,7 +15,8 @@ def _toy_images(n=256):
 
 def test_tiny_training_lowers_loss(tmp_path):
     cfg = BaseTrainConfig(out=tmp_path / "out", work_dir=tmp_path / "work", max_steps=80, batch_size=16,
-                          block_out_channels=(16, 16, 16), lr=2e-3, warmup_steps=5, save_every=40)
+                          block_out_channels=(16, 16, 16), lr=2e-3, warmup_steps=5, save_every=40,
+                          log_every=10)
     train_base(cfg, images=_toy_images())
     state = torch.load(tmp_path / "work" / "state.pt", weights_only=False)
     hist = [loss for _, loss in state["history"]]
