@@ -81,6 +81,7 @@ def _sum_of_sphere(rng: np.random.Generator, reps: int, n: int, d: int) -> np.nd
 
 # ---------------------------------------------------------------- one-shot
 
+@functools.lru_cache(maxsize=4096)
 def _oneshot_moments(n: int, d: int, sigma: float) -> tuple[float, float, float]:
     """E[n/D], E[1/D^2] over n~ ~ N(n, (sigma Delta / c)^2), D = max(n~, 1); and Delta."""
     delta_sens = math.sqrt(1 + COUNT_SCALE ** 2)
@@ -153,27 +154,21 @@ def dpsgd_sigma(epsilon: float, delta: float, sample_rate: float, steps: int, ac
 
 
 def _dpsgd_run(rng, epsilon, n, d, delta, reps, lr, steps, batch):
+    """DP-SGD on ``reps`` fixed datasets of n examples each (every step resamples the *same* n)."""
     q = min(1.0, batch / n)
     sigma = dpsgd_sigma(float(epsilon), float(delta), float(q), int(steps))
-    mu = R_MU * _sphere(rng, (reps,), d)
-    # Per-example unit directions would be (reps, n, d): for big n, draw the batch sums directly.
-    theta = np.zeros((reps, d))
-    for _ in range(steps):
-        b = rng.binomial(n, q, size=reps)  # Poisson batch sizes
-        sum_u = np.stack([_sphere(rng, (k,), d).sum(0) if k else np.zeros(d) for k in b]) \
-            if n * d * reps <= 2_000_000 else _batch_sums_normal(rng, b, d)
-        sum_x = b[:, None] * mu + S_NOISE * sum_u
-        grad = b[:, None] * theta - sum_x + rng.standard_normal((reps, d)) * sigma * CLIP_SGD
-        theta = theta - lr * grad / (q * n)
-        norms = np.linalg.norm(theta, axis=1, keepdims=True)
-        theta = theta / np.maximum(norms, 1.0)
-    return 0.5 * ((theta - mu) ** 2).sum(1)
-
-
-def _batch_sums_normal(rng, b, d):
-    # A sum of k uniform unit vectors in R^d has mean 0 and covariance (k/d) I; for the big
-    # batches where this path is used it is Gaussian to high accuracy (CLT).
-    return rng.standard_normal((len(b), d)) * np.sqrt(b / d)[:, None]
+    risks = np.empty(reps)
+    for r in range(reps):
+        mu = R_MU * _sphere(rng, (), d)
+        x = mu + S_NOISE * _sphere(rng, (n,), d)  # the private dataset, fixed for the whole run
+        theta = np.zeros(d)
+        for _ in range(steps):
+            picked = x[rng.random(n) < q]  # Poisson sampling
+            grad = len(picked) * theta - picked.sum(0) + rng.standard_normal(d) * sigma * CLIP_SGD
+            theta = theta - lr * grad / (q * n)
+            theta = theta / max(np.linalg.norm(theta), 1.0)  # projection keeps ||theta - x|| <= C
+        risks[r] = 0.5 * ((theta - mu) ** 2).sum()
+    return risks
 
 
 DPSGD_GRID = {"lr": (0.1, 0.3, 1.0), "steps": (5, 20, 50), "batch": (256,)}

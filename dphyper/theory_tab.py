@@ -46,6 +46,17 @@ def grid_values() -> tuple[list[int], list[int]]:
     return sorted({r["n"] for r in rows}), sorted({r["d"] for r in rows})
 
 
+def warm_cache() -> None:
+    """Compute the closed-form curve of every stored (n, d) once, so slider changes only redraw."""
+    from .theory import oneshot_closed_form
+
+    ns, ds = grid_values()
+    for n in ns:
+        for d in ds:
+            for e in EPS_LINE:
+                oneshot_closed_form(float(e), n, d)
+
+
 def figure(log_eps: float, n: int, d: int):
     import plotly.graph_objects as go
 
@@ -96,6 +107,7 @@ def build_tab() -> None:
     if not ns:
         gr.Markdown("No simulation curves found: run `python -m dphyper theory ... > assets/curves/theory.json`.")
         return
+    warm_cache()
     gr.Markdown(TEXT)
     with gr.Row():
         log_eps = gr.Slider(-1.0, 1.2, value=0.0, step=0.05, label="log10 ε")

@@ -75,3 +75,13 @@ def test_tab_figure_marks_epsilon_and_reads_stored_curves():
     r = rows_[0]
     assert r["hypernet"]["closed_form"] == pytest.approx(oneshot_closed_form(r["epsilon"], r["n"], r["d"]), rel=1e-6)
     assert "×" in theory_tab.reading(0.0, ns[0], ds[0])
+
+
+def test_dpsgd_cannot_beat_the_sample_mean():
+    """No estimator from n examples beats the sample mean's risk s^2/(2n) by much here (the known
+    norm of mu is worth at most a factor (d-1)/d): a DP-SGD that sees fresh data each step would."""
+    from dphyper.theory import S_NOISE, dpsgd_simulate
+
+    n, d = 200, 5
+    risk = dpsgd_simulate(8.0, n, d, reps=60, seed=3).mean()
+    assert risk > 0.6 * 0.5 * S_NOISE ** 2 / n, risk
