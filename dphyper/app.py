@@ -12,7 +12,6 @@ Privacy in the app:
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 import shutil

@@ -30,19 +30,14 @@ from torch.utils.data import DataLoader, TensorDataset
 from .config import get_device
 from .diffusion import load_unet, make_train_scheduler, sample
 from .lora import add_lora, lora_model_fn
-from .privacy import DEFAULT_DELTA, PrivacyEvent, private_generator
+from .pipeline import PrivateRunConfig
+from .privacy import PrivacyEvent, private_generator
 
 
 @dataclass
-class DPSGDConfig:
+class DPSGDConfig(PrivateRunConfig):
     """`python -m dphyper dpsgd`: a DP LoRA from a private folder with DP-SGD (minutes)."""
 
-    images: Path = field(default=Path("private"), metadata={"help": "folder of private images"})
-    epsilon: float = field(default=1.0, metadata={"help": "total privacy budget of the training ('inf' = no privacy)"})
-    delta: float = field(default=DEFAULT_DELTA, metadata={"help": "delta of the training; keep it below 1/n"})
-    samples: int = field(default=16, metadata={"help": "number of images to sample with the LoRA"})
-    steps: int = field(default=25, metadata={"help": "DDIM sampling steps"})
-    seed: int | None = field(default=None, metadata={"help": "seed of the *sampling* noise only (never the privacy noise)"})
     out: Path = field(default=Path("out-dpsgd"), metadata={"help": "output folder (lora.safetensors, samples/, grid.png, report.json)"})
     epochs: float = field(default=10.0, metadata={"help": "expected passes over the private set"})
     batch_size: int = field(default=64, metadata={"help": "expected Poisson batch size"})
@@ -136,13 +131,12 @@ def train_dpsgd(images: torch.Tensor, cfg: DPSGDConfig, *, progress: Callable[[d
     train_seconds = time.perf_counter() - t0
     eps_spent = engine.get_epsilon(cfg.delta) if engine is not None else math.inf
     noise_multiplier = float(opt.noise_multiplier) if private else 0.0
-    base = unet._module if hasattr(unet, "_module") else unet
     lora = {name: p.detach().clone() for name, p in zip(names, params)}
-    if hasattr(model, "_close"):
+    if hasattr(model, "_close"):  # remove Opacus' hooks from the UNet before sampling
         model._close()
-    base.eval()
+    unet.eval()
     t1 = time.perf_counter()
-    x = sample(base, cfg.samples, steps=cfg.steps, seed=cfg.seed, model_fn=lora_model_fn(base, lora)) if cfg.samples \
+    x = sample(unet, cfg.samples, steps=cfg.steps, seed=cfg.seed, model_fn=lora_model_fn(unet, lora)) if cfg.samples \
         else torch.empty(0, 1, 32, 32)
     sample_seconds = time.perf_counter() - t1
     event = None

@@ -27,16 +27,21 @@ from .privacy import DEFAULT_DELTA, ReleasedMean, release_mean
 
 
 @dataclass
-class GenerateConfig:
-    """`python -m dphyper generate`: a DP LoRA from a private folder with the hypernetwork."""
+class PrivateRunConfig:
+    """Options every private run shares (hypernetwork and DP-SGD): data, budget, sampling, output."""
 
     images: Path = field(default=Path("private"), metadata={"help": "folder of private images"})
-    epsilon: float = field(default=1.0, metadata={"help": "privacy budget of the one release ('inf' = no privacy)"})
-    delta: float = field(default=DEFAULT_DELTA, metadata={"help": "delta of the release; keep it below 1/n"})
+    epsilon: float = field(default=1.0, metadata={"help": "privacy budget of the run ('inf' = no privacy)"})
+    delta: float = field(default=DEFAULT_DELTA, metadata={"help": "delta of the run; keep it below 1/n"})
     samples: int = field(default=16, metadata={"help": "number of images to sample with the LoRA"})
     steps: int = field(default=25, metadata={"help": "DDIM sampling steps"})
     seed: int | None = field(default=None, metadata={"help": "seed of the *sampling* noise only (never the privacy noise)"})
     out: Path = field(default=Path("out"), metadata={"help": "output folder (lora.safetensors, samples/, grid.png, report.json)"})
+
+
+@dataclass
+class GenerateConfig(PrivateRunConfig):
+    """`python -m dphyper generate`: a DP LoRA from a private folder with the hypernetwork."""
 
 
 @dataclass
