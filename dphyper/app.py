@@ -1,32 +1,49 @@
 """The Gradio UI. ``app.py`` at the top level only builds and launches it.
 
 Privacy in the app:
-* public models are loaded once per process (they hold no private data);
-* everything about an upload lives in the session (``gr.State``): the ledger of releases
-  per dataset, the last result. Nothing private is kept at module level or logged;
-* uploads go to the app's own ``GRADIO_TEMP_DIR`` (cleaned at start) and are deleted by
-  ``delete_cache``; the run's own outputs go to a per-run temporary folder that only
-  holds DP outputs (LoRA, samples, report).
+* public models, the benchmark curves and the public embedding map are loaded once per
+  process (they hold no private data);
+* everything about an upload lives in the session (``gr.State``): the decoded images, the
+  ledger of releases per dataset, the user's runs. Nothing private is kept at module level
+  or logged;
+* uploaded files are decoded once and deleted from the server right away (what remains is
+  the session's tensor, dropped after ``SESSION_TTL_S`` or when the session ends); the
+  thumbnails are an inline data URI, never a file; the app's own ``GRADIO_TEMP_DIR`` is
+  emptied at start and ``delete_cache`` sweeps what Gradio keeps (DP outputs only: each
+  run's folder holds the LoRA, samples and report).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import shutil
 import tempfile
 import threading
+import time
 from pathlib import Path
+
+import gradio as gr
 
 from .config import EXAMPLES_DIR, REPO_DIR
 
 TEMP_DIR = Path(os.environ.get("DPHYPER_TEMP_DIR", REPO_DIR / ".gradio_tmp"))
 MAX_FILE_MB = 10
 MAX_IMAGES = 2000
+SESSION_TTL_S = 3600  # decoded images are dropped from a session idle this long
 
-_lock = threading.Lock()
+_lock = threading.RLock()  # re-entrant: the PCA map loads the pipeline under it
 _models: dict[str, object] = {}
+
+try:  # On Hugging Face ZeroGPU Spaces, the heavy functions borrow a GPU; elsewhere a no-op.
+    import spaces  # type: ignore
+
+    gpu = spaces.GPU
+except ImportError:  # pragma: no cover - the package exists only on Spaces
+    def gpu(fn=None, **_kwargs):
+        return fn if fn is not None else (lambda f: f)
 
 
 def _pipeline():
@@ -38,26 +55,197 @@ def _pipeline():
         return _models["pipe"]
 
 
+def _evaluator():
+    with _lock:
+        if "evaluator" not in _models:
+            from .evaluator import load_evaluator
+
+            _models["evaluator"] = load_evaluator()
+        return _models["evaluator"]
+
+
 def example_names() -> list[str]:
     return sorted(p.name for p in EXAMPLES_DIR.iterdir() if p.is_dir()) if EXAMPLES_DIR.exists() else []
 
 
-def privacy_summary(log_eps: float, no_privacy: bool, delta: float) -> str:
-    from .privacy import calibrate_gaussian
-
-    if no_privacy:
-        return "**No privacy** (ε = ∞): the exact mean embedding is used. A non-private reference only."
-    eps = 10 ** log_eps
-    s = calibrate_gaussian(epsilon=eps, delta=delta)
-    return (f"**ε = {eps:.3g}**, δ = {delta:g} (the chance the guarantee fails outright; keep it below 1/n). "
-            f"Noise multiplier σ/Δ = **{s:.3f}**: the released sum of n embeddings of norm ≤ 1 gets Gaussian "
-            f"noise of std {s * math.sqrt(2):.2f} per coordinate, so for n = 200 the mean moves by about "
-            f"{s * math.sqrt(2) / 200 * 8:.3f} (norm) — for n = 1000 by {s * math.sqrt(2) / 1000 * 8:.3f}.")
+# ---------------------------------------------------------------- data in
 
 
 def _dataset_key(images) -> str:
     # Identifies "the same folder" for the ledger; kept in session state only, never shown.
     return hashlib.sha256(images.numpy().tobytes()).hexdigest()
+
+
+def _delete_uploads(paths: list[Path]) -> None:
+    """Uploaded files are decoded once; then they leave the server's disk."""
+    for p in paths:
+        try:
+            if TEMP_DIR.resolve() in p.resolve().parents:
+                p.unlink(missing_ok=True)
+                if p.parent != TEMP_DIR and not any(p.parent.iterdir()):
+                    p.parent.rmdir()
+        except OSError:
+            pass
+
+
+def load_data(example: str | None, files: list | None = None, folder: list | None = None):
+    """Decode the chosen data into the session; returns (data, overview markdown, thumbnails)."""
+
+    from .data import DataError, load_folder, load_images
+
+    uploaded = [Path(getattr(f, "name", f)) for f in (files or []) + (folder or [])]
+    try:
+        if uploaded:
+            loaded = load_images(uploaded, max_images=MAX_IMAGES)
+            source = f"your upload ({len(uploaded)} file{'s' * (len(uploaded) != 1)})"
+        elif example:
+            loaded = load_folder(EXAMPLES_DIR / example)
+            source = f"example set “{example}”"
+        else:
+            raise DataError("Choose an example set or upload images first.")
+    except DataError as exc:
+        raise gr.Error(str(exc)) from None
+    finally:
+        _delete_uploads(uploaded)
+    data = {"images": loaded.images, "key": _dataset_key(loaded.images), "n": loaded.n, "source": source}
+    lines = [f"**{loaded.n} images** from {source}."]
+    if uploaded:
+        lines.append("The uploaded files were decoded and deleted from the server; the images stay in this "
+                     "browser session only.")
+    if loaded.rejected:
+        lines.append(f"Skipped {len(loaded.rejected)} file(s):")
+        lines += [f"- `{name}`: {why}" for name, why in loaded.rejected[:20]]
+        if len(loaded.rejected) > 20:
+            lines.append(f"- … and {len(loaded.rejected) - 20} more")
+    return data, "\n".join(lines), thumbnails_html(loaded.images[:24])
+
+
+def thumbnails_html(images) -> str:
+    """Private thumbnails as an inline data URI: they go to the owner's page and never to disk."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    from .data import make_grid
+
+    grid = make_grid(images, ncol=12)
+    grid = grid.resize((grid.width * 2, grid.height * 2), Image.Resampling.NEAREST)
+    buf = io.BytesIO()
+    grid.save(buf, format="PNG")
+    b64 = base64.b64encode(buf.getvalue()).decode()
+    return (f'<img alt="your images (first {len(images)})" src="data:image/png;base64,{b64}" '
+            'style="image-rendering: pixelated; max-width: 100%;">')
+
+
+def load_example(example: str | None):
+    data, overview, thumbs = load_data(example)
+    return data, overview, thumbs
+
+
+def load_upload(files: list | None, folder: list | None, example: str | None):
+    """Upload handler: loads the files and clears the upload boxes (the files are gone)."""
+    if not files and not folder:
+
+        return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+    data, overview, thumbs = load_data(None, files, folder)
+    return data, overview, thumbs, None, None
+
+
+# ---------------------------------------------------------------- epsilon and the curves
+
+
+def privacy_summary(log_eps: float, no_privacy: bool, delta: float, n: int | None = None) -> str:
+    from .privacy import calibrate_gaussian
+
+    if no_privacy:
+        return "**No privacy** (ε = ∞): the exact mean embedding is used. A non-private reference only."
+    eps = 10 ** log_eps
+    n = int(n) if n else 200
+    d = 64
+    s = calibrate_gaussian(epsilon=eps, delta=delta)
+    std_mean = s * math.sqrt(2) / n  # sensitivity sqrt(1 + 1): embedding norm <= 1 plus the count
+    nsr = std_mean * math.sqrt(d)  # expected noise norm on the mean / the largest possible signal norm (1)
+    warn = " ⚠️ δ is not below 1/n: the guarantee is weak." if delta >= 1 / n else ""
+    return (f"**ε = {eps:.3g}**, δ = {delta:g} (the chance that the guarantee fails outright; keep it well "
+            f"below 1/n = {1 / n:.2g}).{warn}  \n"
+            f"Noise multiplier σ/Δ = **{s:.3f}**. With n = {n}, the released mean embedding gets noise of std "
+            f"{std_mean:.4f} per coordinate: noise-to-signal ratio ≈ **{nsr:.2f}** (noise norm over the largest "
+            f"possible embedding norm, 1).")
+
+
+def _curves() -> dict:
+    with _lock:
+        if "curves" not in _models:
+            from .compare import CURVES_PATH
+
+            _models["curves"] = json.loads(CURVES_PATH.read_text()) if CURVES_PATH.exists() else {"sets": {}}
+        return _models["curves"]
+
+
+def curve_sets() -> list[str]:
+    return list(_curves()["sets"])
+
+
+def default_curve_set(n: int | None) -> str | None:
+    sets = curve_sets()
+    if not sets:
+        return None
+    mixed = [s for s in sets if s.startswith("mixed")]
+    pool = mixed or sets
+    infos = _curves()["sets"]
+    return min(pool, key=lambda s: abs(math.log((infos[s]["info"].get("n") or 1) / max(n or 200, 1))))
+
+
+COLOURS = {"hypernet": "#1f77b4", "dpsgd": "#d62728", "nonprivate": "#2ca02c", "base": "#7f7f7f"}
+LABELS = {"hypernet": "hypernetwork", "dpsgd": "DP-SGD", "nonprivate": "non-private LoRA", "base": "base model"}
+
+
+def utility_figure(log_eps: float, no_privacy: bool, bench_set: str | None, runs: list | None = None):
+    """FID and class agreement vs epsilon from the benchmark, the chosen epsilon, the user's runs."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("FID vs ε (lower is better)",
+                                                        "class agreement vs ε (higher is better)"))
+    entry = _curves()["sets"].get(bench_set or "")
+    xs = [0.1, 16]
+    if entry:
+        for meth, m in entry["methods"].items():
+            for col, key in ((1, "fid"), (2, "agreement")):
+                if m["epsilon"]:
+                    fig.add_trace(go.Scatter(x=m["epsilon"], y=m[key], mode="lines+markers", name=LABELS[meth],
+                                             legendgroup=meth, showlegend=col == 1,
+                                             line={"color": COLOURS[meth]}), row=1, col=col)
+                if "flat" in m:
+                    name = LABELS[meth] + (" (ε = ∞)" if meth in ("hypernet", "nonprivate") else "")
+                    fig.add_trace(go.Scatter(x=xs, y=[m["flat"][key]] * 2, mode="lines", name=name,
+                                             legendgroup=meth + "flat", showlegend=col == 1,
+                                             line={"color": COLOURS[meth], "dash": "dash"}), row=1, col=col)
+    for meth in ("hypernet", "dpsgd"):
+        mine = [r for r in (runs or []) if r["method"] == meth and r.get("agreement") is not None]
+        if mine:
+            fig.add_trace(go.Scatter(x=[min(max(r["epsilon"], 0.1), 16) for r in mine], y=[r["agreement"] for r in mine],
+                                     mode="markers", name=f"your {LABELS[meth]} runs",
+                                     marker={"color": COLOURS[meth], "size": 13, "symbol": "star",
+                                             "line": {"width": 1, "color": "black"}},
+                                     hovertext=[r["label"] for r in mine]), row=1, col=2)
+    if not no_privacy:
+        eps = 10 ** log_eps
+        for col in (1, 2):
+            fig.add_vline(x=eps, line={"color": "black", "width": 2, "dash": "dot"}, row=1, col=col,
+                          exclude_empty_subplots=False)
+        fig.add_annotation(x=math.log10(eps), y=1.08, xref="x", yref="paper", text=f"your ε = {eps:.3g}",
+                           showarrow=False)
+    fig.update_xaxes(type="log", title_text="ε (log scale)", range=[-1, math.log10(16)])
+    title = f"Benchmark set “{bench_set}” ({entry['info'].get('kind')}, n = {entry['info'].get('n')})" \
+        if entry else "No benchmark curves found (run `python -m dphyper bench`)"
+    fig.update_layout(height=380, margin={"l": 40, "r": 10, "t": 70, "b": 40}, title=title,
+                      legend={"orientation": "h", "y": -0.25})
+    return fig
+
+
+# ---------------------------------------------------------------- ledger and runs
 
 
 def _ledger_markdown(ledgers: dict, key: str | None) -> str:
@@ -66,56 +254,26 @@ def _ledger_markdown(ledgers: dict, key: str | None) -> str:
     if not key or key not in ledgers:
         return "No release on this dataset yet."
     ledger: PrivacyLedger = ledgers[key]
-    rows = ["| # | method | ε | δ | σ/Δ |", "|---|---|---|---|---|"]
+    rows = ["| # | method | ε | δ | noise σ/Δ | accountant |", "|---|---|---|---|---|---|"]
     for i, e in enumerate(ledger.events, 1):
-        rows.append(f"| {i} | {e.mechanism} | {e.epsilon:.3g} | {e.delta:g} | {e.noise_multiplier:.3f} |")
+        method = "hypernetwork (one Gaussian release)" if e.mechanism == "gaussian_sum_count" else \
+            f"DP-SGD ({e.steps} steps, q = {e.sample_rate:.3g})"
+        rows.append(f"| {i} | {method} | {e.epsilon:.3g} | {e.delta:g} | {e.noise_multiplier:.3f} | {e.accountant} |")
     eps, delta = ledger.total()
-    rows.append("")
-    rows.append(f"**Total spent on this dataset: ε = {eps:.3g}, δ = {delta:g}** (Gaussian releases compose "
-                "exactly; every new run on the same data costs more privacy).")
+    rows += ["", f"**Total spent on this dataset: ε = {eps:.3g}, δ = {delta:g}** — composed by "
+             f"{ledger.method()}, not a plain sum. Every run on the same data is another look at it, so the "
+             "budgets add up; rerunning until you like the result spends privacy each time."]
     return "\n".join(rows)
 
 
-def run_hypernet(example: str | None, files: list | None, log_eps: float, no_privacy: bool, delta: float,
-                 n_samples: int, ledgers: dict | None):
-    """One private run; returns (gallery, report, downloads, ledger markdown, rejected, state)."""
-    import gradio as gr
-
-    from .data import DataError, load_folder, load_images
-    from .pipeline import write_outputs
-    from .privacy import PrivacyLedger
-
-    ledgers = dict(ledgers or {})
-    try:
-        if files:
-            loaded = load_images([Path(getattr(f, "name", f)) for f in files], max_images=MAX_IMAGES)
-        elif example:
-            loaded = load_folder(EXAMPLES_DIR / example)
-        else:
-            raise DataError("Choose an example set or upload images first.")
-    except DataError as exc:
-        raise gr.Error(str(exc)) from None
-    epsilon = math.inf if no_privacy else 10 ** log_eps
-    result = _pipeline().run(loaded.images, epsilon=epsilon, delta=delta, samples=int(n_samples))
-    key = _dataset_key(loaded.images)
-    ledger = ledgers.setdefault(key, PrivacyLedger())
-    ledger.record(result.release.event)
+def _run_dir() -> Path:
     _sweep_old_runs()
-    out = Path(tempfile.mkdtemp(prefix="run-", dir=TEMP_DIR))
-    write_outputs(result, out)
-    from .data import to_uint8_images
-
-    gallery = list(to_uint8_images(result.samples))
-    rejected = "\n".join(f"- {name}: {why}" for name, why in loaded.rejected) or "none"
-    info = f"{loaded.n} images used; rejected: {rejected}"
-    return (gallery, result.report, [str(out / "lora.safetensors"), str(out / "grid.png"), str(out / "report.json")],
-            _ledger_markdown(ledgers, key), info, ledgers)
+    TEMP_DIR.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix="run-", dir=TEMP_DIR))
 
 
 def _sweep_old_runs(max_age_s: float = 600.0) -> None:
     """Delete run folders (DP outputs already copied into Gradio's cache) older than max_age_s."""
-    import time
-
     for d in TEMP_DIR.glob("run-*"):
         try:
             if time.time() - d.stat().st_mtime > max_age_s:
@@ -124,6 +282,149 @@ def _sweep_old_runs(max_age_s: float = 600.0) -> None:
             pass
 
 
+def _owner_agreement(samples, images) -> float:
+    """Class agreement of samples with the owner's own images (evaluator labels): owner-only view."""
+    import torch
+
+    from .compare import class_agreement
+    from .evaluator import classify
+
+    ev = _evaluator()
+    ref = torch.bincount(classify(images, ev), minlength=10).float()
+    return class_agreement(classify(samples, ev), ref / ref.sum())
+
+
+def _caption(method: str, report: dict, seconds: float) -> str:
+    eps = report.get("epsilon_spent", report["epsilon"])
+    eps_text = "∞ (no privacy)" if eps == "inf" else f"{float(eps):.3g}"
+    return f"**{method}** — {seconds:.1f} s to a LoRA and samples; ε spent {eps_text}, δ {report['delta']:g}"
+
+
+def _require(data: dict | None) -> dict:
+
+    if not data or "images" not in data:
+        raise gr.Error("Choose an example set or upload images first.")
+    return data
+
+
+@gpu
+def run_hypernet(data: dict | None, log_eps: float, no_privacy: bool, delta: float, n_samples: int,
+                 ledgers: dict | None, runs: list | None, bench_set: str | None):
+    """One hypernetwork release; returns (gallery, caption, downloads, report, ledger, state..., plots)."""
+    from .data import to_uint8_images
+    from .pipeline import write_outputs
+    from .privacy import PrivacyLedger
+
+    data = _require(data)
+    ledgers, runs = dict(ledgers or {}), list(runs or [])
+    epsilon = math.inf if no_privacy else 10 ** log_eps
+    t0 = time.perf_counter()
+    result = _pipeline().run(data["images"], epsilon=epsilon, delta=delta, samples=int(n_samples), owner_view=True)
+    seconds = time.perf_counter() - t0
+    ledgers.setdefault(data["key"], PrivacyLedger()).record(result.release.event)
+    out = _run_dir()
+    write_outputs(result, out)
+    agreement = _owner_agreement(result.samples, data["images"])
+    runs.append({"method": "hypernet", "epsilon": epsilon if math.isfinite(epsilon) else 16.0,
+                 "agreement": agreement, "label": f"hypernetwork ε = {epsilon:.3g}, agreement {agreement:.2f}"})
+    noise_fig = noise_figure(result.owner_clean_mean, result.release.mean, epsilon)
+    return (list(to_uint8_images(result.samples)), _caption("Hypernetwork", result.report, seconds),
+            [str(out / "lora.safetensors"), str(out / "grid.png"), str(out / "report.json")], result.report,
+            _ledger_markdown(ledgers, data["key"]), ledgers, runs, utility_figure(log_eps, no_privacy, bench_set, runs),
+            noise_fig)
+
+
+@gpu(duration=600)
+def _train_dpsgd(images, cfg, progress, cancel):
+    from .dpsgd import train_dpsgd
+
+    return train_dpsgd(images, cfg, progress=progress, cancel=cancel)
+
+
+def run_dpsgd(data: dict | None, log_eps: float, no_privacy: bool, delta: float, n_samples: int, max_steps: int,
+              ledgers: dict | None, runs: list | None, bench_set: str | None, progress=gr.Progress()):
+    """DP-SGD in a worker thread; a generator so the page shows progress and Cancel can stop it."""
+
+    from .data import to_uint8_images
+    from .dpsgd import Cancelled, DPSGDConfig
+    from .pipeline import GenerateResult, write_outputs
+    from .privacy import PrivacyLedger
+
+    data = _require(data)
+    ledgers, runs = dict(ledgers or {}), list(runs or [])
+    epsilon = math.inf if no_privacy else 10 ** log_eps
+    cfg = DPSGDConfig(epsilon=epsilon, delta=delta, samples=int(n_samples), max_steps=int(max_steps or 0))
+    state: dict = {"p": None, "result": None, "error": None}
+    cancel = threading.Event()
+
+    def work() -> None:
+        try:
+            state["result"] = _train_dpsgd(data["images"], cfg, lambda p: state.__setitem__("p", p), cancel)
+        except Exception as exc:  # noqa: BLE001 - reported to the page below, never a traceback
+            state["error"] = exc
+
+    t0 = time.perf_counter()
+    worker = threading.Thread(target=work, daemon=True, name="dpsgd-worker")
+    worker.start()
+    skip = (gr.skip(),) * 7
+    try:
+        while worker.is_alive():
+            worker.join(0.5)
+            p = state["p"]
+            if p is not None:
+                spent = "∞ (no privacy)" if math.isinf(p["epsilon_spent"]) else f"{p['epsilon_spent']:.3g}"
+                status = (f"DP-SGD step {p['step']} / {p['total']} · ε spent so far {spent} · "
+                          f"ETA {p['eta_seconds']:.0f} s")
+                if progress is not None:
+                    progress((p["step"], p["total"]), desc=status)
+            else:
+                status = "DP-SGD: preparing (calibrating the noise with the accountant)…"
+            yield (gr.skip(), status, *skip)
+    finally:
+        cancel.set()  # the page was closed or Cancel was pressed: stop the worker (no-op when done)
+    if isinstance(state["error"], Cancelled):
+        raise gr.Error("DP-SGD cancelled: nothing was released and no privacy was spent.")
+    if state["error"] is not None:
+        raise gr.Error(f"DP-SGD failed: {type(state['error']).__name__}: {state['error']}")
+    res = state["result"]
+    seconds = time.perf_counter() - t0
+    ledgers.setdefault(data["key"], PrivacyLedger()).record(res.event)
+    out = _run_dir()
+    write_outputs(GenerateResult(lora=res.lora, samples=res.samples, release=None, report=res.report), out)
+    agreement = _owner_agreement(res.samples, data["images"])
+    runs.append({"method": "dpsgd", "epsilon": epsilon if math.isfinite(epsilon) else 16.0, "agreement": agreement,
+                 "label": f"DP-SGD ε = {epsilon:.3g}, agreement {agreement:.2f}"})
+    yield (list(to_uint8_images(res.samples)), _caption("DP-SGD", res.report, seconds) +
+           f" · {res.report['steps']} steps", [str(out / "lora.safetensors"), str(out / "grid.png"),
+                                               str(out / "report.json")], res.report,
+           _ledger_markdown(ledgers, data["key"]), ledgers, runs, utility_figure(log_eps, no_privacy, bench_set, runs),
+           gr.skip())
+
+
+def dpsgd_plan(data: dict | None, log_eps: float, no_privacy: bool, delta: float, max_steps: int) -> str:
+    """What the DP-SGD button will do for this n and epsilon (computed, nothing private shown)."""
+    from .dpsgd import DPSGDConfig, dpsgd_noise_multiplier
+
+    if not data:
+        return ""
+    n = data["n"]
+    d = DPSGDConfig()
+    loader_len = math.ceil(n / min(d.batch_size, n))
+    q = 1 / loader_len
+    steps = max(1, math.ceil(d.epochs / q))
+    if max_steps:
+        steps = min(steps, int(max_steps))
+    text = f"DP-SGD plan: {steps} steps, expected batch {n * q:.0f} (sample rate {q:.3g}), lr {d.lr:g}, clip C {d.max_grad_norm:g}"
+    if no_privacy:
+        return text + ", no noise (ε = ∞)."
+    try:
+        sigma = dpsgd_noise_multiplier(epsilon=10 ** log_eps, delta=delta, sample_rate=q, steps=steps)
+        return text + f", noise multiplier σ = {sigma:.2f} per step (Opacus PRV accountant)."
+    except Exception:  # noqa: BLE001 - the accountant's search can fail at extreme settings
+        return text + "."
+
+
+@gpu
 def run_base(n_samples: int, seed: int):
     from .data import to_uint8_images
     from .diffusion import sample
@@ -132,44 +433,157 @@ def run_base(n_samples: int, seed: int):
     return list(to_uint8_images(x))
 
 
+def run_base_compare(n_samples: int):
+    t0 = time.perf_counter()
+    imgs = run_base(n_samples, 0)
+    return imgs, f"**Base model** (no fine-tuning, public only) — {time.perf_counter() - t0:.1f} s; ε spent 0"
+
+
+# ---------------------------------------------------------------- what the noise did
+
+
+def _public_map():
+    """2-D PCA of public (train-split) embeddings: fixed axes for the noise view."""
+    with _lock:
+        if "pca" not in _models:
+            import torch
+
+            from .data import load_fashion_mnist
+            from .encoder import embed
+
+            x, y = load_fashion_mnist("train")
+            g = torch.Generator().manual_seed(0)
+            idx = torch.randperm(len(x), generator=g)[:1000]
+            emb = embed(x[idx], _pipeline().encoder).double()
+            centre = emb.mean(0)
+            _, _, v = torch.pca_lowrank(emb - centre, q=2, center=False)
+            _models["pca"] = {"centre": centre, "axes": v[:, :2], "points": ((emb - centre) @ v[:, :2]).float(),
+                              "labels": y[idx]}
+        return _models["pca"]
+
+
+def noise_figure(clean_mean, noisy_mean, epsilon: float):
+    import plotly.graph_objects as go
+
+    from .data import CLASS_NAMES
+
+    pm = _public_map()
+    fig = go.Figure()
+    pts, labels = pm["points"].numpy(), pm["labels"].numpy()
+    for c, name in enumerate(CLASS_NAMES):
+        sel = labels == c
+        fig.add_trace(go.Scattergl(x=pts[sel, 0], y=pts[sel, 1], mode="markers", name=name,
+                                   marker={"size": 4, "opacity": 0.35}))
+
+    def proj(v):
+        return ((v.double() - pm["centre"]) @ pm["axes"]).tolist()
+
+    if clean_mean is not None:
+        cx, cy = proj(clean_mean)
+        fig.add_trace(go.Scatter(x=[cx], y=[cy], mode="markers", name="your exact mean (only you see this)",
+                                 marker={"size": 18, "symbol": "star", "color": "black"}))
+    nx, ny = proj(noisy_mean)
+    label = "released noisy mean" + ("" if math.isfinite(epsilon) else " (no noise)")
+    fig.add_trace(go.Scatter(x=[nx], y=[ny], mode="markers", name=label,
+                             marker={"size": 16, "symbol": "x", "color": "#d62728", "line": {"width": 2}}))
+    if clean_mean is not None:
+        fig.add_annotation(x=nx, y=ny, ax=cx, ay=cy, xref="x", yref="y", axref="x", ayref="y", showarrow=True,
+                           arrowhead=2, arrowcolor="#d62728")
+    fig.update_layout(height=380, title="What the noise did (2-D view of the 64-d embedding space; dots = public "
+                      "images)", margin={"l": 30, "r": 10, "t": 50, "b": 30})
+    return fig
+
+
+# ---------------------------------------------------------------- layout
+
 EXPLAIN = """
-**What ε means.** A run is (ε, δ)-differentially private: whatever one image is added to or
-removed from your folder, the probability of any output changes by at most a factor e^ε
-(plus δ). Small ε = strong privacy = more noise.
+**What ε and δ mean.** A run is (ε, δ)-differentially private: whichever single image is added
+to or removed from your folder, the probability of any output changes by at most a factor
+e^ε, except with probability δ. Small ε = strong privacy = more noise. δ should be far below
+1/n so that it cannot stand for "leak one image outright".
 
 **Why one-shot noise helps.** DP-SGD adds noise to a high-dimensional gradient at every
-training step. The hypernetwork adds noise **once**, to a 64-number summary of your folder
-(the clipped mean embedding), then turns that noisy summary into LoRA weights in one
-forward pass. Its weakness: it can only produce what public training taught it, so data
-unlike the public data (Fashion-MNIST here) is where DP-SGD may win.
+training step, and pays for every step. The hypernetwork adds noise **once**, to a
+64-number summary of your folder (the clipped mean embedding plus the count), then turns
+that noisy summary into LoRA weights in one forward pass.
+
+**When DP-SGD may still win.** The hypernetwork can only produce what its public training
+taught it (Fashion-MNIST here). For data unlike the public data, or with a large n and a
+large ε, DP-SGD's per-example learning can catch up or win. The plot shows where, measured.
+
+**What is protected.** The LoRA, the samples and the report are DP outputs. Not covered: the
+server that receives your upload, and the "only you see this" views (thumbnails, exact
+mean, agreement with your own images), which are computed from your raw images and shown
+in your session only.
 """
 
 
 def build_demo():
-    import gradio as gr
 
     names = example_names()
+    sets = curve_sets()
     with gr.Blocks(title="dphyper", delete_cache=(60, 120)) as demo:
-        gr.Markdown("# dphyper — a differentially private LoRA in one forward pass")
+        gr.Markdown("# dphyper — a differentially private LoRA in one forward pass, next to DP-SGD")
         ledgers = gr.State({})
-        with gr.Tab("Private LoRA (hypernetwork)"):
+        runs = gr.State([])
+        data = gr.State(None, time_to_live=SESSION_TTL_S)
+        with gr.Tab("Private LoRA: hypernetwork vs DP-SGD"):
             with gr.Row():
-                with gr.Column():
+                with gr.Column(scale=1):
+                    gr.Markdown("### 1 · Your private images")
                     example = gr.Dropdown(names, value=names[0] if names else None, label="Example private set")
-                    files = gr.File(file_count="multiple", label=f"…or upload images (≤ {MAX_FILE_MB} MB each, "
-                                    f"≤ {MAX_IMAGES} images; replaces the example)", file_types=["image"])
-                    log_eps = gr.Slider(-1.0, 1.2, value=0.0, step=0.05, label="log10 ε (−1 → ε = 0.1, 1.2 → ε ≈ 16)")
-                    no_privacy = gr.Checkbox(False, label="No privacy (ε = ∞, reference only)")
+                    with gr.Accordion("…or upload your own", open=False):
+                        gr.Markdown(f"Limits: ≤ {MAX_FILE_MB} MB per file, ≤ {MAX_IMAGES} images, ≤ 40 M pixels per "
+                                    "image. PNG, JPEG, WebP, GIF (first frame), BMP, TIFF; colour becomes grey.")
+                        folder = gr.File(file_count="directory", label="a folder")
+                        files = gr.File(file_count="multiple", label="or files", file_types=["image"])
+                    overview = gr.Markdown()
+                    gr.Markdown("Your images (only you see these; never written to the server's disk):")
+                    thumbs = gr.HTML()
+                with gr.Column(scale=1):
+                    gr.Markdown("### 2 · Privacy budget")
+                    log_eps = gr.Slider(-1.0, 1.2, value=0.0, step=0.05, label="log10 ε (−1 → ε = 0.1, 0 → ε = 1, "
+                                        "1.2 → ε ≈ 16)")
+                    no_privacy = gr.Checkbox(False, label="No privacy (ε = ∞, a reference only)")
                     delta = gr.Number(1e-5, label="δ", minimum=1e-12, maximum=0.1)
                     summary = gr.Markdown(privacy_summary(0.0, False, 1e-5))
-                    n_samples = gr.Slider(4, 64, value=16, step=4, label="Samples")
-                    go = gr.Button("Generate with the hypernetwork", variant="primary")
+            with gr.Row():
+                bench_set = gr.Dropdown(sets, value=sets[0] if sets else None, label="Benchmark curves measured on",
+                                        scale=1)
+            plot = gr.Plot(utility_figure(0.0, False, sets[0] if sets else None), label="Privacy–utility (measured)")
+            gr.Markdown("### 3 · Run")
+            with gr.Row():
+                n_samples = gr.Slider(4, 64, value=16, step=4, label="Samples per method")
+                max_steps = gr.Slider(0, 1000, value=0, step=10, label="DP-SGD step budget (0 = the tuned schedule)")
+            plan = gr.Markdown()
+            with gr.Row():
+                go_h = gr.Button("Hypernetwork (seconds)", variant="primary")
+                go_d = gr.Button("DP-SGD (minutes on CPU)", variant="secondary")
+                stop_d = gr.Button("Cancel DP-SGD", variant="stop")
+            gr.Markdown("### 4 · Compare")
+            with gr.Row(equal_height=True):
                 with gr.Column():
-                    gallery = gr.Gallery(label="Samples with the DP LoRA", columns=8, height=320)
-                    info = gr.Markdown()
-                    downloads = gr.File(label="Downloads (DP outputs only)", file_count="multiple")
-                    ledger_md = gr.Markdown("No release yet.", label="Privacy ledger")
-                    report = gr.JSON(label="report.json")
+                    gal_h = gr.Gallery(label="Hypernetwork", columns=4, height=300)
+                    cap_h = gr.Markdown()
+                with gr.Column():
+                    gal_d = gr.Gallery(label="DP-SGD", columns=4, height=300)
+                    cap_d = gr.Markdown()
+                with gr.Column():
+                    gal_b = gr.Gallery(label="Base model", columns=4, height=300)
+                    cap_b = gr.Markdown()
+            with gr.Row():
+                with gr.Column():
+                    gr.Markdown("### Privacy ledger (this dataset, this session)")
+                    ledger_md = gr.Markdown("No release yet.")
+                with gr.Column():
+                    noise_plot = gr.Plot(label="What the noise did (data owner's view)")
+            with gr.Accordion("Downloads and reports", open=False):
+                with gr.Row():
+                    dl_h = gr.File(label="Hypernetwork: LoRA, grid, report", file_count="multiple")
+                    dl_d = gr.File(label="DP-SGD: LoRA, grid, report", file_count="multiple")
+                with gr.Row():
+                    rep_h = gr.JSON(label="hypernetwork report.json")
+                    rep_d = gr.JSON(label="DP-SGD report.json")
             gr.Markdown(EXPLAIN)
         with gr.Tab("Base model (public only)"):
             base_n = gr.Slider(4, 64, value=16, step=4, label="Samples")
@@ -181,10 +595,40 @@ def build_demo():
             from .theory_tab import build_tab
 
             build_tab()
+
+        def summary_for(le, npv, de, d):
+            return privacy_summary(le, npv, de, (d or {}).get("n"))
+
+        def after_load(d, le, npv, de, ms):
+            return summary_for(le, npv, de, d), dpsgd_plan(d, le, npv, de, ms), \
+                gr.update(value=default_curve_set((d or {}).get("n")))
+
+        loaded = [data, overview, thumbs]
+        follow = dict(fn=after_load, inputs=[data, log_eps, no_privacy, delta, max_steps],
+                      outputs=[summary, plan, bench_set], queue=False)
+        demo.load(load_example, [example], loaded).then(**follow)
+        example.input(load_example, [example], loaded).then(**follow)
+        folder.upload(load_upload, [files, folder, example], [*loaded, files, folder]).then(**follow)
+        files.upload(load_upload, [files, folder, example], [*loaded, files, folder]).then(**follow)
         for comp in (log_eps, no_privacy, delta):
-            comp.change(privacy_summary, [log_eps, no_privacy, delta], summary, queue=False, show_progress="hidden")
-        go.click(run_hypernet, [example, files, log_eps, no_privacy, delta, n_samples, ledgers],
-                 [gallery, report, downloads, ledger_md, info, ledgers], concurrency_limit=2)
+            comp.change(summary_for, [log_eps, no_privacy, delta, data], summary, queue=False,
+                        show_progress="hidden")
+        plan_args = dict(fn=dpsgd_plan, inputs=[data, log_eps, no_privacy, delta, max_steps], outputs=plan,
+                         show_progress="hidden")
+        log_eps.release(**plan_args)
+        max_steps.release(**plan_args)
+        no_privacy.change(**plan_args)
+        delta.blur(**plan_args)
+        for comp in (log_eps, no_privacy, bench_set):
+            comp.change(utility_figure, [log_eps, no_privacy, bench_set, runs], plot, queue=False,
+                        show_progress="hidden")
+        go_h.click(run_hypernet, [data, log_eps, no_privacy, delta, n_samples, ledgers, runs, bench_set],
+                   [gal_h, cap_h, dl_h, rep_h, ledger_md, ledgers, runs, plot, noise_plot], concurrency_limit=2,
+                   api_name="run_hypernet").then(run_base_compare, [n_samples], [gal_b, cap_b], concurrency_limit=2)
+        ev_d = go_d.click(run_dpsgd, [data, log_eps, no_privacy, delta, n_samples, max_steps, ledgers, runs, bench_set],
+                          [gal_d, cap_d, dl_d, rep_d, ledger_md, ledgers, runs, plot, noise_plot], concurrency_limit=1,
+                          api_name="run_dpsgd")
+        stop_d.click(None, None, None, cancels=[ev_d])
     demo.queue(default_concurrency_limit=2, max_size=32)
     return demo
 
@@ -197,8 +641,16 @@ def prepare_temp_dir() -> None:
     os.environ["GRADIO_TEMP_DIR"] = str(TEMP_DIR)
 
 
+def warm_up() -> None:
+    """Load every public model before serving, so the first user does not wait for it."""
+    _pipeline()
+    _evaluator()
+    _public_map()
+
+
 def launch(**kwargs):
     prepare_temp_dir()
+    warm_up()
     demo = build_demo()
     # Host and port come from GRADIO_SERVER_NAME / GRADIO_SERVER_PORT (Gradio reads them).
     return demo.launch(max_file_size=f"{MAX_FILE_MB}mb", **kwargs)

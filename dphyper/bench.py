@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .config import ASSETS_DIR, REPO_DIR
@@ -32,7 +33,11 @@ DOC = REPO_DIR / "docs" / "BENCHMARKS.md"
 class BenchConfig:
     """`python -m dphyper bench`: measure and record numbers in docs/BENCHMARKS.md."""
 
-    suite: str = field(default="models", metadata={"help": "which suite: models, hypernet, p1 or theory"})
+    suite: str = field(default="compare", metadata={"help": "which suite: compare (hypernet vs DP-SGD, the default), "
+                                                   "dpsgd-sweep, models, hypernet, p1 or theory"})
+    quick: bool = field(default=False, metadata={"help": "compare: 3 sets x 3 epsilons x 64 samples (<= 30 min on 2 CPU cores)"})
+    compare_samples: int = field(default=128, metadata={"help": "compare: generated images per cell (64 with --quick)"})
+    repeats: int = field(default=1, metadata={"help": "compare: repeats of each private cell (new privacy noise and sampling seed)"})
     samples: int = field(default=1000, metadata={"help": "generated images per FID (models suite)"})
     set_samples: int = field(default=256, metadata={"help": "generated images per example set (hypernet suite)"})
     steps: int = field(default=25, metadata={"help": "DDIM steps for every sample"})
@@ -270,11 +275,134 @@ def bench_theory(cfg: BenchConfig) -> dict:
     return res
 
 
+def bench_compare(cfg: BenchConfig) -> dict:
+    """Hypernetwork vs DP-SGD vs non-private LoRA vs base model, at every epsilon (issue 4)."""
+    from .compare import (CURVES_PATH, CompareSettings, curves, plot_html, plot_png, run_compare, step_cost,
+                          summarise, targets)
+
+    st = CompareSettings(quick=cfg.quick, samples=cfg.compare_samples, steps=cfg.steps, seed=cfg.seed,
+                         repeats=cfg.repeats).resolved()
+    res = run_compare(st, log=lambda m: print(m, flush=True))
+    summ = summarise(res, st.sets, st.samples, st.steps)
+    tg = targets(summ, res["sets"], st.epsilons)
+    tg["P4"] = step_cost(res)
+    settings = {"quick": st.quick, "samples": st.samples, "steps": st.steps, "sampling_seed": st.seed,
+                "repeats": st.repeats, "delta": 1e-5, "dpsgd": res["dpsgd_defaults"], "machine": machine(),
+                "seconds": round(res["last_run"]["seconds"], 1)}
+    curv = curves(summ, res["sets"], settings)
+    out = REPO_DIR / "bench"
+    plot_html(curv, out / "compare.html")
+    plot_png(curv, out / "compare.png")
+    if not cfg.quick:  # the app's curves and the README figure come from the full run
+        CURVES_PATH.parent.mkdir(parents=True, exist_ok=True)
+        CURVES_PATH.write_text(json.dumps(curv, indent=1))
+        plot_png(curv, REPO_DIR / "docs" / "privacy_utility.png")
+    write_section(cfg.doc, "compare-quick" if cfg.quick else "compare", compare_table(curv, summ, tg, res, st))
+    res["targets"] = tg
+    (out / "results.json").write_text(json.dumps(res, indent=1, default=str))
+    return {"targets": tg, "settings": settings}
+
+
+def compare_table(curv: dict, summ: dict, tg: dict, res: dict, st) -> str:
+    eps = list(st.epsilons)
+    d = res["dpsgd_defaults"]
+    title = "quick run, `python -m dphyper bench --quick`" if st.quick else "`python -m dphyper bench`"
+    rows = [f"## Privacy-utility comparison ({title})", "",
+            f"Machine: {machine()}. Whole run (cells not already stored): {res['last_run']['seconds'] / 60:.1f} min. "
+            f"δ = 1e-5 for every private method. Each cell: {st.samples} samples, sampling seed {st.seed}"
+            f"{f'..{st.seed + st.repeats - 1}' if st.repeats > 1 else ''} ({st.repeats} repeat(s), new privacy noise "
+            f"each, OS-seeded), {st.steps} DDIM steps. DP-SGD (Opacus, Poisson sampling, PRV accountant, hooks): lr "
+            f"{d['lr']:g}, C {d['max_grad_norm']:g}, {d['epochs']:g} epochs, batch {d['batch_size']} (the public-set "
+            "sweep's choice). Non-private LoRA = the same training without clipping or noise.", "",
+            "Sets (private images from the Fashion-MNIST test split; reference = held-out images of the same "
+            "definition):", ""]
+    for name, info in res["sets"].items():
+        if name in st.sets:
+            rows.append(f"- `{name}`: {info['kind']}, n = {info['n']}, classes {', '.join(info['classes']) or '–'}; "
+                        f"{info['n_reference']} reference images from the {info['reference_from']} split. {info['note']}")
+    rows += ["", "FID (class agreement in brackets; lower FID and higher agreement are better):", "",
+             "| set | method | " + " | ".join(f"ε = {e:g}" for e in eps) + " | ε = ∞ / – |",
+             "|---|---|" + "---|" * (len(eps) + 1)]
+    for name in st.sets:
+        for meth in ("base", "hypernet", "dpsgd", "nonprivate"):
+            m = summ.get(name, {}).get(meth, {})
+            if not m:
+                continue
+            cells = [f"{m[str(e)]['fid']:.1f} ({m[str(e)]['agreement']:.2f})" if str(e) in m else "" for e in eps]
+            flat = m.get("inf") or m.get("base")
+            rows.append(f"| {name} | {meth} | " + " | ".join(cells) + " | "
+                        + (f"{flat['fid']:.1f} ({flat['agreement']:.2f})" if flat else "") + " |")
+    f1 = tg["F1"]
+    if f1:
+        below = sum(r["below"] for r in f1)
+        small = [r for r in f1 if r["ratio_ok"] is not None]
+        rows += ["", f"**F1** (hypernet FID < DP-SGD FID): {below} of {len(f1)} (set, ε) cells. "
+                 f"FID ratio hypernet / DP-SGD ≤ 0.5 at ε ≤ 1: {sum(r['ratio_ok'] for r in small)} of {len(small)}. "
+                 "Ratios: " + ", ".join(f"{r['set']} ε={r['epsilon']:g}: {r['ratio']:.2f}" for r in f1) + "."]
+    if tg["F2"]:
+        rows += ["", "**F2** (n = 1000, hypernet FID at ε = 1 vs ε = ∞): " + ", ".join(
+            f"{r['set']}: {r['fid_eps1']:.1f} vs {r['fid_inf']:.1f} ({100 * r['relative']:+.1f} %)" for r in tg["F2"])
+            + "."]
+    if tg["P2"]:
+        p2 = [r["ratio"] for r in tg["P2"]]
+        rows += ["", f"**P2** (n = 1000, wall time to a LoRA, DP-SGD / hypernet, same ε): median "
+                 f"{float(np.median(p2)):.0f}× (range {min(p2):.0f}–{max(p2):.0f}×, {len(p2)} cells)."]
+    if tg["P4"]:
+        p4 = [r["ratio"] for r in tg["P4"]]
+        rows += ["", f"**P4** (seconds per DP-SGD step / per non-private step, same set, same batch size): median "
+                 f"{float(np.median(p4)):.2f}× (range {min(p4):.2f}–{max(p4):.2f}, {len(p4)} runs; Opacus "
+                 "grad-sample mode `hooks`)."]
+    fig = "bench/compare.png" if st.quick else "docs/privacy_utility.png"
+    rows += ["", f"Figures: `bench/compare.html` (plotly), `{fig}`; all cells in `bench/results.json`"
+             + ("" if st.quick else "; the app's curves in `assets/curves/privacy_utility.json`") + "."]
+    return "\n".join(rows)
+
+
+def bench_sweep(cfg: BenchConfig) -> dict:
+    from .compare import sweep_dpsgd
+
+    res = sweep_dpsgd(REPO_DIR / "bench", steps=cfg.steps, seed=cfg.seed)
+    write_section(cfg.doc, "dpsgd-sweep", sweep_table(res))
+    return res
+
+
+def sweep_table(res: dict) -> str:
+    from .compare import DPSGDConfig_defaults
+
+    sets = list(res["sets"])
+    rows = ["## DP-SGD hyperparameters, chosen on public sets (`python -m dphyper bench --suite dpsgd-sweep`)", "",
+            f"Machine: {machine()}. ε = {res['epsilon']}, δ = {res['delta']}, Poisson sampling, PRV accountant. "
+            f"Public sets from the **train** split (never a benchmark or user set): "
+            + "; ".join(f"`{k}` ({v['n']} images, reference {v['n_reference']} other train images)"
+                        for k, v in res["sets"].items())
+            + f". Each cell: {res['samples']} samples, sampling seed {res['seed']}, {res['steps']} DDIM steps. "
+            "Score = mean over sets of FID / best FID on that set.", "",
+            "| lr | C | epochs | batch | " + " | ".join(f"FID {s}" for s in sets) + " | "
+            + " | ".join(f"agreement {s}" for s in sets) + " | score | seconds (n = 1000) |",
+            "|---|---|---|---|" + "---|" * (2 * len(sets) + 2)]
+    for r in res.get("ranking", []):
+        cells = [res["cells"].get("|".join([s, *[f"lr={r['lr']:g}", f"C={r['max_grad_norm']:g}",
+                                                 f"ep={r['epochs']:g}", f"B={r['batch_size']}"]])) for s in sets]
+        secs = max((c["seconds_to_lora"] for c in cells if c), default=0)
+        rows.append(f"| {r['lr']:g} | {r['max_grad_norm']:g} | {r['epochs']:g} | {r['batch_size']} | "
+                    + " | ".join(f"{c['fid']:.1f}" if c else "–" for c in cells) + " | "
+                    + " | ".join(f"{c['agreement']:.3f}" if c else "–" for c in cells)
+                    + f" | {r['score']:.3f} | {secs:.0f} |")
+    best = res.get("best")
+    if best:
+        rows += ["", f"Best: lr {best['lr']:g}, C {best['max_grad_norm']:g}, {best['epochs']:g} epochs, batch "
+                 f"{best['batch_size']}. Shipped defaults of `DPSGDConfig`: {DPSGDConfig_defaults()}."]
+    return "\n".join(rows)
+
+
 def run_bench(cfg: BenchConfig) -> dict:
-    fn = {"models": bench_models, "hypernet": bench_hypernet, "theory": bench_theory, "p1": bench_p1}.get(cfg.suite)
+    fn = {"models": bench_models, "hypernet": bench_hypernet, "theory": bench_theory, "p1": bench_p1,
+          "dpsgd-sweep": bench_sweep, "compare": bench_compare}.get(cfg.suite)
     if fn is None:
-        raise ValueError(f"unknown suite {cfg.suite!r}: choose models, hypernet, p1 or theory")
+        raise ValueError(f"unknown suite {cfg.suite!r}: choose compare, dpsgd-sweep, models, hypernet, p1 or theory")
     res = fn(cfg)
+    if cfg.suite in ("compare", "dpsgd-sweep"):
+        return res  # these write their own resumable files under bench/
     out = REPO_DIR / "bench" / f"{cfg.suite}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1, default=str))

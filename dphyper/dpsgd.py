@@ -1,9 +1,10 @@
 """The classic baseline: DP-SGD fine-tuning of the same LoRA with Opacus.
 
 Same base UNet, LoRA targets and rank as the hypernetwork (``lora.add_lora``), same image
-loader, same (epsilon, delta). ``make_private_with_epsilon`` with Poisson sampling under
-add/remove-one adjacency; the noise multiplier is found by Opacus for the chosen
-accountant (PRV by default, RDP available) over the planned number of steps, and the
+loader, same (epsilon, delta). Poisson sampling under add/remove-one adjacency; the noise multiplier is found by
+Opacus' ``get_noise_multiplier`` (what ``make_private_with_epsilon`` calls) for the chosen
+accountant (PRV by default, RDP available) over the steps that will run (the planned
+epochs, or the user's lower step budget), then ``make_private`` applies it; the
 report states the epsilon the accountant says was spent. Only LoRA parameters train and
 only they are clipped per sample. ``epsilon = inf`` trains the same LoRA with the same
 schedule without clipping or noise (the non-private floor).
@@ -43,7 +44,7 @@ class DPSGDConfig(PrivateRunConfig):
     batch_size: int = field(default=64, metadata={"help": "expected Poisson batch size"})
     lr: float = field(default=5e-3, metadata={"help": "Adam learning rate"})
     max_grad_norm: float = field(default=0.05, metadata={"help": "per-sample clipping norm C"})
-    max_steps: int = field(default=0, metadata={"help": "cap on optimiser steps (0 = none); accounting uses the planned steps"})
+    max_steps: int = field(default=0, metadata={"help": "step budget (0 = epochs / sample rate); sigma is calibrated for the steps that run"})
     accountant: str = field(default="prv", metadata={"help": "Opacus accountant: prv or rdp"})
 
 
@@ -52,7 +53,7 @@ class DPSGDResult:
     lora: dict[str, torch.Tensor]
     samples: torch.Tensor
     report: dict
-    event: PrivacyEvent | None
+    event: PrivacyEvent  # epsilon = inf and noise 0 for the non-private reference
     losses: list[float]
 
 
@@ -83,21 +84,25 @@ def train_dpsgd(images: torch.Tensor, cfg: DPSGDConfig, *, progress: Callable[[d
     names = [name for name, p in unet.named_parameters() if p.requires_grad]
     params = [p for p in unet.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.lr)
-    q = min(1.0, cfg.batch_size / n)
-    planned = max(1, int(math.ceil(cfg.epochs / q)))
     loader = DataLoader(TensorDataset(images), batch_size=min(cfg.batch_size, n), shuffle=True)
-    model, engine = unet, None
+    q = 1.0 / len(loader)  # Opacus' Poisson rate for this loader: expected batch = n / ceil(n / B)
+    planned = max(1, int(math.ceil(cfg.epochs / q)))
+    total_steps = min(planned, cfg.max_steps) if cfg.max_steps else planned
+    model, engine, sigma = unet, None, 0.0
     if private:
+        # Calibrate sigma for the steps that will actually run (a lower step budget buys less noise),
+        # with Opacus' own search: the same thing make_private_with_epsilon does for whole epochs.
+        sigma = dpsgd_noise_multiplier(epsilon=cfg.epsilon, delta=cfg.delta, sample_rate=q, steps=total_steps,
+                                       accountant=cfg.accountant)
         engine = PrivacyEngine(accountant=cfg.accountant, secure_mode=False)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            model, opt, loader = engine.make_private_with_epsilon(
-                module=unet, optimizer=opt, data_loader=loader, target_epsilon=cfg.epsilon,
-                target_delta=cfg.delta, epochs=int(math.ceil(cfg.epochs)) if cfg.epochs >= 1 else 1,
+            model, opt, loader = engine.make_private(
+                module=unet, optimizer=opt, data_loader=loader, noise_multiplier=sigma,
                 max_grad_norm=cfg.max_grad_norm, poisson_sampling=True, grad_sample_mode="hooks",
                 noise_generator=private_generator())  # OS-seeded, never the user's seed
-        planned = int(math.ceil(cfg.epochs)) * len(loader) if cfg.epochs >= 1 else len(loader)
-    total_steps = min(planned, cfg.max_steps) if cfg.max_steps else planned
+        if abs(loader.sample_rate - q) > 1e-12:
+            raise RuntimeError(f"Opacus sample rate {loader.sample_rate} != calibrated {q}")
     sched = make_train_scheduler()
     alphas = sched.alphas_cumprod.to(device)
     losses, step, t0 = [], 0, time.perf_counter()
@@ -130,7 +135,7 @@ def train_dpsgd(images: torch.Tensor, cfg: DPSGDConfig, *, progress: Callable[[d
                           "eta_seconds": elapsed / step * (total_steps - step)})
     train_seconds = time.perf_counter() - t0
     eps_spent = engine.get_epsilon(cfg.delta) if engine is not None else math.inf
-    noise_multiplier = float(opt.noise_multiplier) if private else 0.0
+    noise_multiplier = float(sigma)
     lora = {name: p.detach().clone() for name, p in zip(names, params)}
     if hasattr(model, "_close"):  # remove Opacus' hooks from the UNet before sampling
         model._close()
@@ -139,11 +144,11 @@ def train_dpsgd(images: torch.Tensor, cfg: DPSGDConfig, *, progress: Callable[[d
     x = sample(unet, cfg.samples, steps=cfg.steps, seed=cfg.seed, model_fn=lora_model_fn(unet, lora)) if cfg.samples \
         else torch.empty(0, 1, 32, 32)
     sample_seconds = time.perf_counter() - t1
-    event = None
-    if private:
-        event = PrivacyEvent(mechanism="dpsgd_poisson_gaussian", epsilon=float(eps_spent), delta=cfg.delta,
-                             noise_multiplier=noise_multiplier, sensitivity=cfg.max_grad_norm, sample_rate=q,
-                             steps=step, accountant=cfg.accountant)
+    # A non-private run is a release too: the ledger must show that it has no bound (epsilon = inf).
+    event = PrivacyEvent(mechanism="dpsgd_poisson_gaussian", epsilon=float(eps_spent) if private else math.inf,
+                         delta=cfg.delta, noise_multiplier=noise_multiplier,
+                         sensitivity=cfg.max_grad_norm if private else math.inf, sample_rate=q, steps=step,
+                         accountant=cfg.accountant if private else "none (non-private)")
     report = {
         "method": "dpsgd",
         "private": private,
@@ -152,6 +157,7 @@ def train_dpsgd(images: torch.Tensor, cfg: DPSGDConfig, *, progress: Callable[[d
         "delta": cfg.delta,
         "noise_multiplier": noise_multiplier,
         "max_grad_norm": cfg.max_grad_norm if private else None,
+        "epochs": cfg.epochs,
         "sample_rate": q,
         "steps": step,
         "planned_steps": planned,

@@ -23,7 +23,7 @@ from .diffusion import load_unet, sample
 from .encoder import embed, load_encoder
 from .hypernet import load_hypernet
 from .lora import add_lora, lora_model_fn, save_lora
-from .privacy import DEFAULT_DELTA, ReleasedMean, release_mean
+from .privacy import DEFAULT_DELTA, ReleasedMean, clip_embeddings, release_mean
 
 
 @dataclass
@@ -51,6 +51,9 @@ class GenerateResult:
     release: ReleasedMean | None  # None for DP-SGD (its event is in the report)
     report: dict
     rejected: list[tuple[str, str]] = field(default_factory=list)
+    # Only with ``owner_view=True``: the clipped exact mean (NOT private). For the data owner's own
+    # "what the noise did" plot in their session; never written to a report or a download.
+    owner_clean_mean: torch.Tensor | None = None
 
 
 class HypernetPipeline:
@@ -64,7 +67,7 @@ class HypernetPipeline:
         self.hyper = load_hypernet(self.unet, device=self.device)
 
     def run(self, images: torch.Tensor | Path, *, epsilon: float, delta: float = DEFAULT_DELTA,
-            samples: int = 16, steps: int = 25, seed: int | None = None) -> GenerateResult:
+            samples: int = 16, steps: int = 25, seed: int | None = None, owner_view: bool = False) -> GenerateResult:
         seconds: dict[str, float] = {}
         t = time.perf_counter()
         rejected: list[tuple[str, str]] = []
@@ -79,6 +82,7 @@ class HypernetPipeline:
 
         t = time.perf_counter()
         rel = release_mean(emb, epsilon=epsilon, delta=delta)  # OS-seeded noise, always
+        clean = clip_embeddings(emb.double(), max_norm=1.0).mean(0).float() if owner_view else None
         del emb  # private; nothing below sees it
         seconds["privatise"] = time.perf_counter() - t
 
@@ -109,7 +113,8 @@ class HypernetPipeline:
         }
         if not ev.private:
             report["warning"] = "epsilon = inf: NO privacy (non-private reference)"
-        return GenerateResult(lora=lora, samples=x, release=rel, report=report, rejected=rejected)
+        return GenerateResult(lora=lora, samples=x, release=rel, report=report, rejected=rejected,
+                              owner_clean_mean=clean)
 
 
 def write_outputs(result: GenerateResult, out: Path) -> dict:

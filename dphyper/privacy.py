@@ -149,6 +149,14 @@ class PrivacyLedger:
     def record(self, event: PrivacyEvent) -> None:
         self._events.append(event)
 
+    def method(self) -> str:
+        """How ``total`` composes the recorded events, in words."""
+        if any(not e.private for e in self._events):
+            return "no accountant: a non-private run has no bound (ε = ∞)"
+        if all(e.mechanism == "gaussian_sum_count" for e in self._events):
+            return "exact Gaussian-DP composition"
+        return "the PLD accountant (dp_accounting)"
+
     def total(self, *, delta: float | None = None) -> tuple[float, float]:
         """Composed (epsilon, delta) over every recorded event."""
         if not self._events:

@@ -2,6 +2,8 @@
 
 import re
 import socket
+import threading
+import time
 
 import pytest
 
@@ -17,7 +19,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def app_url(tmp_path_factory):
+def app_module(tmp_path_factory):
     import os
 
     os.environ["DPHYPER_TEMP_DIR"] = str(tmp_path_factory.mktemp("gradio_tmp"))
@@ -25,6 +27,11 @@ def app_url(tmp_path_factory):
 
     app_module.TEMP_DIR = app_module.Path(os.environ["DPHYPER_TEMP_DIR"])
     app_module.prepare_temp_dir()
+    return app_module
+
+
+@pytest.fixture(scope="module")
+def app_url(app_module):
     demo = app_module.build_demo()
     port = _free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
@@ -37,31 +44,96 @@ def _ledger_rows(markdown: str) -> list[int]:
     return [int(m) for m in re.findall(r"^\| (\d+) \| ", markdown, flags=re.M)]
 
 
-def test_privacy_summary_updates_with_epsilon():
+def _run(client, log_eps=0.0, n=4, api="/run_hypernet", **kw):
+    args = [log_eps, False, 1e-5, n] + ([kw["max_steps"]] if "max_steps" in kw else []) + [None]
+    return client.predict(*args, api_name=api)
+
+
+def test_privacy_summary_updates_with_epsilon_and_n():
     from dphyper.app import privacy_summary
 
-    a, b = privacy_summary(0.0, False, 1e-5), privacy_summary(-1.0, False, 1e-5)
+    a, b = privacy_summary(0.0, False, 1e-5, 200), privacy_summary(-1.0, False, 1e-5, 200)
     assert "3.731" in a and "ε = 1" in a
     assert "ε = 0.1" in b and a != b
+    # Ten times the images, a tenth of the noise on the mean.
+    std = [float(re.search(r"noise of std ([0-9.]+)", privacy_summary(0.0, False, 1e-5, n)).group(1)) for n in (100, 1000)]
+    assert std[0] == pytest.approx(10 * std[1], rel=1e-2)
+    assert "weak" in privacy_summary(0.0, False, 0.02, 100)  # delta >= 1/n is flagged
     assert "No privacy" in privacy_summary(0.0, True, 1e-5)
 
 
+def test_utility_plot_marks_epsilon_and_shows_user_runs():
+    from dphyper.app import curve_sets, utility_figure
+
+    sets = curve_sets()
+    bench = sets[0] if sets else None
+    f1, f2 = utility_figure(0.0, False, bench, []), utility_figure(0.5, False, bench, [])
+    x1 = [s["x0"] for s in f1.layout.shapes]
+    x2 = [s["x0"] for s in f2.layout.shapes]
+    assert x1 and x1[0] == pytest.approx(1.0) and x2[0] == pytest.approx(10 ** 0.5)
+    if sets:  # the benchmark's curves are drawn, one line per method
+        names = {t.name for t in f1.data}
+        assert {"hypernetwork", "DP-SGD"} <= names
+    f3 = utility_figure(0.0, False, bench, [{"method": "hypernet", "epsilon": 2.0, "agreement": 0.7, "label": "x"}])
+    mine = [t for t in f3.data if t.name == "your hypernetwork runs"]
+    assert mine and list(mine[0].y) == [0.7]
+    assert not utility_figure(0.0, True, bench, []).layout.shapes  # no epsilon marker without privacy
+
+
 @needs_models
-def test_upload_run_and_session_isolation(app_url):
+def test_upload_run_and_session_isolation(app_url, app_module):
     from gradio_client import Client, handle_file
 
     files = [handle_file(str(p)) for p in sorted((EXAMPLES_DIR / "trousers").glob("*.png"))[:40]]
     alice, bob = Client(app_url, verbose=False), Client(app_url, verbose=False)
-    out = alice.predict(None, files, 0.0, False, 1e-5, 4, api_name="/run_hypernet")
-    gallery, report, downloads, ledger, info = out[:5]
+    overview = alice.predict(files, None, "bags", api_name="/load_upload")[0]
+    assert "40 images" in overview and "deleted from the server" in overview
+    # R3: the uploads are gone as soon as they are decoded.
+    left = [p.name for p in app_module.TEMP_DIR.rglob("test_*.png")]
+    assert not left, f"uploaded files still on disk: {left[:3]}"
+    gallery, caption, downloads, report, ledger = _run(alice)[:5]
     assert len(gallery) == 4 and report["method"] == "hypernet" and report["epsilon"] == 1.0
-    assert "40 images used" in info and any(str(d).endswith("lora.safetensors") for d in downloads)
-    out = alice.predict(None, files, 0.0, False, 1e-5, 4, api_name="/run_hypernet")
-    assert _ledger_rows(out[3]) == [1, 2]  # the same folder twice: two releases in Alice's ledger
-    # Bob, another session, runs once on other data: he sees only his own release.
-    out_b = bob.predict("sneakers", None, 0.3, False, 1e-5, 4, api_name="/run_hypernet")
-    assert _ledger_rows(out_b[3]) == [1]
-    assert "200 images used" in out_b[4]
+    assert any(str(d).endswith("lora.safetensors") for d in downloads) and "ε spent 1" in caption
+    ledger = _run(alice)[4]
+    assert _ledger_rows(ledger) == [1, 2]  # the same folder twice: two releases in Alice's ledger
+    assert "ε = 1.47" in ledger  # composed exactly (Gaussian DP), not 1 + 1
+    # Bob, another session, picks an example: he sees only his own release on his own data.
+    bob.predict("sneakers", api_name="/load_example")
+    out_b = _run(bob, 0.3)
+    assert _ledger_rows(out_b[4]) == [1] and out_b[3]["noisy_count"] > 100  # 200 sneakers, not Alice's 40
+    assert _ledger_rows(_run(alice)[4]) == [1, 2, 3]
+
+
+@needs_models
+def test_dpsgd_through_the_api_joins_the_ledger(app_url):
+    from gradio_client import Client
+
+    c = Client(app_url, verbose=False)
+    c.predict("bags", api_name="/load_example")
+    _run(c)
+    out = _run(c, api="/run_dpsgd", max_steps=2)
+    gallery, caption, _, report, ledger = out[:5]
+    assert len(gallery) == 4 and report["method"] == "dpsgd" and report["steps"] == 2
+    assert report["epsilon_spent"] <= 1.0 + 1e-9 and "DP-SGD" in caption
+    assert _ledger_rows(ledger) == [1, 2] and "PLD accountant" in ledger
+
+
+@needs_models
+def test_dpsgd_cancel_stops_the_worker_and_releases_nothing(app_module):
+    from dphyper.app import load_example, run_dpsgd
+
+    data = load_example("bags")[0]
+    gen = run_dpsgd(data, 0.0, False, 1e-5, 4, 500, {}, [], None, progress=None)
+    t0 = time.time()
+    for out in gen:
+        if "step" in str(out[1]) and "/ 500" in str(out[1]):
+            break
+        assert time.time() - t0 < 120
+    gen.close()  # what Gradio does when Cancel is pressed or the page goes away
+    t0 = time.time()
+    while any(t.name == "dpsgd-worker" for t in threading.enumerate()):
+        assert time.time() - t0 < 30, "the DP-SGD worker kept running after cancel"
+        time.sleep(0.2)
 
 
 @needs_models
@@ -72,6 +144,21 @@ def test_bad_upload_is_a_clear_error_and_app_keeps_serving(app_url, tmp_path):
     bad.write_bytes(b"definitely not a png")
     client = Client(app_url, verbose=False)
     with pytest.raises(Exception, match="No usable image"):
-        client.predict(None, [handle_file(str(bad))], 0.0, False, 1e-5, 4, api_name="/run_hypernet")
-    out = client.predict("bags", None, 0.0, False, 1e-5, 4, api_name="/run_hypernet")
-    assert len(out[0]) == 4
+        client.predict([handle_file(str(bad))], None, "bags", api_name="/load_upload")
+    client.predict("bags", api_name="/load_example")
+    assert len(_run(client)[0]) == 4
+
+
+@needs_models
+def test_noise_view_moves_with_epsilon():
+    import torch
+
+    from dphyper.app import noise_figure
+
+    clean = torch.zeros(64)
+    clean[0] = 0.5
+    f = noise_figure(clean, clean + 0.1, 1.0)
+    named = {t.name: t for t in f.data}
+    assert "your exact mean (only you see this)" in named and "released noisy mean" in named
+    assert (named["released noisy mean"].x[0], named["released noisy mean"].y[0]) != \
+        (named["your exact mean (only you see this)"].x[0], named["your exact mean (only you see this)"].y[0])

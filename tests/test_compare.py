@@ -1,0 +1,87 @@
+"""The privacy-utility benchmark: set construction, metrics, plumbing on a tiny grid."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from dphyper.compare import (BENCH_SETS, BenchSet, CompareSettings, build_set, class_agreement, curves, plot_html,
+                             plot_png, run_compare, step_cost, summarise, targets)
+
+from .conftest import needs_fmnist
+
+
+def test_class_agreement_is_one_minus_total_variation():
+    ref = torch.tensor([0.5, 0.5] + [0.0] * 8)
+    assert class_agreement(torch.tensor([0, 1, 0, 1]), ref) == pytest.approx(1.0)
+    assert class_agreement(torch.tensor([0, 0, 0, 0]), ref) == pytest.approx(0.5)
+    assert class_agreement(torch.tensor([2, 3, 4, 5]), ref) == pytest.approx(0.0)
+    uniform = torch.full((10,), 0.1)
+    assert class_agreement(torch.arange(10), uniform) == pytest.approx(1.0)
+
+
+@needs_fmnist
+@pytest.mark.parametrize("spec", [BenchSet("t-sneakers", "single-class", 100, (7,)),
+                                  BenchSet("t-bags", "single-class", 1000, (8,)),
+                                  BenchSet("t-mixed", "mixed", 100, tuple(range(10)))])
+def test_sets_are_disjoint_from_their_reference_and_of_the_same_definition(tmp_path, spec):
+    from dphyper.data import load_fashion_mnist_uint8
+
+    d = build_set(spec, tmp_path)
+    assert len(d["private"]) == spec.n
+    assert d["reference_hist"].sum().item() == pytest.approx(1.0)
+    # Reference classes are exactly the set's classes.
+    assert set(torch.nonzero(d["reference_hist"]).flatten().tolist()) == set(spec.classes)
+    images, _ = load_fashion_mnist_uint8("test")
+    priv = {p.numpy().tobytes() for p in ((d["private"] + 1) * 127.5).round().to(torch.uint8)}
+    ref = {p.numpy().tobytes() for p in ((d["reference"] + 1) * 127.5).round().to(torch.uint8)}
+    assert not priv & ref, "a private image leaked into its own reference"
+    if spec.n == 1000:  # all 1,000 test images of one class are private: the reference is public
+        assert d["info"]["reference_from"] == "train"
+    # Deterministic: the same definition gives the same set.
+    assert torch.equal(build_set(spec, tmp_path)["private"], d["private"])
+
+
+@needs_fmnist
+def test_tiny_benchmark_grid_end_to_end(tmp_path):
+    """One set, one epsilon, few samples: every method scored, summary, targets, plots, curves."""
+    st = CompareSettings(sets=("sneakers-100",), epsilons=(1.0,), samples=8, steps=2, out=tmp_path,
+                         dpsgd_overrides={"max_steps": 2})
+    res = run_compare(st, log=lambda m: None)
+    cells = res["cells"].values()
+    assert {c["method"] for c in cells} == {"base", "hypernet", "dpsgd", "nonprivate"}
+    for c in cells:
+        assert c["samples"] == 8 and c["n_reference"] > 500
+        assert math.isfinite(c["fid"]) and c["fid"] > 0
+        assert 0.0 <= c["agreement"] <= 1.0
+    dp = next(c for c in cells if c["method"] == "dpsgd")
+    assert dp["steps"] == 2 and dp["epsilon_spent"] <= 1.0 + 1e-6 and dp["noise_multiplier"] > 0
+    # The stored results resume: a rerun trains nothing new.
+    again = run_compare(st, log=lambda m: pytest.fail(f"recomputed {m}"))
+    assert again["cells"].keys() == res["cells"].keys()
+    summ = summarise(res, st.sets, 8, 2)
+    assert set(summ["sneakers-100"]) == {"base", "hypernet", "dpsgd", "nonprivate"}
+    tg = targets(summ, res["sets"], (1.0,))
+    (row,) = tg["F1"]
+    assert row["ratio"] == pytest.approx(summ["sneakers-100"]["hypernet"]["1.0"]["fid"] /
+                                         summ["sneakers-100"]["dpsgd"]["1.0"]["fid"])
+    assert step_cost(res)[0]["ratio"] > 0
+    curv = curves(summ, res["sets"], {"test": True})
+    json.dumps(curv)
+    assert curv["sets"]["sneakers-100"]["methods"]["hypernet"]["epsilon"] == [1.0]
+    assert "flat" in curv["sets"]["sneakers-100"]["methods"]["base"]
+    plot_html(curv, tmp_path / "c.html")
+    plot_png(curv, tmp_path / "c.png")
+    assert (tmp_path / "c.html").stat().st_size > 10_000
+    from PIL import Image
+
+    assert np.asarray(Image.open(tmp_path / "c.png")).std() > 0
+
+
+def test_benchmark_covers_what_issue_4_asks():
+    kinds = {s.kind for s in BENCH_SETS}
+    assert {"single-class", "mixed", "knn", "least-seen"} <= kinds
+    assert {s.n for s in BENCH_SETS} == {100, 1000}
+    assert all(s.split == "test" for s in BENCH_SETS)
