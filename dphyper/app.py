@@ -138,18 +138,25 @@ def thumbnails_html(images) -> str:
             'style="image-rendering: pixelated; max-width: 100%;">')
 
 
-def load_example(example: str | None):
+def _after_load(data: dict, log_eps: float, no_privacy: bool, delta: float, max_steps: int) -> tuple:
+    """What depends on n: the privacy summary, the DP-SGD plan, the benchmark set shown."""
+    return (privacy_summary(log_eps, no_privacy, delta, data["n"]),
+            dpsgd_plan(data, log_eps, no_privacy, delta, max_steps), gr.update(value=default_curve_set(data["n"])))
+
+
+def load_example(example: str | None, log_eps: float = 0.0, no_privacy: bool = False, delta: float = 1e-5,
+                 max_steps: int = 0):
     data, overview, thumbs = load_data(example)
-    return data, overview, thumbs
+    return data, overview, thumbs, *_after_load(data, log_eps, no_privacy, delta, max_steps)
 
 
-def load_upload(files: list | None, folder: list | None, example: str | None):
+def load_upload(files: list | None, folder: list | None, log_eps: float = 0.0, no_privacy: bool = False,
+                delta: float = 1e-5, max_steps: int = 0):
     """Upload handler: loads the files and clears the upload boxes (the files are gone)."""
     if not files and not folder:
-
-        return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        return (gr.skip(),) * 8
     data, overview, thumbs = load_data(None, files, folder)
-    return data, overview, thumbs, None, None
+    return data, overview, thumbs, *_after_load(data, log_eps, no_privacy, delta, max_steps), None, None
 
 
 # ---------------------------------------------------------------- epsilon and the curves
@@ -235,11 +242,11 @@ def utility_figure(log_eps: float, no_privacy: bool, bench_set: str | None, runs
         for col in (1, 2):
             fig.add_vline(x=eps, line={"color": "black", "width": 2, "dash": "dot"}, row=1, col=col,
                           exclude_empty_subplots=False)
-        fig.add_annotation(x=math.log10(eps), y=1.08, xref="x", yref="paper", text=f"your ε = {eps:.3g}",
-                           showarrow=False)
     fig.update_xaxes(type="log", title_text="ε (log scale)", range=[-1, math.log10(16)])
-    title = f"Benchmark set “{bench_set}” ({entry['info'].get('kind')}, n = {entry['info'].get('n')})" \
+    title = f"Measured on benchmark set “{bench_set}” ({entry['info'].get('kind')}, n = {entry['info'].get('n')})" \
         if entry else "No benchmark curves found (run `python -m dphyper bench`)"
+    if not no_privacy:
+        title += f" · dotted line: your ε = {10 ** log_eps:.3g}"
     fig.update_layout(height=380, margin={"l": 40, "r": 10, "t": 70, "b": 40}, title=title,
                       legend={"orientation": "h", "y": -0.25})
     return fig
@@ -489,8 +496,8 @@ def noise_figure(clean_mean, noisy_mean, epsilon: float):
     if clean_mean is not None:
         fig.add_annotation(x=nx, y=ny, ax=cx, ay=cy, xref="x", yref="y", axref="x", ayref="y", showarrow=True,
                            arrowhead=2, arrowcolor="#d62728")
-    fig.update_layout(height=380, title="What the noise did (2-D view of the 64-d embedding space; dots = public "
-                      "images)", margin={"l": 30, "r": 10, "t": 50, "b": 30})
+    fig.update_layout(height=380, title="What the noise did (2-D map of the embedding space)",
+                      margin={"l": 30, "r": 10, "t": 50, "b": 30})
     return fig
 
 
@@ -577,6 +584,9 @@ def build_demo():
                     ledger_md = gr.Markdown("No release yet.")
                 with gr.Column():
                     noise_plot = gr.Plot(label="What the noise did (data owner's view)")
+                    gr.Markdown("Dots: public images (Fashion-MNIST train split), coloured by class. Star: the exact "
+                                "mean embedding of your images (only you see it). Cross: what was released. Small ε "
+                                "or small n moves the cross further.")
             with gr.Accordion("Downloads and reports", open=False):
                 with gr.Row():
                     dl_h = gr.File(label="Hypernetwork: LoRA, grid, report", file_count="multiple")
@@ -599,17 +609,15 @@ def build_demo():
         def summary_for(le, npv, de, d):
             return privacy_summary(le, npv, de, (d or {}).get("n"))
 
-        def after_load(d, le, npv, de, ms):
-            return summary_for(le, npv, de, d), dpsgd_plan(d, le, npv, de, ms), \
-                gr.update(value=default_curve_set((d or {}).get("n")))
-
-        loaded = [data, overview, thumbs]
-        follow = dict(fn=after_load, inputs=[data, log_eps, no_privacy, delta, max_steps],
-                      outputs=[summary, plan, bench_set], queue=False)
-        demo.load(load_example, [example], loaded).then(**follow)
-        example.input(load_example, [example], loaded).then(**follow)
-        folder.upload(load_upload, [files, folder, example], [*loaded, files, folder]).then(**follow)
-        files.upload(load_upload, [files, folder, example], [*loaded, files, folder]).then(**follow)
+        # Loading runs one at a time per app, in order (an upload right after the page opens must not be
+        # overwritten by the initial example load), and computes what depends on n in the same call.
+        settings = [log_eps, no_privacy, delta, max_steps]
+        loaded = [data, overview, thumbs, summary, plan, bench_set]
+        once = dict(concurrency_limit=1, concurrency_id="load")
+        demo.load(load_example, [example, *settings], loaded, **once)
+        example.input(load_example, [example, *settings], loaded, **once)
+        folder.upload(load_upload, [files, folder, *settings], [*loaded, files, folder], **once)
+        files.upload(load_upload, [files, folder, *settings], [*loaded, files, folder], **once)
         for comp in (log_eps, no_privacy, delta):
             comp.change(summary_for, [log_eps, no_privacy, delta, data], summary, queue=False,
                         show_progress="hidden")

@@ -86,8 +86,9 @@ def test_upload_run_and_session_isolation(app_url, app_module):
 
     files = [handle_file(str(p)) for p in sorted((EXAMPLES_DIR / "trousers").glob("*.png"))[:40]]
     alice, bob = Client(app_url, verbose=False), Client(app_url, verbose=False)
-    overview = alice.predict(files, None, "bags", api_name="/load_upload")[0]
+    overview, _, summary, plan = alice.predict(files, None, api_name="/load_upload")[:4]
     assert "40 images" in overview and "deleted from the server" in overview
+    assert "n = 40" in summary and "10 steps" in plan  # what depends on n follows the upload
     # R3: the uploads are gone as soon as they are decoded.
     left = [p.name for p in app_module.TEMP_DIR.rglob("test_*.png")]
     assert not left, f"uploaded files still on disk: {left[:3]}"
@@ -144,7 +145,7 @@ def test_bad_upload_is_a_clear_error_and_app_keeps_serving(app_url, tmp_path):
     bad.write_bytes(b"definitely not a png")
     client = Client(app_url, verbose=False)
     with pytest.raises(Exception, match="No usable image"):
-        client.predict([handle_file(str(bad))], None, "bags", api_name="/load_upload")
+        client.predict([handle_file(str(bad))], None, api_name="/load_upload")
     client.predict("bags", api_name="/load_example")
     assert len(_run(client)[0]) == 4
 
