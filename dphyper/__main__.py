@@ -67,6 +67,7 @@ def _cmd_evaluate(cfg: EvaluateConfig) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .audit import AuditConfig
     from .bench import BenchConfig
     from .diffusion import BaseTrainConfig
     from .dpsgd import DPSGDConfig
@@ -96,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     add(sub, "sample", SampleConfig, "write PNG samples from the base model")
     add(sub, "evaluate", EvaluateConfig, "FID/KID and class histogram of a folder of samples")
     add(sub, "bench", BenchConfig, "measure the models and the private path; writes docs/BENCHMARKS.md")
+    add(sub, "audit", AuditConfig, "empirical privacy audit: a lower bound on epsilon from a canary membership test")
     add(sub, "theory", TheoryConfig, "teaching: one-shot vs DP-SGD risk in the synthetic setting (JSON rows)")
     add(sub, "examples", ExamplesConfig, "(re)write the bundled example sets from the Fashion-MNIST test split")
     return parser
@@ -131,6 +133,10 @@ def main(argv: list[str] | None = None) -> int:
             from .bench import run_bench
 
             result = run_bench(cfg)
+        elif ns.command == "audit":
+            from .audit import run_audit
+
+            result = run_audit(cfg)
         elif ns.command == "theory":
             from .theory import rows
 

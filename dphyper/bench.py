@@ -34,9 +34,10 @@ class BenchConfig:
     """`python -m dphyper bench`: measure and record numbers in docs/BENCHMARKS.md."""
 
     suite: str = field(default="compare", metadata={"help": "which suite: compare (hypernet vs DP-SGD, the default), "
-                                                   "dpsgd-sweep, models, hypernet, p1 or theory"})
+                                                   "dpsgd-sweep, app, models, hypernet, p1 or theory"})
     quick: bool = field(default=False, metadata={"help": "compare: 3 sets x 3 epsilons x 64 samples (<= 30 min on 2 CPU cores)"})
     compare_samples: int = field(default=128, metadata={"help": "compare: generated images per cell (64 with --quick)"})
+    sets: str = field(default="", metadata={"help": "compare: comma-separated set names (default: the full or quick list)"})
     repeats: int = field(default=1, metadata={"help": "compare: repeats of each private cell (new privacy noise and sampling seed)"})
     samples: int = field(default=1000, metadata={"help": "generated images per FID (models suite)"})
     set_samples: int = field(default=256, metadata={"help": "generated images per example set (hypernet suite)"})
@@ -281,7 +282,7 @@ def bench_compare(cfg: BenchConfig) -> dict:
                           summarise, targets)
 
     st = CompareSettings(quick=cfg.quick, samples=cfg.compare_samples, steps=cfg.steps, seed=cfg.seed,
-                         repeats=cfg.repeats).resolved()
+                         repeats=cfg.repeats, sets=tuple(s for s in cfg.sets.split(",") if s)).resolved()
     res = run_compare(st, log=lambda m: print(m, flush=True))
     summ = summarise(res, st.sets, st.samples, st.steps)
     tg = targets(summ, res["sets"], st.epsilons)
@@ -305,15 +306,17 @@ def bench_compare(cfg: BenchConfig) -> dict:
 
 def compare_table(curv: dict, summ: dict, tg: dict, res: dict, st) -> str:
     eps = list(st.epsilons)
-    d = res["dpsgd_defaults"]
+    tuned = res["dpsgd_defaults"]["tuned"]
     title = "quick run, `python -m dphyper bench --quick`" if st.quick else "`python -m dphyper bench`"
     rows = [f"## Privacy-utility comparison ({title})", "",
             f"Machine: {machine()}. Whole run (cells not already stored): {res['last_run']['seconds'] / 60:.1f} min. "
             f"δ = 1e-5 for every private method. Each cell: {st.samples} samples, sampling seed {st.seed}"
             f"{f'..{st.seed + st.repeats - 1}' if st.repeats > 1 else ''} ({st.repeats} repeat(s), new privacy noise "
-            f"each, OS-seeded), {st.steps} DDIM steps. DP-SGD (Opacus, Poisson sampling, PRV accountant, hooks): lr "
-            f"{d['lr']:g}, C {d['max_grad_norm']:g}, {d['epochs']:g} epochs, batch {d['batch_size']} (the public-set "
-            "sweep's choice). Non-private LoRA = the same training without clipping or noise.", "",
+            f"each, OS-seeded), {st.steps} DDIM steps. DP-SGD (Opacus, Poisson sampling, PRV accountant, hooks) with the "
+            "public-set sweep's defaults per size: " + "; ".join(
+                f"{'n ≤ ' + str(r['n_max']) if r['n_max'] else 'larger n'}: lr {r['lr']:g}, C {r['max_grad_norm']:g}, "
+                f"{r['epochs']:g} epochs, batch {r['batch_size']}" for r in tuned)
+            + ". Non-private LoRA = the same training without clipping or noise.", "",
             "Sets (private images from the Fashion-MNIST test split; reference = held-out images of the same "
             "definition):", ""]
     for name, info in res["sets"].items():
@@ -358,16 +361,112 @@ def compare_table(curv: dict, summ: dict, tg: dict, res: dict, st) -> str:
     return "\n".join(rows)
 
 
+def bench_app(cfg: BenchConfig) -> dict:
+    """P3 (200 uploaded images -> 16 samples), plot redraw after a slider change, P5 (peak RSS)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import tempfile
+
+    from gradio_client import Client, handle_file
+
+    from .config import EXAMPLES_DIR
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    tmp = Path(tempfile.mkdtemp(prefix="dphyper-bench-app-"))
+    env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
+           "DPHYPER_TEMP_DIR": str(tmp / "gradio"), "GRADIO_ANALYTICS_ENABLED": "False"}
+    proc = subprocess.Popen([sys.executable, str(REPO_DIR / "app.py")], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        t0 = time.perf_counter()
+        client = None
+        while time.perf_counter() - t0 < 300:
+            try:
+                client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+                break
+            except Exception:  # noqa: BLE001 - not up yet
+                time.sleep(1)
+        if client is None:
+            raise RuntimeError("the app did not start within 300 s")
+        startup = time.perf_counter() - t0
+        files = sorted(p for s in ("sneakers", "trousers") for p in (EXAMPLES_DIR / s).glob("*.png"))[:200]
+        p3 = _p3_in_browser(f"http://127.0.0.1:{port}/", files)
+        redraw = []
+        for i in range(10):
+            t = time.perf_counter()
+            client.predict(-1 + 0.2 * i, False, None, api_name="/utility_figure")
+            redraw.append(time.perf_counter() - t)
+        status = Path(f"/proc/{proc.pid}/status").read_text()
+        hwm = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM")))
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    res = {"machine": machine(), "startup_seconds": startup, "p3": p3,
+           "p3_median_seconds": float(np.median([r["total"] for r in p3])),
+           "p3_command": "Chromium (Playwright): choose 200 PNG files, wait for the count, click, wait for the caption",
+           "redraw_median_ms": 1000 * float(np.median(redraw)), "redraw_max_ms": 1000 * max(redraw),
+           "peak_rss_mb": hwm / 1024}
+    rows = ["## The app (`python -m dphyper bench --suite app`)", "",
+            f"Machine: {res['machine']}. `python app.py` in a subprocess. P3 in real Chromium (Debian's, via "
+            "Playwright; a new page each time): choose 200 PNG files in the upload box, wait for '200 images', "
+            "click the hypernetwork button, wait for its caption (release, LoRA, 16 samples with 25 DDIM steps, "
+            "gallery shown). The redraw is timed over HTTP with `gradio_client`.", "",
+            f"- start-up until the API answers (models loaded and warmed): {startup:.1f} s",
+            f"- **P3**: 200 uploaded PNGs → 16 hypernetwork samples back: **{res['p3_median_seconds']:.2f} s** "
+            f"(median of {len(p3)}; runs {', '.join(format(r['total'], '.2f') for r in p3)} s; upload + decode "
+            f"{np.median([r['upload_and_decode'] for r in p3]):.2f} s of it, until the count shows). Target ≤ 10 s.",
+            f"- slider change → new privacy-utility figure (HTTP round trip): **{res['redraw_median_ms']:.0f} ms** "
+            f"median, {res['redraw_max_ms']:.0f} ms max of 10. Target ≤ 300 ms.",
+            f"- **P5**: peak RSS of the app process (VmHWM) over start-up and the runs: "
+            f"**{res['peak_rss_mb']:.0f} MB**. Target ≤ 1,536 MB."]
+    write_section(cfg.doc, "app", "\n".join(rows))
+    return res
+
+
+def _p3_in_browser(url: str, files: list[Path], repeats: int = 3) -> list[dict]:
+    import shutil
+
+    from playwright.sync_api import sync_playwright
+
+    out = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=shutil.which("chromium") or "/usr/bin/chromium",
+                                    args=["--headless", "--no-sandbox", "--disable-gpu"])
+        for _ in range(repeats):
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(url)
+            page.wait_for_selector("text=from example set", timeout=120000)  # the page's first load is done
+            page.get_by_text("…or upload your own").click()
+            t = time.perf_counter()
+            page.locator("input[type=file][multiple]:not([webkitdirectory])").set_input_files([str(f) for f in files])
+            page.wait_for_selector(f"text={len(files)} images", timeout=120000)
+            t_upload = time.perf_counter() - t
+            page.get_by_role("button", name="Hypernetwork (seconds)").click()
+            page.wait_for_selector("text=to a LoRA and samples", timeout=120000)
+            total = time.perf_counter() - t
+            n_img = page.locator("img[src*='gradio_api/file'], img[src*='/file=']").count()
+            out.append({"total": total, "upload_and_decode": t_upload, "images": n_img})
+            page.close()
+        browser.close()
+    return out
+
+
 def bench_sweep(cfg: BenchConfig) -> dict:
     from .compare import sweep_dpsgd
 
     res = sweep_dpsgd(REPO_DIR / "bench", steps=cfg.steps, seed=cfg.seed)
     write_section(cfg.doc, "dpsgd-sweep", sweep_table(res))
+    # Shipped next to the defaults it justifies (a test checks dpsgd.TUNED against it).
+    (ASSETS_DIR / "curves" / "dpsgd_sweep.json").write_text(json.dumps(res, indent=1, default=str))
     return res
 
 
 def sweep_table(res: dict) -> str:
-    from .compare import DPSGDConfig_defaults
+    from .compare import tuned_table
 
     sets = list(res["sets"])
     rows = ["## DP-SGD hyperparameters, chosen on public sets (`python -m dphyper bench --suite dpsgd-sweep`)", "",
@@ -390,16 +489,28 @@ def sweep_table(res: dict) -> str:
                     + f" | {r['score']:.3f} | {secs:.0f} |")
     best = res.get("best")
     if best:
-        rows += ["", f"Best: lr {best['lr']:g}, C {best['max_grad_norm']:g}, {best['epochs']:g} epochs, batch "
-                 f"{best['batch_size']}. Shipped defaults of `DPSGDConfig`: {DPSGDConfig_defaults()}."]
+        rows += ["", f"Best on average over the sets: lr {best['lr']:g}, C {best['max_grad_norm']:g}, "
+                 f"{best['epochs']:g} epochs, batch {best['batch_size']}."]
+    for s in sets:
+        cells = [c for k, c in res["cells"].items() if k.startswith(s + "|")]
+        if cells:
+            b = min(cells, key=lambda c: c["fid"])
+            rows.append(f"Best on `{s}`: lr {b['hp']['lr']:g}, C {b['hp']['max_grad_norm']:g}, {b['hp']['epochs']:g} "
+                        f"epochs, batch {b['hp']['batch_size']} (FID {b['fid']:.1f}).")
+    rows += ["", "Shipped (`dpsgd.TUNED`, one row per size regime, the best on that regime's public set; the best "
+             "learning rate differs 30× between the two sizes, so one setting for all n would handicap DP-SGD): "
+             + "; ".join(f"{'n ≤ ' + str(r['n_max']) if r['n_max'] else 'larger n'}: lr {r['lr']:g}, "
+                         f"C {r['max_grad_norm']:g}, {r['epochs']:g} epochs, batch {r['batch_size']}"
+                         for r in tuned_table()) + ". Stage 2 (epochs, batch) was run around the overall best only; "
+             "more than 10 epochs was not tried (each benchmark cell would double on the 2-core CPU)."]
     return "\n".join(rows)
 
 
 def run_bench(cfg: BenchConfig) -> dict:
     fn = {"models": bench_models, "hypernet": bench_hypernet, "theory": bench_theory, "p1": bench_p1,
-          "dpsgd-sweep": bench_sweep, "compare": bench_compare}.get(cfg.suite)
+          "dpsgd-sweep": bench_sweep, "compare": bench_compare, "app": bench_app}.get(cfg.suite)
     if fn is None:
-        raise ValueError(f"unknown suite {cfg.suite!r}: choose compare, dpsgd-sweep, models, hypernet, p1 or theory")
+        raise ValueError(f"unknown suite {cfg.suite!r}: choose compare, dpsgd-sweep, app, models, hypernet, p1 or theory")
     res = fn(cfg)
     if cfg.suite in ("compare", "dpsgd-sweep"):
         return res  # these write their own resumable files under bench/

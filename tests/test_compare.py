@@ -81,7 +81,10 @@ def test_tiny_benchmark_grid_end_to_end(tmp_path):
 
 
 def test_benchmark_covers_what_issue_4_asks():
-    kinds = {s.kind for s in BENCH_SETS}
-    assert {"single-class", "mixed", "knn", "least-seen"} <= kinds
-    assert {s.n for s in BENCH_SETS} == {100, 1000}
+    from dphyper.compare import FULL_SETS, QUICK_SETS
+
+    by_name = {s.name: s for s in BENCH_SETS}
+    for chosen in (FULL_SETS, QUICK_SETS):
+        assert {by_name[n].n for n in chosen} == {100, 1000}
+    assert {by_name[n].kind for n in FULL_SETS} == {"single-class", "mixed", "knn", "least-seen"}
     assert all(s.split == "test" for s in BENCH_SETS)

@@ -78,3 +78,21 @@ def test_non_private_reference_has_no_noise():
                       device=torch.device("cpu"))
     assert res.report["noise_multiplier"] == 0 and res.report["private"] is False
     assert math.isinf(res.event.epsilon) and not res.event.private  # the ledger must see it
+
+
+def test_shipped_defaults_are_the_public_sweeps_winners():
+    """dpsgd.TUNED must be what the stored public-set sweep found best (never tuned on private data)."""
+    import json
+
+    from dphyper.config import ASSETS_DIR
+    from dphyper.dpsgd import TUNED, resolve, tuned_defaults
+
+    sweep = json.loads((ASSETS_DIR / "curves" / "dpsgd_sweep.json").read_text())
+    assert all(info["split"] == "train" for info in sweep["sets"].values())  # public sets only
+    for row in TUNED:
+        cells = [c for k, c in sweep["cells"].items() if k.startswith(row["tuned_on"] + "|")]
+        best = min(cells, key=lambda c: c["fid"])["hp"]
+        assert {k: row[k] for k in best} == best
+    assert tuned_defaults(100)["lr"] == TUNED[0]["lr"] and tuned_defaults(1000)["lr"] == TUNED[-1]["lr"]
+    explicit = resolve(DPSGDConfig(lr=0.5), 1000)  # an explicit value wins over the tuned one
+    assert explicit.lr == 0.5 and explicit.max_grad_norm == TUNED[-1]["max_grad_norm"]

@@ -1,0 +1,56 @@
+"""Empirical privacy audit: shipped mechanisms pass, deliberately broken ones are caught."""
+
+import math
+
+import pytest
+
+from dphyper.audit import AuditConfig, clopper_pearson, epsilon_lower_bound, run_audit
+
+from .test_hypernet import needs_models
+
+
+def test_clopper_pearson_matches_known_values():
+    # 0 successes out of 100 at 95 %: upper limit 1 - 0.025^(1/100) (exact for k = 0).
+    lo, hi = clopper_pearson(0, 100, 0.05)
+    assert lo == 0.0 and hi == pytest.approx(1 - 0.025 ** (1 / 100), rel=1e-9)
+    lo, hi = clopper_pearson(50, 100, 0.05)
+    assert lo == pytest.approx(0.3983, abs=1e-3) and hi == pytest.approx(0.6017, abs=1e-3)
+
+
+def test_lower_bound_formula():
+    # A perfect separation on 1,000 + 1,000 trials proves a large epsilon, chance-level proves none.
+    assert epsilon_lower_bound(1000, 0, 0, 1000, 1e-5, 0.95) > 5
+    assert epsilon_lower_bound(500, 500, 500, 500, 1e-5, 0.95) == 0.0
+    # The bound never exceeds the point estimate log(TPR / FPR).
+    assert epsilon_lower_bound(300, 700, 30, 970, 1e-5, 0.95) < math.log(0.3 / 0.03)
+
+
+@needs_models
+@pytest.mark.parametrize("broken, expect_caught", [("none", False), ("no-clip", True), ("weak-noise", True)])
+def test_hypernet_release_audit(broken, expect_caught):
+    r = run_audit(AuditConfig(method="hypernet", epsilon=1.0, trials=4000, broken=broken))
+    assert r["trials"] == 4000 and 0 <= r["fpr"] <= 1 and 0 <= r["tpr"] <= 1
+    if expect_caught:
+        assert r["epsilon_lower_bound"] > r["epsilon_claimed"], r
+    else:
+        assert r["epsilon_lower_bound"] <= r["epsilon_claimed"], r
+    assert r["passed"]
+
+
+@pytest.mark.parametrize("broken, expect_caught", [("none", False), ("no-clip", True)])
+def test_dpsgd_audit_small(broken, expect_caught):
+    r = run_audit(AuditConfig(method="dpsgd", epsilon=1.0, trials=300, broken=broken))
+    assert (r["epsilon_lower_bound"] > 1.0) == expect_caught, r
+
+
+@pytest.mark.slow
+def test_dpsgd_audit_catches_weak_noise():
+    r = run_audit(AuditConfig(method="dpsgd", epsilon=1.0, trials=1000, broken="weak-noise"))
+    assert r["epsilon_lower_bound"] > 1.0, r
+
+
+def test_unknown_variant_is_refused():
+    with pytest.raises(ValueError):
+        run_audit(AuditConfig(method="dpsgd", trials=10, broken="typo"))
+    with pytest.raises(ValueError):
+        run_audit(AuditConfig(method="nope"))
