@@ -195,13 +195,12 @@ def curve_sets() -> list[str]:
 
 
 def default_curve_set(n: int | None) -> str | None:
+    """The benchmark set whose size is closest to the user's n (on a log scale)."""
     sets = curve_sets()
     if not sets:
         return None
-    mixed = [s for s in sets if s.startswith("mixed")]
-    pool = mixed or sets
     infos = _curves()["sets"]
-    return min(pool, key=lambda s: abs(math.log((infos[s]["info"].get("n") or 1) / max(n or 200, 1))))
+    return min(sets, key=lambda s: abs(math.log((infos[s]["info"].get("n") or 1) / max(n or 200, 1))))
 
 
 COLOURS = {"hypernet": "#1f77b4", "dpsgd": "#d62728", "nonprivate": "#2ca02c", "base": "#7f7f7f"}

@@ -34,7 +34,7 @@ class BenchConfig:
     """`python -m dphyper bench`: measure and record numbers in docs/BENCHMARKS.md."""
 
     suite: str = field(default="compare", metadata={"help": "which suite: compare (hypernet vs DP-SGD, the default), "
-                                                   "dpsgd-sweep, app, models, hypernet, p1 or theory"})
+                                                   "dpsgd-sweep, app, audit, models, hypernet, p1 or theory"})
     quick: bool = field(default=False, metadata={"help": "compare: 3 sets x 3 epsilons x 64 samples (<= 30 min on 2 CPU cores)"})
     compare_samples: int = field(default=128, metadata={"help": "compare: generated images per cell (64 with --quick)"})
     sets: str = field(default="", metadata={"help": "compare: comma-separated set names (default: the full or quick list)"})
@@ -455,6 +455,30 @@ def _p3_in_browser(url: str, files: list[Path], repeats: int = 3) -> list[dict]:
     return out
 
 
+def bench_audit(cfg: BenchConfig) -> dict:
+    """R5: the audit of both shipped mechanisms and of the deliberately broken variants."""
+    from .audit import AuditConfig, run_audit
+
+    rows = ["## Empirical privacy audit (`python -m dphyper bench --suite audit`)", "",
+            f"Machine: {machine()}. `python -m dphyper audit --method M --epsilon 1 --broken B` (defaults: n = 100, "
+            "20,000 trials for the one-shot release, 1,000 for DP-SGD; threshold picked on one half of the trials, "
+            "rates measured on the other; 95 % Clopper-Pearson). Pass = lower bound ≤ claim for the shipped "
+            "mechanism, > claim for a broken one.", "",
+            "| method | variant | ε claimed | ε lower bound | TPR | FPR | trials measured | seconds | pass |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    res = []
+    for method in ("hypernet", "dpsgd"):
+        for broken in ("none", "no-clip", "weak-noise"):
+            r = run_audit(AuditConfig(method=method, epsilon=1.0, broken=broken))
+            res.append(r)
+            rows.append(f"| {method} | {'shipped' if broken == 'none' else broken} | {r['epsilon_claimed']:g} | "
+                        f"{r['epsilon_lower_bound']:.2f} | {r['tpr']:.3f} | {r['fpr']:.4f} | {r['trials_measured']} | "
+                        f"{r['seconds']:.0f} | {'yes' if r['passed'] else '**NO**'} |")
+            print(rows[-1], flush=True)
+    write_section(cfg.doc, "audit", "\n".join(rows))
+    return {"machine": machine(), "audits": res}
+
+
 def bench_sweep(cfg: BenchConfig) -> dict:
     from .compare import sweep_dpsgd
 
@@ -508,9 +532,10 @@ def sweep_table(res: dict) -> str:
 
 def run_bench(cfg: BenchConfig) -> dict:
     fn = {"models": bench_models, "hypernet": bench_hypernet, "theory": bench_theory, "p1": bench_p1,
-          "dpsgd-sweep": bench_sweep, "compare": bench_compare, "app": bench_app}.get(cfg.suite)
+          "dpsgd-sweep": bench_sweep, "compare": bench_compare, "app": bench_app,
+          "audit": bench_audit}.get(cfg.suite)
     if fn is None:
-        raise ValueError(f"unknown suite {cfg.suite!r}: choose compare, dpsgd-sweep, app, models, hypernet, p1 or theory")
+        raise ValueError(f"unknown suite {cfg.suite!r}: choose compare, dpsgd-sweep, app, audit, models, hypernet, p1 or theory")
     res = fn(cfg)
     if cfg.suite in ("compare", "dpsgd-sweep"):
         return res  # these write their own resumable files under bench/

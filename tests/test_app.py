@@ -163,3 +163,41 @@ def test_noise_view_moves_with_epsilon():
     assert "your exact mean (only you see this)" in named and "released noisy mean" in named
     assert (named["released noisy mean"].x[0], named["released noisy mean"].y[0]) != \
         (named["your exact mean (only you see this)"].x[0], named["your exact mean (only you see this)"].y[0])
+
+
+@needs_models
+def test_eight_concurrent_sessions_stay_isolated_and_nothing_private_is_logged(app_url, tmp_path, caplog, capfd):
+    """R2: 8 sessions upload different folders at once; each sees only its own data. No file name in logs."""
+    import logging
+    import shutil
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gradio_client import Client, handle_file
+
+    caplog.set_level(logging.DEBUG)
+    sources = sorted((EXAMPLES_DIR / "bags").glob("*.png")) + sorted((EXAMPLES_DIR / "dresses").glob("*.png"))
+
+    def session(i: int) -> dict:
+        n = 20 + 10 * i
+        folder = tmp_path / f"user{i}"
+        folder.mkdir()
+        files = []
+        for j, src in enumerate(sources[i * 40: i * 40 + n]):
+            dst = folder / f"PRIVATE_USER{i}_{j:04d}.png"
+            shutil.copy(src, dst)
+            files.append(handle_file(str(dst)))
+        c = Client(app_url, verbose=False)
+        overview = c.predict(files, None, api_name="/load_upload")[0]
+        out = c.predict(0.9, False, 1e-5, 4, None, api_name="/run_hypernet")  # log10 eps 0.9: eps ~ 7.9
+        return {"n": n, "overview": overview, "report": out[3], "ledger": out[4], "gallery": out[0]}
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(session, range(8)))
+    for i, r in enumerate(results):
+        assert f"**{r['n']} images**" in r["overview"]
+        assert abs(r["report"]["noisy_count"] - r["n"]) < 6, (i, r["report"]["noisy_count"], r["n"])
+        assert _ledger_rows(r["ledger"]) == [1] and len(r["gallery"]) == 4
+        assert "PRIVATE_USER" not in str(r["report"]) and "PRIVATE_USER" not in r["ledger"]
+    out, err = capfd.readouterr()
+    logged = "\n".join(rec.getMessage() for rec in caplog.records) + out + err
+    assert "PRIVATE_USER" not in logged, "a private file name reached the logs"

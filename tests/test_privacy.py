@@ -32,7 +32,11 @@ def _pld_epsilon(noise_multiplier: float, delta: float) -> float:
     return acc.get_epsilon(delta)
 
 
-@pytest.mark.parametrize("eps,delta", [(0.1, 1e-5), (0.5, 1e-5), (1.0, 1e-6), (3.0, 1e-5), (8.0, 1e-4), (16.0, 1e-5)])
+R4_PAIRS = [(e, d) for e in (0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0) for d in (1e-5, 1e-6)] + \
+    [(0.5, 1e-4), (1.0, 1e-3), (3.0, 1e-5), (6.0, 1e-7)]  # R4: 20 (epsilon, delta) pairs
+
+
+@pytest.mark.parametrize("eps,delta", R4_PAIRS)
 def test_calibration_matches_dp_accounting(eps, delta):
     s = calibrate_gaussian(epsilon=eps, delta=delta)
     # The multiplier we use must be (eps, delta)-DP according to dp_accounting (within 0.5 %) ...
@@ -172,3 +176,24 @@ def test_ledger_composes_like_dp_accounting():
     assert max(epsilons) < total_eps < sum(epsilons)  # tighter than the naive sum
     ledger.record(PrivacyEvent("gaussian_sum_count", math.inf, 1e-5, 0.0, 1.0))
     assert ledger.total()[0] == math.inf
+
+
+# DP-SGD: sigma from Opacus' PRV search (what the baseline uses), recorded once (golden) and
+# checked against an independent accountant (dp_accounting PLD of the Poisson-subsampled Gaussian).
+DPSGD_GOLDEN = [(1 / 16, 160, 1.0, 3.2031), (0.25, 40, 1.0, 6.2109), (1 / 16, 160, 4.0, 1.1792), (0.5, 20, 0.25, 31.25)]
+
+
+@pytest.mark.parametrize("q,steps,eps,sigma", DPSGD_GOLDEN)
+def test_dpsgd_accountant_golden_and_independent(q, steps, eps, sigma):
+    from dp_accounting import dp_event as dpe
+    from dp_accounting.pld import pld_privacy_accountant
+
+    from dphyper.dpsgd import dpsgd_noise_multiplier
+
+    s = dpsgd_noise_multiplier(epsilon=eps, delta=1e-5, sample_rate=q, steps=steps)
+    assert s == pytest.approx(sigma, rel=1e-3)
+    acc = pld_privacy_accountant.PLDAccountant(value_discretization_interval=1e-3)
+    acc.compose(dpe.SelfComposedDpEvent(dpe.PoissonSampledDpEvent(q, dpe.GaussianDpEvent(s)), steps))
+    independent = acc.get_epsilon(1e-5)
+    assert independent <= eps * 1.001  # the run really is (eps, delta)-DP by another accountant
+    assert independent >= eps * 0.9  # and the search does not waste budget
