@@ -479,7 +479,7 @@ def noise_figure(clean_mean, noisy_mean, epsilon: float):
     pts, labels = pm["points"].numpy(), pm["labels"].numpy()
     for c, name in enumerate(CLASS_NAMES):
         sel = labels == c
-        fig.add_trace(go.Scattergl(x=pts[sel, 0], y=pts[sel, 1], mode="markers", name=name,
+        fig.add_trace(go.Scatter(x=pts[sel, 0], y=pts[sel, 1], mode="markers", name=name,
                                    marker={"size": 4, "opacity": 0.35}))
 
     def proj(v):

@@ -525,6 +525,9 @@ def plot_png(curv: dict, path: Path) -> None:
             else:
                 ax.hlines(y[0], eps[0], eps[-1], colors=colour, linestyles="dashed", label=METHOD_STYLE[key][0])
         ax.set_xscale("log")
+        ax.minorticks_off()
+        ax.set_xticks(eps)
+        ax.set_xticklabels([f"{e:g}" for e in eps])
         ax.set_title(name)
         ax.set_xlabel("ε")
         ax.set_ylabel("FID")
