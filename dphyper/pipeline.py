@@ -2,8 +2,9 @@
 
 ``HypernetPipeline`` loads the public models once (the app keeps one per process: it
 holds no private data) and ``run`` handles one private dataset. What it returns is DP
-output only (LoRA, samples, noisy count/mean) plus public settings; the exact mean, the
-true count and the file names never leave this function.
+output only (LoRA, samples, noisy count/mean) plus public settings; the true count and the
+file names never leave this function, and the exact (clipped) mean only with
+``owner_view=True``, for the data owner's own view in the app (never in a report).
 """
 
 from __future__ import annotations
