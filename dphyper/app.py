@@ -27,6 +27,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from .compare import METHOD_STYLE
 from .config import EXAMPLES_DIR, REPO_DIR
 
 TEMP_DIR = Path(os.environ.get("DPHYPER_TEMP_DIR", REPO_DIR / ".gradio_tmp"))
@@ -203,7 +204,7 @@ def default_curve_set(n: int | None) -> str | None:
     return min(sets, key=lambda s: abs(math.log((infos[s]["info"].get("n") or 1) / max(n or 200, 1))))
 
 
-COLOURS = {"hypernet": "#1f77b4", "dpsgd": "#d62728", "nonprivate": "#2ca02c", "base": "#7f7f7f"}
+COLOURS = {meth: METHOD_STYLE[meth][1] for meth in ("hypernet", "dpsgd", "nonprivate", "base")}
 LABELS = {"hypernet": "hypernetwork", "dpsgd": "DP-SGD", "nonprivate": "non-private LoRA", "base": "base model"}
 
 
@@ -409,17 +410,13 @@ def run_dpsgd(data: dict | None, log_eps: float, no_privacy: bool, delta: float,
 
 def dpsgd_plan(data: dict | None, log_eps: float, no_privacy: bool, delta: float, max_steps: int) -> str:
     """What the DP-SGD button will do for this n and epsilon (computed, nothing private shown)."""
-    from .dpsgd import DPSGDConfig, dpsgd_noise_multiplier, resolve
+    from .dpsgd import DPSGDConfig, dpsgd_noise_multiplier, resolve, schedule
 
     if not data:
         return ""
     n = data["n"]
-    d = resolve(DPSGDConfig(), n)
-    loader_len = math.ceil(n / min(d.batch_size, n))
-    q = 1 / loader_len
-    steps = max(1, math.ceil(d.epochs / q))
-    if max_steps:
-        steps = min(steps, int(max_steps))
+    d = resolve(DPSGDConfig(max_steps=int(max_steps or 0)), n)
+    q, _, steps = schedule(n, d)  # the same schedule train_dpsgd will run
     text = f"DP-SGD plan: {steps} steps, expected batch {n * q:.0f} (sample rate {q:.3g}), lr {d.lr:g}, clip C {d.max_grad_norm:g}"
     if no_privacy:
         return text + ", no noise (ε = ∞)."

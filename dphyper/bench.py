@@ -278,7 +278,7 @@ def bench_theory(cfg: BenchConfig) -> dict:
 
 def bench_compare(cfg: BenchConfig) -> dict:
     """Hypernetwork vs DP-SGD vs non-private LoRA vs base model, at every epsilon (issue 4)."""
-    from .compare import (CURVES_PATH, CompareSettings, curves, plot_html, plot_png, run_compare, step_cost,
+    from .compare import (CURVES_PATH, DELTA, CompareSettings, curves, plot_html, plot_png, run_compare, step_cost,
                           summarise, targets)
 
     st = CompareSettings(quick=cfg.quick, samples=cfg.compare_samples, steps=cfg.steps, seed=cfg.seed,
@@ -288,7 +288,7 @@ def bench_compare(cfg: BenchConfig) -> dict:
     tg = targets(summ, res["sets"], st.epsilons)
     tg["P4"] = step_cost(res)
     settings = {"quick": st.quick, "samples": st.samples, "steps": st.steps, "sampling_seed": st.seed,
-                "repeats": st.repeats, "delta": 1e-5, "dpsgd": res["dpsgd_defaults"], "machine": machine(),
+                "repeats": st.repeats, "delta": DELTA, "dpsgd": res["dpsgd_defaults"], "machine": machine(),
                 "seconds": round(res["last_run"]["seconds"], 1)}
     curv = curves(summ, res["sets"], settings)
     out = REPO_DIR / "bench"
@@ -305,6 +305,8 @@ def bench_compare(cfg: BenchConfig) -> dict:
 
 
 def compare_table(curv: dict, summ: dict, tg: dict, res: dict, st) -> str:
+    from .compare import DELTA
+
     eps = list(st.epsilons)
     tuned = res["dpsgd_defaults"]["tuned"]
     title = "quick run, `python -m dphyper bench --quick`" if st.quick else "`python -m dphyper bench`"
@@ -312,7 +314,7 @@ def compare_table(curv: dict, summ: dict, tg: dict, res: dict, st) -> str:
             f"Machine: {machine()}. Compute time of the cells in this table (sum of their wall times): "
             f"{sum(c['seconds_cell'] for c in res['cells'].values() if c['set'] in st.sets and c['samples'] == st.samples and c['sampling_steps'] == st.steps) / 60:.1f} min"
             f"; this invocation (stored cells are reused): {res['last_run']['seconds'] / 60:.1f} min. "
-            f"δ = 1e-5 for every private method. Each cell: {st.samples} samples, sampling seed {st.seed}"
+            f"δ = {DELTA:g} for every private method. Each cell: {st.samples} samples, sampling seed {st.seed}"
             f"{f'..{st.seed + st.repeats - 1}' if st.repeats > 1 else ''} ({st.repeats} repeat(s), new privacy noise "
             f"each, OS-seeded), {st.steps} DDIM steps. DP-SGD (Opacus, Poisson sampling, PRV accountant, hooks) with the "
             "public-set sweep's defaults per size: " + "; ".join(

@@ -25,11 +25,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import ASSETS_DIR, ENCODER_PATH, REPO_DIR
+from .config import ASSETS_DIR, REPO_DIR
+from .privacy import DEFAULT_DELTA
 
 EPSILONS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 QUICK_EPSILONS = (0.25, 1.0, 4.0)
-DELTA = 1e-5
+DELTA = DEFAULT_DELTA  # every private method in the benchmark
 SET_SEED = 2026
 CURVES_PATH = ASSETS_DIR / "curves" / "privacy_utility.json"
 
@@ -68,21 +69,11 @@ SWEEP_SETS = (
 
 
 def _split_embeddings(split: str, cache_dir: Path) -> torch.Tensor:
-    """phi of every image of a split (cached; the key is the encoder file's mtime)."""
+    """phi of every image of a split, cached like the hypernetwork's public embeddings."""
     from .data import load_fashion_mnist
-    from .encoder import embed, load_encoder
+    from .train_hypernet import public_embeddings
 
-    cache = cache_dir / f"{split}_embeddings.pt"
-    key = f"{ENCODER_PATH.stat().st_mtime_ns}" if ENCODER_PATH.exists() else None
-    if cache.exists():
-        saved = torch.load(cache, weights_only=False)
-        if saved.get("key") == key:
-            return saved["emb"]
-    x, _ = load_fashion_mnist(split)
-    emb = embed(x, load_encoder(device=torch.device("cpu")))
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"key": key, "emb": emb}, cache)
-    return emb
+    return public_embeddings(load_fashion_mnist(split)[0], cache_dir / f"{split}_embeddings.pt")
 
 
 def training_exposure(cache_dir: Path, draws: int = 3000, seed: int = 1) -> dict:

@@ -77,6 +77,17 @@ def resolve(cfg: "DPSGDConfig", n: int) -> "DPSGDConfig":
     return replace(cfg, **{k: v for k, v in tuned.items() if not getattr(cfg, k)})
 
 
+def schedule(n: int, cfg: "DPSGDConfig") -> tuple[float, int, int]:
+    """(Poisson rate, planned steps, steps that will run) for n images and resolved settings.
+
+    The rate is Opacus' for a loader of batch B over n items, 1 / ceil(n / B) (expected batch
+    n / ceil(n / B)); planned steps = epochs / rate; the step budget caps them.
+    """
+    q = 1.0 / math.ceil(n / min(cfg.batch_size, n))
+    planned = max(1, int(math.ceil(cfg.epochs / q)))
+    return q, planned, (min(planned, cfg.max_steps) if cfg.max_steps else planned)
+
+
 @dataclass
 class DPSGDResult:
     lora: dict[str, torch.Tensor]
@@ -115,9 +126,7 @@ def train_dpsgd(images: torch.Tensor, cfg: DPSGDConfig, *, progress: Callable[[d
     params = [p for p in unet.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.lr)
     loader = DataLoader(TensorDataset(images), batch_size=min(cfg.batch_size, n), shuffle=True)
-    q = 1.0 / len(loader)  # Opacus' Poisson rate for this loader: expected batch = n / ceil(n / B)
-    planned = max(1, int(math.ceil(cfg.epochs / q)))
-    total_steps = min(planned, cfg.max_steps) if cfg.max_steps else planned
+    q, planned, total_steps = schedule(n, cfg)
     model, engine, sigma = unet, None, 0.0
     if private:
         # Calibrate sigma for the steps that will actually run (a lower step budget buys less noise),
