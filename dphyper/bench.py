@@ -128,11 +128,20 @@ def bench_models(cfg: BenchConfig) -> dict:
         f"{t['encoder'].get('train_seconds')} | zero-shot test accuracy {t['encoder'].get('test_zero_shot_accuracy')} |",
         f"| evaluator | `python -m dphyper train evaluator --epochs 3` | {t['evaluator'].get('epochs')} epochs | "
         f"{t['evaluator'].get('train_seconds')} | test accuracy {t['evaluator'].get('test_accuracy')} |",
-        f"| hypernetwork | `python -m dphyper train hypernet` | {t['hypernet'].get('steps')} steps | "
+        f"| hypernetwork | {_hypernet_command(t['hypernet'])} | {t['hypernet'].get('steps')} steps | "
         f"{t['hypernet'].get('train_seconds')} | final loss {t['hypernet'].get('final_loss')} |",
     ]
     write_section(cfg.doc, "models", "\n".join(rows))
     return res
+
+
+def _hypernet_command(summary: dict) -> str:
+    """How the shipped H was trained: anchored from the start, or resumed with the anchor on."""
+    a, steps = summary.get("anchor_from_step"), summary.get("steps")
+    if a:
+        return (f"`python -m dphyper train hypernet --no-anchor --max-steps {a}`, then the same command "
+                f"with the anchor (default) and `--max-steps {steps}`")
+    return "`python -m dphyper train hypernet`" + ("" if a == 0 else " (before the anchor existed)")
 
 
 def bench_hypernet(cfg: BenchConfig) -> dict:
@@ -304,19 +313,32 @@ def bench_compare(cfg: BenchConfig) -> dict:
     return {"targets": tg, "settings": settings}
 
 
+def _fid_cell(r: dict) -> str:
+    """'FID (agreement)', or 'mean±sd (agreement)' over repeats."""
+    fid = f"{r['fid']:.1f}" if r["repeats"] == 1 else f"{r['fid']:.1f}±{r['fid_std']:.1f}"
+    return f"{fid} ({r['agreement']:.2f})"
+
+
+def _repeats_text(summ: dict, sets) -> str:
+    counts = {(s, meth): max(r["repeats"] for r in rows.values()) for s in sets
+              for meth, rows in summ.get(s, {}).items() if meth != "base"}
+    extra = [f"{s} {meth} × {k}" for (s, meth), k in counts.items() if k > 1]
+    return ("repeated cells (mean ± sd over repeats): " + ", ".join(extra)) if extra else "one repeat per cell"
+
+
 def compare_table(curv: dict, summ: dict, tg: dict, res: dict, st) -> str:
-    from .compare import DELTA
+    from .compare import DELTA, _still_valid
 
     eps = list(st.epsilons)
     tuned = res["dpsgd_defaults"]["tuned"]
     title = "quick run, `python -m dphyper bench --quick`" if st.quick else "`python -m dphyper bench`"
     rows = [f"## Privacy-utility comparison ({title})", "",
             f"Machine: {machine()}. Compute time of the cells in this table (sum of their wall times): "
-            f"{sum(c['seconds_cell'] for c in res['cells'].values() if c['set'] in st.sets and c['samples'] == st.samples and c['sampling_steps'] == st.steps) / 60:.1f} min"
+            f"{sum(c['seconds_cell'] for c in res['cells'].values() if c['set'] in st.sets and c['samples'] == st.samples and c['sampling_steps'] == st.steps and _still_valid(c, res)) / 60:.1f} min"
             f"; this invocation (stored cells are reused): {res['last_run']['seconds'] / 60:.1f} min. "
-            f"δ = {DELTA:g} for every private method. Each cell: {st.samples} samples, sampling seed {st.seed}"
-            f"{f'..{st.seed + st.repeats - 1}' if st.repeats > 1 else ''} ({st.repeats} repeat(s), new privacy noise "
-            f"each, OS-seeded), {st.steps} DDIM steps. DP-SGD (Opacus, Poisson sampling, PRV accountant, hooks) with the "
+            f"δ = {DELTA:g} for every private method. Each cell: {st.samples} samples, {st.steps} DDIM steps, "
+            f"sampling seed {st.seed} + repeat, new privacy noise each time (OS-seeded); {_repeats_text(summ, st.sets)}. "
+            "DP-SGD (Opacus, Poisson sampling, PRV accountant, hooks) with the "
             "public-set sweep's defaults per size: " + "; ".join(
                 f"{'n ≤ ' + str(r['n_max']) if r['n_max'] else 'larger n'}: lr {r['lr']:g}, C {r['max_grad_norm']:g}, "
                 f"{r['epochs']:g} epochs, batch {r['batch_size']}" for r in tuned)
@@ -335,10 +357,9 @@ def compare_table(curv: dict, summ: dict, tg: dict, res: dict, st) -> str:
             m = summ.get(name, {}).get(meth, {})
             if not m:
                 continue
-            cells = [f"{m[str(e)]['fid']:.1f} ({m[str(e)]['agreement']:.2f})" if str(e) in m else "" for e in eps]
+            cells = [_fid_cell(m[str(e)]) if str(e) in m else "" for e in eps]
             flat = m.get("inf") or m.get("base")
-            rows.append(f"| {name} | {meth} | " + " | ".join(cells) + " | "
-                        + (f"{flat['fid']:.1f} ({flat['agreement']:.2f})" if flat else "") + " |")
+            rows.append(f"| {name} | {meth} | " + " | ".join(cells) + " | " + (_fid_cell(flat) if flat else "") + " |")
     f1 = tg["F1"]
     if f1:
         below = sum(r["below"] for r in f1)

@@ -16,6 +16,7 @@ same settings skips it, so a long run can be split into chunks.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -308,6 +309,22 @@ class CompareSettings:
         return s
 
 
+def hypernet_id() -> str:
+    """A short content hash of the shipped hypernetwork file."""
+    from .hypernet import HYPERNET_PATH
+
+    return hashlib.sha256(HYPERNET_PATH.read_bytes()).hexdigest()[:12]
+
+
+def _still_valid(cell: dict, res: dict) -> bool:
+    """A stored cell is reused only if it was made with today's DP-SGD defaults and H."""
+    if cell["method"] in ("dpsgd", "nonprivate"):
+        return cell.get("dpsgd_defaults") == res["dpsgd_defaults"]
+    if cell["method"] == "hypernet":
+        return cell.get("hypernet_id") == res["hypernet_id"]
+    return True
+
+
 def _cell_key(set_name: str, method: str, eps: float, rep: int, samples: int, steps: int) -> str:
     e = "inf" if math.isinf(eps) else f"{eps:g}"
     return f"{set_name}|{method}|{e}|rep{rep}|k{samples}|s{steps}"
@@ -329,6 +346,8 @@ def run_compare(settings: CompareSettings, log=print) -> dict:
     res["dpsgd_defaults"] = {"tuned": [dict(r) for r in TUNED], "accountant": DPSGDConfig().accountant,
                              **st.dpsgd_overrides}
     res.setdefault("sets", {})
+    # Hypernetwork cells are only reused while the shipped H is the one that produced them.
+    res["hypernet_id"] = hypernet_id()
     models = Models()
     t_start = time.perf_counter()
     plan = []
@@ -343,8 +362,7 @@ def run_compare(settings: CompareSettings, log=print) -> dict:
     built: dict[str, dict] = {}
     for name, method, eps, rep in plan:
         key = _cell_key(name, method, eps, rep, st.samples, st.steps)
-        if key in res["cells"] and res["cells"][key].get("dpsgd_defaults", res["dpsgd_defaults"]) == \
-                res["dpsgd_defaults"]:
+        if key in res["cells"] and _still_valid(res["cells"][key], res):
             continue
         if name not in built:
             built[name] = build_set(by_name[name], Path(st.out))
@@ -354,6 +372,8 @@ def run_compare(settings: CompareSettings, log=print) -> dict:
         cell.update({"set": name, "repeat": rep})
         if method in ("dpsgd", "nonprivate"):
             cell["dpsgd_defaults"] = res["dpsgd_defaults"]
+        if method == "hypernet":
+            cell["hypernet_id"] = res["hypernet_id"]
         if method == "base":
             cell["epsilon"] = None
         res["cells"][key] = cell
@@ -369,7 +389,8 @@ def summarise(res: dict, sets: tuple[str, ...], samples: int, steps: int) -> dic
     """Per set and method: epsilon -> mean FID / KID / agreement over repeats (and their count)."""
     out: dict = {}
     for c in res["cells"].values():
-        if c["set"] not in sets or c["samples"] != samples or c["sampling_steps"] != steps:
+        if c["set"] not in sets or c["samples"] != samples or c["sampling_steps"] != steps or \
+                not _still_valid(c, res):
             continue
         m = out.setdefault(c["set"], {}).setdefault(c["method"], {})
         e = "base" if c["epsilon"] is None else str(c["epsilon"])

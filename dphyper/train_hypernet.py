@@ -28,7 +28,7 @@ from .config import ENCODER_PATH
 from .diffusion import load_unet, make_train_scheduler
 from .hypernet import HYPERNET_PATH, HyperNetwork, lora_shapes_of, save_hypernet
 from .lora import add_lora
-from .privacy import DEFAULT_DELTA, release_mean
+from .privacy import DEFAULT_DELTA, clip_embeddings, release_mean
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,7 @@ class HypernetTrainConfig:
     save_every: int = field(default=100, metadata={"help": "write resumable state every N steps"})
     seed: int = field(default=0, metadata={"help": "seed for public-set sampling and simulated noise"})
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0 = torch default)"})
+    anchor: bool = field(default=True, metadata={"help": "anchor H at the public mean embedding (that mean -> base model)"})
 
 
 def public_embeddings(images: torch.Tensor, cache: Path | None = None) -> torch.Tensor:
@@ -72,6 +73,11 @@ def public_embeddings(images: torch.Tensor, cache: Path | None = None) -> torch.
         cache.parent.mkdir(parents=True, exist_ok=True)
         torch.save({"key": key, "emb": emb}, cache)
     return emb
+
+
+def public_mean(emb: torch.Tensor, clip_norm: float = 1.0) -> torch.Tensor:
+    """Mean of the clipped public embeddings (clipped as ``release_mean`` clips): H's anchor."""
+    return clip_embeddings(emb.double(), max_norm=clip_norm).mean(0).float()
 
 
 class PublicSetSampler:
@@ -123,17 +129,27 @@ def train_hypernet(cfg: HypernetTrainConfig, images: torch.Tensor | None = None)
     unet = add_lora(load_unet(device=device))
     unet.requires_grad_(False)
     hyper = HyperNetwork(lora_shapes_of(unet), embed_dim=emb.shape[1], hidden=cfg.hidden).to(device)
+    if cfg.anchor:
+        hyper.set_anchor(public_mean(emb))
     opt = torch.optim.AdamW(hyper.parameters(), lr=cfg.lr, weight_decay=1e-4)
     # Each process draws different sets (seed + rank); the model starts identical everywhere.
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + acc.process_index)
     step, history, seconds = 0, [], 0.0
+    anchor_from = 0 if cfg.anchor else None  # the step at which anchoring began (provenance)
     state_path = work / "state.pt"
     if state_path.exists():
         state = torch.load(state_path, map_location="cpu", weights_only=False)
-        hyper.load_state_dict(state["model"])
+        # A state saved before anchoring was switched on lacks only the (recomputed) anchor.
+        missing, unexpected = hyper.load_state_dict(state["model"], strict=False)
+        if unexpected or set(missing) - {"anchor"}:
+            raise RuntimeError(f"{state_path} does not match this configuration (missing {missing}, "
+                               f"unexpected {unexpected}); use another --work-dir")
         opt.load_state_dict(state["opt"])
         gen.set_state(state["gen"])
         step, history, seconds = state["step"], state["history"], state["seconds"]
+        anchor_from = state.get("anchor_from", anchor_from if "anchor" in state["model"] else None)
+        if cfg.anchor and anchor_from is None:
+            anchor_from = step
         log.info("resumed hypernet training at step %d", step)
     hyper, opt = acc.prepare(hyper, opt)
     sampler = PublicSetSampler(emb, cfg, gen)
@@ -154,7 +170,7 @@ def train_hypernet(cfg: HypernetTrainConfig, images: torch.Tensor | None = None)
             return
         model = acc.unwrap_model(hyper)
         torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(), "step": step,
-                    "history": history, "seconds": seconds + time.time() - t_start,
+                    "history": history, "seconds": seconds + time.time() - t_start, "anchor_from": anchor_from,
                     "config": {k: str(v) for k, v in asdict(cfg).items()}}, work / "state.tmp")
         (work / "state.tmp").replace(state_path)
 
@@ -188,7 +204,7 @@ def train_hypernet(cfg: HypernetTrainConfig, images: torch.Tensor | None = None)
             save()
     save()
     acc.wait_for_everyone()
-    summary = {"steps": step, "final_loss": history[-1][1] if history else None,
+    summary = {"steps": step, "final_loss": history[-1][1] if history else None, "anchor_from_step": anchor_from,
                "train_seconds": round(seconds + time.time() - t_start, 1)}
     if acc.is_main_process:
         save_hypernet(acc.unwrap_model(hyper), cfg.out, extra={"steps": str(step)})

@@ -61,6 +61,16 @@ def test_tiny_benchmark_grid_end_to_end(tmp_path):
     # The stored results resume: a rerun trains nothing new.
     again = run_compare(st, log=lambda m: pytest.fail(f"recomputed {m}"))
     assert again["cells"].keys() == res["cells"].keys()
+    # Cells of another hypernetwork are stale: left out of the summary, then recomputed.
+    stored = json.loads((tmp_path / "results.json").read_text())
+    for c in stored["cells"].values():
+        if c["method"] == "hypernet":
+            c["hypernet_id"] = "an-older-H"
+    (tmp_path / "results.json").write_text(json.dumps(stored))
+    assert "hypernet" not in summarise(stored, st.sets, 8, 2)["sneakers-100"]
+    redone: list[str] = []
+    res = run_compare(st, log=redone.append)
+    assert [m.split("|")[1] for m in redone] == ["hypernet", "hypernet"]  # epsilon 1 and inf, nothing else
     summ = summarise(res, st.sets, 8, 2)
     assert set(summ["sneakers-100"]) == {"base", "hypernet", "dpsgd", "nonprivate"}
     tg = targets(summ, res["sets"], (1.0,))

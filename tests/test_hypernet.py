@@ -34,6 +34,34 @@ def test_untrained_hypernet_gives_the_base_model():
         assert torch.allclose(lora_model_fn(unet, lora)(x, t), base)
 
 
+def test_anchored_hypernet_maps_the_public_mean_to_the_base_model(tmp_path):
+    from dphyper.hypernet import load_hypernet, save_hypernet
+
+    unet = _unet()
+    h = HyperNetwork(lora_shapes_of(unet))
+    torch.nn.init.normal_(h.head.weight, std=0.05)
+    torch.nn.init.normal_(h.head.bias, std=0.05)  # a non-zero "average LoRA", as training leaves it
+    mu = torch.nn.functional.normalize(torch.randn(64), dim=0) * 0.12
+    x, t = torch.randn(2, 1, 32, 32), torch.tensor([10, 500])
+    with torch.no_grad():
+        base = unet(x, t).sample
+        assert not torch.allclose(lora_model_fn(unet, h.generate(mu, 0.05))(x, t), base, atol=1e-4)
+        h.set_anchor(mu)
+        for std in (0.0, 0.05, 3.0):  # at every noise level
+            at_mu = h.generate(mu, std)
+            assert max(v.abs().max().item() for k, v in at_mu.items() if ".lora_B." in k) < 1e-6
+            assert torch.allclose(lora_model_fn(unet, at_mu)(x, t), base, atol=1e-5)
+        other = mu + 0.3 * torch.randn(64)
+        assert not torch.allclose(lora_model_fn(unet, h.generate(other, 0.05))(x, t), base, atol=1e-4)
+        save_hypernet(h, tmp_path / "h.safetensors")
+        h2 = load_hypernet(unet, tmp_path / "h.safetensors", device=torch.device("cpu"))
+        assert torch.equal(h2.anchor, h.anchor)
+        a, b = h.generate(other, 0.05), h2.generate(other, 0.05)
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match="shape"):
+        h.set_anchor(torch.zeros(3))
+
+
 def test_generated_lora_is_differentiable_and_changes_output():
     unet = _unet()
     h = HyperNetwork(lora_shapes_of(unet))
@@ -86,6 +114,21 @@ def test_shipped_hypernet_lora_changes_unet_and_depends_on_data(pipe):
     assert (out_a - base).abs().mean() > 1e-3
     assert (out_a - out_b).abs().mean() > 1e-3
     assert ra.report["noise_multiplier"] == 0 and ra.report["private"] is False
+
+
+@needs_models
+def test_shipped_hypernet_leaves_a_public_like_mix_near_the_base_model(pipe):
+    # A uniform mix of all classes looks like the public data the base model was trained on:
+    # the anchored H must adapt it far less than a single-class set (mixed-1000 regression).
+    from dphyper.data import load_folder
+
+    def b_norm(folder: str) -> float:
+        lora = pipe.run(load_folder(EXAMPLES_DIR / folder).images, epsilon=math.inf, samples=0).lora
+        return sum(v.pow(2).sum() for k, v in lora.items() if ".lora_B." in k).sqrt().item()
+
+    assert pipe.hyper.anchor is not None
+    mixed, sneakers = b_norm("mixed"), b_norm("sneakers")
+    assert mixed < 0.5 * sneakers, (mixed, sneakers)
 
 
 @needs_models
@@ -149,12 +192,23 @@ def test_hypernet_training_runs_resumes_and_moves_the_lora(tmp_path):
     from dphyper.hypernet import load_hypernet
     from dphyper.train_hypernet import HypernetTrainConfig, train_hypernet
 
+    from dphyper.train_hypernet import public_mean
+
+    # The shipped H was made this way: a first phase without the anchor, resumed with it.
     cfg = HypernetTrainConfig(out=tmp_path / "h.safetensors", work_dir=tmp_path / "work", max_steps=3,
-                              sets_per_step=2, images_per_set=4, n_max=200, limit_images=1000, save_every=2)
+                              sets_per_step=2, images_per_set=4, n_max=200, limit_images=1000, save_every=2,
+                              anchor=False)
     assert train_hypernet(cfg)["steps"] == 3
-    cfg.max_steps = 5
-    assert train_hypernet(cfg)["steps"] == 5  # resumed, not restarted
-    assert (tmp_path / "h.safetensors").stat().st_size < 10 * 2**20
     unet = add_lora(build_unet())
+    assert load_hypernet(unet, tmp_path / "h.safetensors", device=torch.device("cpu")).anchor is None
+    cfg.max_steps, cfg.anchor = 5, True
+    summary = train_hypernet(cfg)
+    assert summary["steps"] == 5 and summary["anchor_from_step"] == 3  # resumed, not restarted
+    assert (tmp_path / "h.safetensors").stat().st_size < 10 * 2**20
     h = load_hypernet(unet, tmp_path / "h.safetensors", device=torch.device("cpu"))
     assert h.head.weight.abs().sum() > 0  # training moved the zero-initialised head
+    emb = torch.load(tmp_path / "work" / "public_embeddings.pt", weights_only=False)["emb"]
+    assert torch.allclose(h.anchor, public_mean(emb))
+    cfg.max_steps, cfg.anchor = 6, False  # an anchored state does not silently drop its anchor
+    with pytest.raises(RuntimeError, match="does not match"):
+        train_hypernet(cfg)
