@@ -137,10 +137,13 @@ def bench_models(cfg: BenchConfig) -> dict:
 
 def _hypernet_command(summary: dict) -> str:
     """How the shipped H was trained: anchored from the start, or resumed with the anchor on."""
-    a, steps = summary.get("anchor_from_step"), summary.get("steps")
+    a, steps, r = summary.get("anchor_from_step"), summary.get("steps"), summary.get("anchor_radius")
+    if a and a == steps:
+        return (f"`python -m dphyper train hypernet --no-anchor --max-steps {a}`, then the same command without "
+                f"`--no-anchor` (adds the anchor, radius {r}, no further steps)")
     if a:
         return (f"`python -m dphyper train hypernet --no-anchor --max-steps {a}`, then the same command "
-                f"with the anchor (default) and `--max-steps {steps}`")
+                f"with the anchor (default, radius {r}) and `--max-steps {steps}`")
     return "`python -m dphyper train hypernet`" + ("" if a == 0 else " (before the anchor existed)")
 
 

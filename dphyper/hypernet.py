@@ -14,13 +14,17 @@ Design choices (each measured or forced by a limit):
 * The noise level enters as features (log std and the shrinkage weight 1/(1 + d*std^2),
   also applied to the mean), so H can learn how far to trust a noisy mean: at small
   epsilon it should fall back toward the average LoRA instead of amplifying noise.
-* Anchored at the public mean (``set_anchor``): H outputs ``B(mean) - B(public mean)`` at
-  the same noise level, so a set whose mean embedding is the public population's mean gets
-  exactly the base model, which was trained on that population. Without the anchor, H
-  added an "average" LoRA to every set: it lowered the denoising loss everywhere but
-  skewed the class mix of samples for a uniform mix of classes (FID 80.8 against the base
-  model's 68.7 on ``mixed-1000`` at epsilon = inf; docs/BENCHMARKS.md). The anchor is a
-  public constant, so the output is still post-processing of the release.
+* Anchored at the public mean (``set_anchor``): H outputs ``B(mean) - w * B(public mean)``
+  at the same noise level, with ``w = exp(-excess / (2 r^2))`` and ``excess`` the squared
+  distance of the released mean from the public mean minus what the (public) noise level
+  alone explains, ``d * std^2``. A set that looks like the public population (w near 1)
+  gets the base model, which was trained on that population; a distinct set (w near 0)
+  gets H unchanged. Without the anchor H added its "average" LoRA to every set: it lowered
+  the denoising loss everywhere but skewed the class mix of samples for a uniform mix of
+  classes (FID 80.8 against the base model's 68.7 on ``mixed-1000``; docs/BENCHMARKS.md).
+  ``r = 0`` anchors everywhere (w = 1); trained that way, H fixed the mix but lost about
+  20 FID on single-class public sets. The radius was chosen on public sets only. The
+  anchor, radius and noise level are public, so the output is still post-processing.
 """
 
 from __future__ import annotations
@@ -62,12 +66,31 @@ class HyperNetwork(nn.Module):
         nn.init.zeros_(self.head.bias)
         self.anchor: torch.Tensor | None
         self.register_buffer("anchor", None)
+        self.anchor_radius = 0.0
 
-    def set_anchor(self, public_mean: torch.Tensor) -> None:
-        """Make ``public_mean`` (a public constant) map to the base model (B = 0)."""
+    def set_anchor(self, public_mean: torch.Tensor, radius: float = 0.0) -> None:
+        """Make ``public_mean`` (a public constant) map to the base model (B = 0).
+
+        ``radius`` r > 0 limits the anchor to released means near it (see the module doc);
+        r = 0 applies it everywhere.
+        """
         if public_mean.shape != (self.embed_dim,):
             raise ValueError(f"anchor must have shape ({self.embed_dim},), got {tuple(public_mean.shape)}")
+        if not (radius >= 0 and math.isfinite(radius)):
+            raise ValueError(f"anchor radius must be a finite number >= 0, got {radius}")
         self.register_buffer("anchor", public_mean.detach().clone().float().to(self.head.weight.device))
+        self.anchor_radius = float(radius)
+
+    def anchor_weight(self, mean: torch.Tensor, noise_std: torch.Tensor) -> torch.Tensor:
+        """(S,) weight of the anchor: 1 at the public mean, falling off with the distance that
+        the noise level does not explain."""
+        if self.anchor is None:
+            return torch.zeros(mean.shape[0], dtype=mean.dtype, device=mean.device)
+        if self.anchor_radius == 0:
+            return torch.ones(mean.shape[0], dtype=mean.dtype, device=mean.device)
+        std = noise_std.to(mean.dtype).reshape(-1)
+        excess = ((mean - self.anchor.to(mean.dtype)) ** 2).sum(1) - self.embed_dim * std ** 2
+        return torch.exp(-excess.clamp_min(0) / (2 * self.anchor_radius ** 2))
 
     def features(self, mean: torch.Tensor, noise_std: torch.Tensor) -> torch.Tensor:
         std = noise_std.to(mean.dtype).reshape(-1, 1)
@@ -86,7 +109,7 @@ class HyperNetwork(nn.Module):
             s = mean.shape[0]
             both = self._flat_b(torch.cat([mean, self.anchor.to(mean.dtype).expand_as(mean)]),
                                 torch.cat([noise_std.reshape(-1), noise_std.reshape(-1)]))
-            flat = both[:s] - both[s:]
+            flat = both[:s] - self.anchor_weight(mean, noise_std).unsqueeze(1) * both[s:]
         out = {n: a.unsqueeze(0).expand(mean.shape[0], *a.shape) for n, a in zip(self.a_names, self.lora_a)}
         for n, shape, chunk in zip(self.b_names, self.b_shapes, flat.split(self.b_sizes, dim=1)):
             out[n] = chunk.reshape(-1, *shape)
@@ -104,7 +127,8 @@ def lora_shapes_of(unet: nn.Module) -> dict[str, tuple[int, ...]]:
 
 
 def save_hypernet(h: HyperNetwork, path: Path, extra: dict[str, str] | None = None) -> None:
-    meta = {"embed_dim": str(h.embed_dim), "hidden": str(h.head.in_features), **(extra or {})}
+    meta = {"embed_dim": str(h.embed_dim), "hidden": str(h.head.in_features), "anchor_radius": str(h.anchor_radius),
+            **(extra or {})}
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().contiguous() for k, v in h.state_dict().items()}, str(path), metadata=meta)
 
@@ -121,6 +145,6 @@ def load_hypernet(unet_with_lora: nn.Module, path: Path | None = None, device: t
                      hidden=int(meta.get("hidden", 256)))
     tensors = load_file(str(path))
     if "anchor" in tensors:
-        h.set_anchor(tensors["anchor"])
+        h.set_anchor(tensors["anchor"], radius=float(meta.get("anchor_radius", 0.0)))
     h.load_state_dict(tensors)
     return h.requires_grad_(False).eval().to(device or get_device())

@@ -57,6 +57,7 @@ class HypernetTrainConfig:
     seed: int = field(default=0, metadata={"help": "seed for public-set sampling and simulated noise"})
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0 = torch default)"})
     anchor: bool = field(default=True, metadata={"help": "anchor H at the public mean embedding (that mean -> base model)"})
+    anchor_radius: float = field(default=0.1, metadata={"help": "how far the anchor reaches (0 = everywhere); chosen on public sets"})
 
 
 def public_embeddings(images: torch.Tensor, cache: Path | None = None) -> torch.Tensor:
@@ -130,7 +131,7 @@ def train_hypernet(cfg: HypernetTrainConfig, images: torch.Tensor | None = None)
     unet.requires_grad_(False)
     hyper = HyperNetwork(lora_shapes_of(unet), embed_dim=emb.shape[1], hidden=cfg.hidden).to(device)
     if cfg.anchor:
-        hyper.set_anchor(public_mean(emb))
+        hyper.set_anchor(public_mean(emb), radius=cfg.anchor_radius)
     opt = torch.optim.AdamW(hyper.parameters(), lr=cfg.lr, weight_decay=1e-4)
     # Each process draws different sets (seed + rank); the model starts identical everywhere.
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + acc.process_index)
@@ -205,6 +206,7 @@ def train_hypernet(cfg: HypernetTrainConfig, images: torch.Tensor | None = None)
     save()
     acc.wait_for_everyone()
     summary = {"steps": step, "final_loss": history[-1][1] if history else None, "anchor_from_step": anchor_from,
+               "anchor_radius": cfg.anchor_radius if cfg.anchor else None,
                "train_seconds": round(seconds + time.time() - t_start, 1)}
     if acc.is_main_process:
         save_hypernet(acc.unwrap_model(hyper), cfg.out, extra={"steps": str(step)})

@@ -60,6 +60,33 @@ def test_anchored_hypernet_maps_the_public_mean_to_the_base_model(tmp_path):
         assert all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(ValueError, match="shape"):
         h.set_anchor(torch.zeros(3))
+    with pytest.raises(ValueError, match="radius"):
+        h.set_anchor(mu, radius=-1.0)
+
+
+def test_local_anchor_reaches_only_means_near_the_public_mean(tmp_path):
+    from dphyper.hypernet import load_hypernet, save_hypernet
+
+    unet = _unet()
+    h = HyperNetwork(lora_shapes_of(unet))
+    torch.nn.init.normal_(h.head.weight, std=0.05)
+    torch.nn.init.normal_(h.head.bias, std=0.05)
+    mu = torch.nn.functional.normalize(torch.randn(64), dim=0) * 0.12
+    far = mu + torch.nn.functional.normalize(torch.randn(64), dim=0) * 0.6
+    with torch.no_grad():
+        plain_far = h.generate(far, 0.0)
+        h.set_anchor(mu, radius=0.1)
+        b = lambda lora: torch.cat([v.flatten() for k, v in lora.items() if ".lora_B." in k])  # noqa: E731
+        assert b(h.generate(mu, 0.0)).abs().max() < 1e-6  # at the anchor: the base model
+        assert torch.allclose(b(h.generate(far, 0.0)), b(plain_far), atol=1e-5)  # 6 radii away: H unchanged
+        # Weight exp(-excess / 2r^2), excess = |m - mu|^2 - d std^2: one radius out -> e^-0.5,
+        # and a distance the noise level alone explains counts as none.
+        step = torch.nn.functional.normalize(torch.randn(64), dim=0)
+        w = h.anchor_weight(torch.stack([mu + 0.1 * step, mu + 0.8 * step]), torch.tensor([0.0, 0.1]))
+        assert w[0].item() == pytest.approx(math.exp(-0.5), rel=1e-5) and w[1].item() == pytest.approx(1.0, rel=1e-4)
+        save_hypernet(h, tmp_path / "h.safetensors")
+        h2 = load_hypernet(unet, tmp_path / "h.safetensors", device=torch.device("cpu"))
+        assert h2.anchor_radius == pytest.approx(0.1)
 
 
 def test_generated_lora_is_differentiable_and_changes_output():
@@ -208,7 +235,7 @@ def test_hypernet_training_runs_resumes_and_moves_the_lora(tmp_path):
     h = load_hypernet(unet, tmp_path / "h.safetensors", device=torch.device("cpu"))
     assert h.head.weight.abs().sum() > 0  # training moved the zero-initialised head
     emb = torch.load(tmp_path / "work" / "public_embeddings.pt", weights_only=False)["emb"]
-    assert torch.allclose(h.anchor, public_mean(emb))
+    assert torch.allclose(h.anchor, public_mean(emb)) and h.anchor_radius == cfg.anchor_radius
     cfg.max_steps, cfg.anchor = 6, False  # an anchored state does not silently drop its anchor
     with pytest.raises(RuntimeError, match="does not match"):
         train_hypernet(cfg)
