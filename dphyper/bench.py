@@ -330,14 +330,14 @@ def _repeats_text(summ: dict, sets) -> str:
 
 
 def compare_table(curv: dict, summ: dict, tg: dict, res: dict, st) -> str:
-    from .compare import DELTA, _still_valid
+    from .compare import DELTA, table_cells
 
     eps = list(st.epsilons)
     tuned = res["dpsgd_defaults"]["tuned"]
     title = "quick run, `python -m dphyper bench --quick`" if st.quick else "`python -m dphyper bench`"
     rows = [f"## Privacy-utility comparison ({title})", "",
             f"Machine: {machine()}. Compute time of the cells in this table (sum of their wall times): "
-            f"{sum(c['seconds_cell'] for c in res['cells'].values() if c['set'] in st.sets and c['samples'] == st.samples and c['sampling_steps'] == st.steps and _still_valid(c, res)) / 60:.1f} min"
+            f"{sum(c['seconds_cell'] for c in table_cells(res, st.sets, st.samples, st.steps)) / 60:.1f} min"
             f"; this invocation (stored cells are reused): {res['last_run']['seconds'] / 60:.1f} min. "
             f"δ = {DELTA:g} for every private method. Each cell: {st.samples} samples, {st.steps} DDIM steps, "
             f"sampling seed {st.seed} + repeat, new privacy noise each time (OS-seeded); {_repeats_text(summ, st.sets)}. "

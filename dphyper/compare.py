@@ -385,13 +385,16 @@ def run_compare(settings: CompareSettings, log=print) -> dict:
     return res
 
 
+def table_cells(res: dict, sets: tuple[str, ...], samples: int, steps: int) -> list[dict]:
+    """The stored cells a table of these sets and settings is made of (stale cells left out)."""
+    return [c for c in res["cells"].values() if c["set"] in sets and c["samples"] == samples
+            and c["sampling_steps"] == steps and _still_valid(c, res)]
+
+
 def summarise(res: dict, sets: tuple[str, ...], samples: int, steps: int) -> dict:
     """Per set and method: epsilon -> mean FID / KID / agreement over repeats (and their count)."""
     out: dict = {}
-    for c in res["cells"].values():
-        if c["set"] not in sets or c["samples"] != samples or c["sampling_steps"] != steps or \
-                not _still_valid(c, res):
-            continue
+    for c in table_cells(res, sets, samples, steps):
         m = out.setdefault(c["set"], {}).setdefault(c["method"], {})
         e = "base" if c["epsilon"] is None else str(c["epsilon"])
         m.setdefault(e, []).append(c)

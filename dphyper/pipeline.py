@@ -24,7 +24,7 @@ from .diffusion import load_unet, sample
 from .encoder import embed, load_encoder
 from .hypernet import load_hypernet
 from .lora import add_lora, lora_model_fn, save_lora
-from .privacy import DEFAULT_DELTA, ReleasedMean, clip_embeddings, release_mean
+from .privacy import DEFAULT_DELTA, ReleasedMean, clipped_mean, release_mean
 
 
 @dataclass
@@ -83,7 +83,7 @@ class HypernetPipeline:
 
         t = time.perf_counter()
         rel = release_mean(emb, epsilon=epsilon, delta=delta)  # OS-seeded noise, always
-        clean = clip_embeddings(emb.double(), max_norm=1.0).mean(0).float() if owner_view else None
+        clean = clipped_mean(emb) if owner_view else None
         del emb  # private; nothing below sees it
         seconds["privatise"] = time.perf_counter() - t
 

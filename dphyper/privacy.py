@@ -204,6 +204,14 @@ def clip_embeddings(embeddings: torch.Tensor, *, max_norm: float) -> torch.Tenso
     return clipped
 
 
+def clipped_mean(embeddings: torch.Tensor, *, max_norm: float = 1.0) -> torch.Tensor:
+    """The exact (not private) mean of the clipped embeddings, as ``release_mean`` clips them.
+
+    For public data (H's anchor) or the data owner's own view only; never released.
+    """
+    return clip_embeddings(embeddings, max_norm=max_norm).mean(0).float()
+
+
 def private_generator() -> torch.Generator:
     """A generator seeded by the OS, for noise on private data."""
     return torch.Generator().manual_seed(secrets.randbits(63))

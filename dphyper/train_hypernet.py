@@ -28,7 +28,7 @@ from .config import ENCODER_PATH
 from .diffusion import load_unet, make_train_scheduler
 from .hypernet import HYPERNET_PATH, HyperNetwork, lora_shapes_of, save_hypernet
 from .lora import add_lora
-from .privacy import DEFAULT_DELTA, clip_embeddings, release_mean
+from .privacy import DEFAULT_DELTA, clipped_mean, release_mean
 
 log = logging.getLogger(__name__)
 
@@ -74,11 +74,6 @@ def public_embeddings(images: torch.Tensor, cache: Path | None = None) -> torch.
         cache.parent.mkdir(parents=True, exist_ok=True)
         torch.save({"key": key, "emb": emb}, cache)
     return emb
-
-
-def public_mean(emb: torch.Tensor, clip_norm: float = 1.0) -> torch.Tensor:
-    """Mean of the clipped public embeddings (clipped as ``release_mean`` clips): H's anchor."""
-    return clip_embeddings(emb.double(), max_norm=clip_norm).mean(0).float()
 
 
 class PublicSetSampler:
@@ -131,7 +126,7 @@ def train_hypernet(cfg: HypernetTrainConfig, images: torch.Tensor | None = None)
     unet.requires_grad_(False)
     hyper = HyperNetwork(lora_shapes_of(unet), embed_dim=emb.shape[1], hidden=cfg.hidden).to(device)
     if cfg.anchor:
-        hyper.set_anchor(public_mean(emb), radius=cfg.anchor_radius)
+        hyper.set_anchor(clipped_mean(emb), radius=cfg.anchor_radius)  # the public population's mean
     opt = torch.optim.AdamW(hyper.parameters(), lr=cfg.lr, weight_decay=1e-4)
     # Each process draws different sets (seed + rank); the model starts identical everywhere.
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + acc.process_index)

@@ -219,7 +219,7 @@ def test_hypernet_training_runs_resumes_and_moves_the_lora(tmp_path):
     from dphyper.hypernet import load_hypernet
     from dphyper.train_hypernet import HypernetTrainConfig, train_hypernet
 
-    from dphyper.train_hypernet import public_mean
+    from dphyper.privacy import clipped_mean
 
     # The shipped H was made this way: a first phase without the anchor, resumed with it.
     cfg = HypernetTrainConfig(out=tmp_path / "h.safetensors", work_dir=tmp_path / "work", max_steps=3,
@@ -235,7 +235,7 @@ def test_hypernet_training_runs_resumes_and_moves_the_lora(tmp_path):
     h = load_hypernet(unet, tmp_path / "h.safetensors", device=torch.device("cpu"))
     assert h.head.weight.abs().sum() > 0  # training moved the zero-initialised head
     emb = torch.load(tmp_path / "work" / "public_embeddings.pt", weights_only=False)["emb"]
-    assert torch.allclose(h.anchor, public_mean(emb)) and h.anchor_radius == cfg.anchor_radius
+    assert torch.allclose(h.anchor, clipped_mean(emb)) and h.anchor_radius == cfg.anchor_radius
     cfg.max_steps, cfg.anchor = 6, False  # an anchored state does not silently drop its anchor
     with pytest.raises(RuntimeError, match="does not match"):
         train_hypernet(cfg)
