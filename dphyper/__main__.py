@@ -19,7 +19,7 @@ from .config import EXAMPLES_DIR, add_dataclass_args, dataclass_from_args
 class SampleConfig:
     """`python -m dphyper sample`: PNG samples from the base model (no private data)."""
 
-    out: Path = field(default=Path("samples"), metadata={"help": "output folder for the PNGs"})
+    out: Path = field(default=Path("samples"), metadata={"help": "output folder: samples/*.png and grid.png, as `run` writes"})
     samples: int = field(default=16, metadata={"help": "number of images to write"})
     steps: int = field(default=25, metadata={"help": "DDIM sampling steps"})
     seed: int = field(default=0, metadata={"help": "seed of the sampling noise"})
@@ -51,7 +51,7 @@ def _cmd_sample(cfg: SampleConfig) -> dict:
     t0 = time.time()
     unet = load_unet()
     x = sample(unet, cfg.samples, steps=cfg.steps, seed=cfg.seed)
-    paths = save_pngs(x, cfg.out)
+    paths = save_pngs(x, Path(cfg.out) / "samples")  # the same layout as every `run`
     if cfg.grid:
         make_grid(x).save(Path(cfg.out) / "grid.png")
     return {"written": len(paths), "out": str(cfg.out), "seconds": round(time.time() - t0, 2)}
@@ -73,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .dpsgd import DPSGDConfig
     from .encoder import EncoderTrainConfig
     from .evaluator import EvaluatorTrainConfig
+    from .methods import METHODS
     from .pipeline import GenerateConfig
     from .theory import TheoryConfig
     from .train_hypernet import HypernetTrainConfig
@@ -92,8 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
     add(tsub, "encoder", EncoderTrainConfig, "the dataset encoder phi (open_clip, public data)")
     add(tsub, "evaluator", EvaluatorTrainConfig, "the evaluator classifier behind FID/KID")
     add(tsub, "hypernet", HypernetTrainConfig, "the hypernetwork H (noise-aware, public sets only)")
-    add(sub, "generate", GenerateConfig, "a DP LoRA from a private folder with the hypernetwork (seconds)")
-    add(sub, "dpsgd", DPSGDConfig, "a DP LoRA from a private folder with DP-SGD (Opacus; minutes)")
+    run = sub.add_parser("run", help="a private method on a folder: " + ", ".join(METHODS),
+                         description="Run one private method on a folder of images. Every method writes the same "
+                                     "outputs: lora.safetensors, samples/*.png, grid.png, report.json.")
+    rsub = run.add_subparsers(dest="method", required=True, metavar="METHOD")
+    for m in METHODS.values():
+        add(rsub, m.name, m.config_cls, f"{m.label}: noise {m.noise}")
+    add(sub, "generate", GenerateConfig, "alias of `run hypernet`")
+    add(sub, "dpsgd", DPSGDConfig, "alias of `run dpsgd`")
     add(sub, "sample", SampleConfig, "write PNG samples from the base model")
     add(sub, "evaluate", EvaluateConfig, "FID/KID and class histogram of a folder of samples")
     add(sub, "bench", BenchConfig, "measure the models and the private path; writes docs/BENCHMARKS.md")
@@ -107,9 +114,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     ns = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if ns.verbose else logging.WARNING, format="%(message)s")
-    cfg = dataclass_from_args(ns.config_cls, ns)
     from .data import DataError
 
+    try:
+        cfg = dataclass_from_args(ns.config_cls, ns)
+    except ValueError as exc:  # a config's own checks (e.g. epsilon NaN or <= 0)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     try:
         if ns.command == "train":
             if ns.what == "base":
@@ -121,14 +132,12 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 from .evaluator import train_evaluator as run
             result = run(cfg)
-        elif ns.command == "generate":
-            from .pipeline import generate
+        elif ns.command in ("run", "generate", "dpsgd"):
+            from .methods import get_method
+            from .methods.base import run_cli
 
-            result = generate(cfg)
-        elif ns.command == "dpsgd":
-            from .dpsgd import dpsgd
-
-            result = dpsgd(cfg)
+            name = {"generate": "hypernet", "dpsgd": "dpsgd"}.get(ns.command) or ns.method
+            result = run_cli(get_method(name), cfg)
         elif ns.command == "bench":
             from .bench import run_bench
 

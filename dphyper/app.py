@@ -4,10 +4,15 @@ Privacy in the app:
 * public models, the benchmark curves and the public embedding map are loaded once per
   process (they hold no private data);
 * everything about an upload lives in the session (``gr.State``): the decoded images, the
-  ledger of releases per dataset, the user's runs. Nothing private is kept at module level
-  or logged;
-* uploaded files are decoded once and deleted from the server right away (what remains is
-  the session's tensor, dropped after ``SESSION_TTL_S`` or when the session ends); the
+  ledger (one ``LedgerBook`` per tab, mutated in place: releases counted per image), the
+  user's runs. Nothing private is kept at module level or logged;
+* the shared public models are read-only while serving: sampling with a LoRA runs on a
+  per-call copy of the UNet (``lora.lora_model_fn``); the audit's broken variants are
+  arguments of its own code path, never patches of ``dphyper.privacy``;
+* when a tab closes (``demo.unload``) or a session is idle for ``SESSION_TTL_S``, the
+  server forgets the whole session, including every component's last value (thumbnails,
+  file names, the exact-mean plot), not only the ``gr.State`` values;
+* uploaded files are decoded once and deleted from the server right away; the
   thumbnails are an inline data URI, never a file; the app's own ``GRADIO_TEMP_DIR`` is
   emptied at start and ``delete_cache`` sweeps what Gradio keeps (DP outputs only: each
   run's folder holds the LoRA, samples and report).
@@ -15,10 +20,10 @@ Privacy in the app:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -29,6 +34,7 @@ import gradio as gr
 
 from .compare import METHOD_STYLE
 from .config import EXAMPLES_DIR, REPO_DIR
+from .ledger import LedgerBook, image_fingerprints, total_text
 
 TEMP_DIR = Path(os.environ.get("DPHYPER_TEMP_DIR", REPO_DIR / ".gradio_tmp"))
 MAX_FILE_MB = 10
@@ -72,9 +78,13 @@ def example_names() -> list[str]:
 # ---------------------------------------------------------------- data in
 
 
-def _dataset_key(images) -> str:
-    # Identifies "the same folder" for the ledger; kept in session state only, never shown.
-    return hashlib.sha256(images.numpy().tobytes()).hexdigest()
+_PATH_RE = re.compile(r"(?<![\w.])(?:[A-Za-z]:)?[\\/](?:[^\\/\s'\"<>|:]+[\\/])+([^\\/\s'\"<>|:]*)")
+
+
+def public_error(exc: BaseException) -> str:
+    """An exception's message for the page: absolute paths cut to their last part, no traceback."""
+    text = _PATH_RE.sub(lambda m: m.group(1) or "…", str(exc))
+    return text[:300]
 
 
 def _delete_uploads(paths: list[Path]) -> None:
@@ -95,6 +105,10 @@ def load_data(example: str | None, files: list | None = None, folder: list | Non
     from .data import DataError, load_folder, load_images
 
     uploaded = [Path(getattr(f, "name", f)) for f in (files or []) + (folder or [])]
+    if len(uploaded) > MAX_IMAGES:  # refuse before decoding anything
+        _delete_uploads(uploaded)
+        raise gr.Error(f"{len(uploaded)} files is over the limit of {MAX_IMAGES} images per upload: "
+                       "nothing was decoded and the files were deleted.")
     try:
         if uploaded:
             loaded = load_images(uploaded, max_images=MAX_IMAGES)
@@ -105,10 +119,12 @@ def load_data(example: str | None, files: list | None = None, folder: list | Non
         else:
             raise DataError("Choose an example set or upload images first.")
     except DataError as exc:
-        raise gr.Error(str(exc)) from None
+        raise gr.Error(public_error(exc)) from None
     finally:
         _delete_uploads(uploaded)
-    data = {"images": loaded.images, "key": _dataset_key(loaded.images), "n": loaded.n, "source": source}
+    # "The same data" for the ledger is per image (dphyper.ledger): order, names and other images don't matter.
+    data = {"images": loaded.images, "fingerprints": image_fingerprints(loaded.images), "n": loaded.n,
+            "source": source}
     lines = [f"**{loaded.n} images** from {source}."]
     if uploaded:
         lines.append("The uploaded files were decoded and deleted from the server; the images stay in this "
@@ -255,21 +271,34 @@ def utility_figure(log_eps: float, no_privacy: bool, bench_set: str | None, runs
 # ---------------------------------------------------------------- ledger and runs
 
 
-def _ledger_markdown(ledgers: dict, key: str | None) -> str:
-    from .privacy import PrivacyLedger
+METHOD_LEDGER_NAMES = {"gaussian_sum_count": "hypernetwork (one Gaussian release)"}
 
-    if not key or key not in ledgers:
-        return "No release on this dataset yet."
-    ledger: PrivacyLedger = ledgers[key]
-    rows = ["| # | method | ε | δ | noise σ/Δ | accountant |", "|---|---|---|---|---|---|"]
-    for i, e in enumerate(ledger.events, 1):
-        method = "hypernetwork (one Gaussian release)" if e.mechanism == "gaussian_sum_count" else \
-            f"DP-SGD ({e.steps} steps, q = {e.sample_rate:.3g})"
-        rows.append(f"| {i} | {method} | {e.epsilon:.3g} | {e.delta:g} | {e.noise_multiplier:.3f} | {e.accountant} |")
-    eps, delta = ledger.total()
-    rows += ["", f"**Total spent on this dataset: ε = {eps:.3g}, δ = {delta:g}** — composed by "
-             f"{ledger.method()}, not a plain sum. Every run on the same data is another look at it, so the "
-             "budgets add up; rerunning until you like the result spends privacy each time."]
+LEDGER_RULES = (
+    "Releases are counted **per image**: a run counts against every image it used, whatever the folder, "
+    "file names, order or other images (identical pixels after decoding = the same image). The total is "
+    "for the most-used image of the current data, composed by an accountant, not a plain sum. The ledger "
+    "lives in this browser tab's session on the server: a page reload starts a new, empty ledger, but the "
+    "people in your images have still spent what earlier runs spent. DP-SGD, as in Opacus, treats n as "
+    "public (its sampling rate and steps follow from n); the hypernetwork releases n with noise; the total "
+    "is an (ε, δ) bound under add/remove-one with those schedules fixed.")
+
+
+def _ledger_markdown(book: LedgerBook | None, fingerprints: frozenset | None) -> str:
+    if book is None or not fingerprints:
+        return "No release on this data yet."
+    view = book.view(fingerprints)
+    if not view.rows:
+        return "No release on this data yet.  \n" + LEDGER_RULES
+    rows = ["| # | method | images used | ε | δ | noise σ/Δ | accountant |", "|---|---|---|---|---|---|---|"]
+    for i, r in enumerate(view.rows, 1):
+        e = r.event
+        method = METHOD_LEDGER_NAMES.get(e.mechanism) or f"DP-SGD ({e.steps} steps, q = {e.sample_rate:.3g})"
+        used = f"all {r.of}" if r.shared == r.of else f"{r.shared} of {r.of}"
+        rows.append(f"| {i} | {method} | {used} | {e.epsilon:.3g} | {e.delta:g} | {e.noise_multiplier:.3f} | "
+                    f"{e.accountant} |")
+    rows += ["", f"**Total spent on these images: {total_text(view)}** — composed by {view.how}. Every run on the "
+             "same images is another look at them, so the budgets add up; rerunning until you like the result "
+             "spends privacy each time.", "", LEDGER_RULES]
     return "\n".join(rows)
 
 
@@ -307,6 +336,19 @@ def _caption(method: str, report: dict, seconds: float) -> str:
     return f"**{method}** — {seconds:.1f} s to a LoRA and samples; ε spent {eps_text}, δ {report['delta']:g}"
 
 
+def _epsilon(log_eps: float, no_privacy: bool) -> float:
+    """ε from the slider; NaN or a value off the scale is an error, never "no privacy"."""
+    if no_privacy:
+        return math.inf
+    try:
+        log_eps = float(log_eps)
+    except (TypeError, ValueError):
+        raise gr.Error("ε must be a number.") from None
+    if not (-3.0 <= log_eps <= 3.0):  # NaN fails this too
+        raise gr.Error(f"log10 ε must be between −3 and 3, got {log_eps}.")
+    return 10 ** log_eps
+
+
 def _require(data: dict | None) -> dict:
 
     if not data or "images" not in data:
@@ -316,19 +358,21 @@ def _require(data: dict | None) -> dict:
 
 @gpu
 def run_hypernet(data: dict | None, log_eps: float, no_privacy: bool, delta: float, n_samples: int,
-                 ledgers: dict | None, runs: list | None, bench_set: str | None):
-    """One hypernetwork release; returns (gallery, caption, downloads, report, ledger, state..., plots)."""
+                 book: LedgerBook, runs: list, bench_set: str | None):
+    """One hypernetwork release; returns (gallery, caption, downloads, report, ledger, state..., plots).
+
+    ``book`` and ``runs`` are this session's own objects, updated in place (never copied and
+    returned): a DP-SGD run that finishes later cannot overwrite this release's ledger row.
+    """
     from .data import to_uint8_images
     from .pipeline import write_outputs
-    from .privacy import PrivacyLedger
 
     data = _require(data)
-    ledgers, runs = dict(ledgers or {}), list(runs or [])
-    epsilon = math.inf if no_privacy else 10 ** log_eps
+    epsilon = _epsilon(log_eps, no_privacy)
     t0 = time.perf_counter()
     result = _pipeline().run(data["images"], epsilon=epsilon, delta=delta, samples=int(n_samples), owner_view=True)
     seconds = time.perf_counter() - t0
-    ledgers.setdefault(data["key"], PrivacyLedger()).record(result.release.event)
+    book.record(data["fingerprints"], result.release.event, "hypernet")
     out = _run_dir()
     write_outputs(result, out)
     agreement = _owner_agreement(result.samples, data["images"])
@@ -337,8 +381,8 @@ def run_hypernet(data: dict | None, log_eps: float, no_privacy: bool, delta: flo
     noise_fig = noise_figure(result.owner_clean_mean, result.release.mean, epsilon)
     return (list(to_uint8_images(result.samples)), _caption("Hypernetwork", result.report, seconds),
             [str(out / "lora.safetensors"), str(out / "grid.png"), str(out / "report.json")], result.report,
-            _ledger_markdown(ledgers, data["key"]), ledgers, runs, utility_figure(log_eps, no_privacy, bench_set, runs),
-            noise_fig)
+            _ledger_markdown(book, data["fingerprints"]), book, runs,
+            utility_figure(log_eps, no_privacy, bench_set, runs), noise_fig)
 
 
 @gpu(duration=600)
@@ -349,17 +393,15 @@ def _train_dpsgd(images, cfg, progress, cancel):
 
 
 def run_dpsgd(data: dict | None, log_eps: float, no_privacy: bool, delta: float, n_samples: int, max_steps: int,
-              ledgers: dict | None, runs: list | None, bench_set: str | None, progress=gr.Progress()):
+              book: LedgerBook, runs: list, bench_set: str | None, progress=gr.Progress()):
     """DP-SGD in a worker thread; a generator so the page shows progress and Cancel can stop it."""
 
     from .data import to_uint8_images
     from .dpsgd import Cancelled, DPSGDConfig
     from .pipeline import GenerateResult, write_outputs
-    from .privacy import PrivacyLedger
 
     data = _require(data)
-    ledgers, runs = dict(ledgers or {}), list(runs or [])
-    epsilon = math.inf if no_privacy else 10 ** log_eps
+    epsilon = _epsilon(log_eps, no_privacy)
     cfg = DPSGDConfig(epsilon=epsilon, delta=delta, samples=int(n_samples), max_steps=int(max_steps or 0))
     state: dict = {"p": None, "result": None, "error": None}
     cancel = threading.Event()
@@ -392,10 +434,10 @@ def run_dpsgd(data: dict | None, log_eps: float, no_privacy: bool, delta: float,
     if isinstance(state["error"], Cancelled):
         raise gr.Error("DP-SGD cancelled: nothing was released and no privacy was spent.")
     if state["error"] is not None:
-        raise gr.Error(f"DP-SGD failed: {type(state['error']).__name__}: {state['error']}")
+        raise gr.Error(f"DP-SGD failed: {type(state['error']).__name__}: {public_error(state['error'])}")
     res = state["result"]
     seconds = time.perf_counter() - t0
-    ledgers.setdefault(data["key"], PrivacyLedger()).record(res.event)
+    book.record(data["fingerprints"], res.event, "dpsgd")
     out = _run_dir()
     write_outputs(GenerateResult(lora=res.lora, samples=res.samples, release=None, report=res.report), out)
     agreement = _owner_agreement(res.samples, data["images"])
@@ -404,8 +446,8 @@ def run_dpsgd(data: dict | None, log_eps: float, no_privacy: bool, delta: float,
     yield (list(to_uint8_images(res.samples)), _caption("DP-SGD", res.report, seconds) +
            f" · {res.report['steps']} steps", [str(out / "lora.safetensors"), str(out / "grid.png"),
                                                str(out / "report.json")], res.report,
-           _ledger_markdown(ledgers, data["key"]), ledgers, runs, utility_figure(log_eps, no_privacy, bench_set, runs),
-           gr.skip())
+           _ledger_markdown(book, data["fingerprints"]), book, runs,
+           utility_figure(log_eps, no_privacy, bench_set, runs), gr.skip())
 
 
 def dpsgd_plan(data: dict | None, log_eps: float, no_privacy: bool, delta: float, max_steps: int) -> str:
@@ -515,10 +557,13 @@ def run_audit_panel(method: str, epsilon: float, broken: str, trials: float):
 
     trials = int(trials) if method == "hypernet" else min(int(trials), 1000)
     r = run_audit(AuditConfig(method=method, epsilon=float(epsilon), trials=trials, broken=broken))
-    verdict = ("✅ consistent with the claim" if r["epsilon_lower_bound"] <= r["epsilon_claimed"]
-               else "❌ the claim is **violated**: the mechanism leaks more than it says")
+    verdict = {"consistent": "✅ consistent with the claim",
+               "violated": "❌ the claim is **violated**: the mechanism leaks more than it says",
+               "inconclusive": "⚠️ **inconclusive**: this many trials cannot detect a leak at the claimed ε "
+                               "(more trials, or a smaller claimed ε)"}[r["verdict"]]
     text = (f"Measured lower bound **ε ≥ {r['epsilon_lower_bound']:.2f}** (95 % confidence) against the claimed "
-            f"ε = {r['epsilon_claimed']:g} → {verdict}.  \nAttack on {r['trials_measured']} held-out trials: "
+            f"ε = {r['epsilon_claimed']:g} → {verdict}.  \nThe most {r['trials']} trials can ever show is "
+            f"ε ≈ {r['detectable_max']:.2f} (a perfect attack).  \nAttack on {r['trials_measured']} held-out trials: "
             f"true-positive rate {r['tpr']:.3f}, false-positive rate {r['fpr']:.4f}; {r['seconds']:.0f} s.")
     return text, r
 
@@ -553,9 +598,9 @@ def build_demo():
     sets = curve_sets()
     with gr.Blocks(title="dphyper", delete_cache=(60, 120)) as demo:
         gr.Markdown("# dphyper — a differentially private LoRA in one forward pass, next to DP-SGD")
-        ledgers = gr.State({})
-        runs = gr.State([])
-        data = gr.State(None, time_to_live=SESSION_TTL_S)
+        ledgers = gr.State(LedgerBook)  # one book per session, mutated in place under its own lock
+        runs = gr.State(list)
+        data = gr.State(None)  # dropped with the whole session when idle (forget_idle_sessions)
         with gr.Tab("Private LoRA: hypernetwork vs DP-SGD"):
             with gr.Row():
                 with gr.Column(scale=1):
@@ -602,7 +647,7 @@ def build_demo():
                     cap_b = gr.Markdown()
             with gr.Row():
                 with gr.Column():
-                    gr.Markdown("### Privacy ledger (this dataset, this session)")
+                    gr.Markdown("### Privacy ledger (these images, this tab)")
                     ledger_md = gr.Markdown("No release yet.")
                 with gr.Column():
                     noise_plot = gr.Plot(label="What the noise did (data owner's view)")
@@ -671,8 +716,61 @@ def build_demo():
                           [gal_d, cap_d, dl_d, rep_d, ledger_md, ledgers, runs, plot, noise_plot], concurrency_limit=1,
                           api_name="run_dpsgd")
         stop_d.click(None, None, None, cancels=[ev_d])
+        def on_unload(request: gr.Request) -> None:  # the tab was closed or reloaded
+            forget_session(demo, request.session_hash)
+
+        demo.unload(on_unload)
     demo.queue(default_concurrency_limit=2, max_size=32)
+    _start_sweeper(demo)
     return demo
+
+
+# ---------------------------------------------------------------- session hygiene
+
+
+def forget_session(demo: gr.Blocks, session_hash: str) -> None:
+    """Drop everything Gradio keeps for one session: State values *and* every component's last
+    value (thumbnails, file names in the overview, n, the exact-mean plot), not only ``gr.State``."""
+    holder = getattr(demo, "state_holder", None)
+    if holder is None or session_hash not in holder.session_data:
+        return
+    holder.delete_state(session_hash)  # runs the State components' delete callbacks
+    with holder.lock:
+        holder.session_data.pop(session_hash, None)
+        holder.time_last_used.pop(session_hash, None)
+
+
+def forget_idle_sessions(demo: gr.Blocks, max_idle_s: float = SESSION_TTL_S) -> int:
+    """Forget every session with no event for ``max_idle_s`` seconds; returns how many went."""
+    import datetime
+
+    holder = getattr(demo, "state_holder", None)
+    if holder is None:
+        return 0
+    now = datetime.datetime.now()
+    with holder.lock:
+        idle = [sid for sid, t in holder.time_last_used.items() if (now - t).total_seconds() >= max_idle_s]
+    for sid in idle:
+        forget_session(demo, sid)
+    return len(idle)
+
+
+def _start_sweeper(demo: gr.Blocks, every_s: float = 60.0) -> None:
+    """A daemon thread that forgets idle sessions every minute while the demo exists."""
+    import weakref
+
+    ref = weakref.ref(demo)
+
+    def loop() -> None:
+        while True:
+            time.sleep(every_s)
+            d = ref()
+            if d is None:
+                return
+            forget_idle_sessions(d)
+            del d
+
+    threading.Thread(target=loop, daemon=True, name="dphyper-session-sweeper").start()
 
 
 def prepare_temp_dir() -> None:

@@ -180,7 +180,7 @@ def run_cell(method: str, epsilon: float, data: dict, models: Models, *, samples
         to_lora = 0.0
     elif method == "hypernet":
         r = models.pipe.run(data["private"], epsilon=epsilon, delta=DELTA, samples=samples, steps=steps, seed=seed)
-        x, s = r.samples, r.report["seconds"]
+        x, s = r.samples, r.timings
         to_lora = s["embed"] + s["privatise"] + s["generate_lora"]
         extra = {"noise_multiplier": r.report["noise_multiplier"], "noisy_count": r.report["noisy_count"]}
     elif method in ("dpsgd", "nonprivate"):
@@ -188,7 +188,7 @@ def run_cell(method: str, epsilon: float, data: dict, models: Models, *, samples
                           steps=steps, seed=seed, **(dpsgd_overrides or {}))
         r = train_dpsgd(data["private"], cfg)
         x = r.samples
-        to_lora = r.report["seconds"]["train"]
+        to_lora = r.timings["train"]
         extra = {k: r.report[k] for k in ("noise_multiplier", "steps", "sample_rate", "epsilon_spent", "lr",
                                           "batch_size", "max_grad_norm", "accountant")}
         extra["epochs"] = cfg.epochs

@@ -18,10 +18,11 @@ folder): see ``docs/BENCHMARKS.md``.
 from __future__ import annotations
 
 import math
+import secrets
 import threading
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -29,10 +30,11 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from .config import get_device
+from .errors import Cancelled
 from .diffusion import load_unet, make_train_scheduler, sample
 from .lora import add_lora, lora_model_fn
 from .pipeline import PrivateRunConfig
-from .privacy import PrivacyEvent, private_generator
+from .privacy import PrivacyEvent, check_epsilon_delta, private_generator
 
 
 @dataclass
@@ -95,6 +97,8 @@ class DPSGDResult:
     report: dict
     event: PrivacyEvent  # epsilon = inf and noise 0 for the non-private reference
     losses: list[float]
+    # Seconds per stage, never in report.json (training time follows the true Poisson batch sizes).
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 def dpsgd_noise_multiplier(*, epsilon: float, delta: float, sample_rate: float, steps: int,
@@ -106,26 +110,49 @@ def dpsgd_noise_multiplier(*, epsilon: float, delta: float, sample_rate: float, 
                                       steps=steps, accountant=accountant))
 
 
-class Cancelled(RuntimeError):
-    """Raised when the caller's cancel event is set; nothing is released."""
+def make_private(engine, unet: torch.nn.Module, opt: torch.optim.Optimizer, images: torch.Tensor, *, n: int,
+                 cfg: "DPSGDConfig", sigma: float, device: torch.device):
+    """Opacus' ``make_private`` with both private draws on OS-seeded generators.
+
+    * Poisson sampling: Opacus' DPDataLoader takes the generator of the loader it wraps
+      (``secure_mode`` off), so the loader gets a CPU ``private_generator()``; without it the
+      batches would come from torch's global generator, which anything in the process can seed.
+    * Gaussian noise: Opacus draws it on the parameters' device with ``noise_generator``, which
+      must live on that device (a CPU generator fails for CUDA parameters).
+    """
+    loader = DataLoader(TensorDataset(images), batch_size=min(cfg.batch_size, n), generator=private_generator())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return engine.make_private(
+            module=unet, optimizer=opt, data_loader=loader, noise_multiplier=sigma,
+            max_grad_norm=cfg.max_grad_norm, poisson_sampling=True, grad_sample_mode="hooks",
+            noise_generator=private_generator(device))  # OS-seeded, never the user's seed
 
 
 def train_dpsgd(images: torch.Tensor, cfg: DPSGDConfig, *, progress: Callable[[dict], None] | None = None,
-                cancel: threading.Event | None = None, device: torch.device | None = None) -> DPSGDResult:
-    """DP-SGD on LoRA parameters; images (n, 1, 32, 32) are private."""
+                cancel: threading.Event | None = None, device: torch.device | None = None,
+                public: torch.Tensor | None = None, public_batch: int = 64) -> DPSGDResult:
+    """DP-SGD on LoRA parameters; images (n, 1, 32, 32) are private.
+
+    ``public`` (public images, e.g. the Fashion-MNIST train split) turns the run into PDA-DPMD
+    (``methods/pda_dpmd.py``): each step mixes the noisy private gradient with the gradient of
+    the same loss on a public batch of ``public_batch`` images, weight cos(pi t / 2T) on the
+    private part. The public gradient costs no privacy; the accounting is unchanged.
+    """
     from opacus import PrivacyEngine
 
     device = device or get_device()
     t_all = time.perf_counter()
     n = len(images)
     cfg = resolve(cfg, n)
+    check_epsilon_delta(cfg.epsilon, cfg.delta)  # a NaN epsilon is an error, never "non-private"
     private = math.isfinite(cfg.epsilon)
     unet = add_lora(load_unet(device=device))
     unet.train()
     names = [name for name, p in unet.named_parameters() if p.requires_grad]
     params = [p for p in unet.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.lr)
-    loader = DataLoader(TensorDataset(images), batch_size=min(cfg.batch_size, n), shuffle=True)
+    loader = DataLoader(TensorDataset(images), batch_size=min(cfg.batch_size, n), shuffle=True)  # non-private only
     q, planned, total_steps = schedule(n, cfg)
     model, engine, sigma = unet, None, 0.0
     if private:
@@ -134,16 +161,42 @@ def train_dpsgd(images: torch.Tensor, cfg: DPSGDConfig, *, progress: Callable[[d
         sigma = dpsgd_noise_multiplier(epsilon=cfg.epsilon, delta=cfg.delta, sample_rate=q, steps=total_steps,
                                        accountant=cfg.accountant)
         engine = PrivacyEngine(accountant=cfg.accountant, secure_mode=False)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            model, opt, loader = engine.make_private(
-                module=unet, optimizer=opt, data_loader=loader, noise_multiplier=sigma,
-                max_grad_norm=cfg.max_grad_norm, poisson_sampling=True, grad_sample_mode="hooks",
-                noise_generator=private_generator())  # OS-seeded, never the user's seed
+        model, opt, loader = make_private(engine, unet, opt, images, n=n, cfg=cfg, sigma=sigma, device=device)
         if abs(loader.sample_rate - q) > 1e-12:
             raise RuntimeError(f"Opacus sample rate {loader.sample_rate} != calibrated {q}")
     sched = make_train_scheduler()
     alphas = sched.alphas_cumprod.to(device)
+    def diffusion_loss(m, x0: torch.Tensor) -> torch.Tensor:
+        noise = torch.randn_like(x0)
+        t = torch.randint(0, sched.config.num_train_timesteps, (x0.shape[0],), device=device)
+        a = alphas[t].sqrt().view(-1, 1, 1, 1)
+        s = (1 - alphas[t]).sqrt().view(-1, 1, 1, 1)
+        return ((m(a * x0 + s * noise, t).sample - noise) ** 2).mean()
+
+    def public_gradient() -> list[torch.Tensor]:
+        """PDA-DPMD's public gradient: the same loss on a public batch, Opacus' per-sample hooks off."""
+        idx = torch.randint(0, len(public), (min(public_batch, len(public)),))
+        if hasattr(model, "disable_hooks"):
+            model.disable_hooks()
+        try:
+            grads = torch.autograd.grad(diffusion_loss(model, public[idx].to(device)), params)
+        finally:
+            if hasattr(model, "enable_hooks"):
+                model.enable_hooks()
+        return [g.detach() for g in grads]
+
+    def step_with(public_grads: list[torch.Tensor] | None, alpha: float) -> None:
+        if public_grads is None:
+            opt.step()
+            return
+        # Mirror-descent step with the public loss as mirror map, to first order: the update direction
+        # is alpha * (noisy private gradient) + (1 - alpha) * (public gradient). Opacus' pre_step clips,
+        # adds the noise and counts the step; mixing in a public gradient afterwards is post-processing.
+        if engine is None or opt.pre_step():
+            for p, g in zip(params, public_grads):
+                p.grad = alpha * (p.grad if p.grad is not None else torch.zeros_like(p)) + (1 - alpha) * g
+            (opt.original_optimizer if engine is not None else opt).step()
+
     losses, step, t0 = [], 0, time.perf_counter()
     while step < total_steps:
         for (x0,) in loader:
@@ -153,20 +206,20 @@ def train_dpsgd(images: torch.Tensor, cfg: DPSGDConfig, *, progress: Callable[[d
                 break
             x0 = x0.to(device)
             opt.zero_grad(set_to_none=True)
+            pub, alpha = None, 1.0
+            if public is not None:
+                alpha = math.cos(math.pi * step / (2 * total_steps))  # the authors' schedule, 1 -> 0
+                pub = public_gradient()
             if x0.shape[0] == 0:  # an empty Poisson batch still takes a (pure-noise) step
                 for p in params:
                     p.grad_sample = torch.zeros((0, *p.shape), device=device)
-                opt.step()
+                step_with(pub, alpha)
             else:
-                noise = torch.randn_like(x0)
-                t = torch.randint(0, sched.config.num_train_timesteps, (x0.shape[0],), device=device)
-                a = alphas[t].sqrt().view(-1, 1, 1, 1)
-                s = (1 - alphas[t]).sqrt().view(-1, 1, 1, 1)
-                loss = ((model(a * x0 + s * noise, t).sample - noise) ** 2).mean()
+                loss = diffusion_loss(model, x0)
                 with warnings.catch_warnings():  # Opacus' full backward hooks on a frozen input: expected
                     warnings.simplefilter("ignore", UserWarning)
                     loss.backward()
-                opt.step()
+                step_with(pub, alpha)
                 losses.append(loss.item())
             step += 1
             if progress is not None:
@@ -182,6 +235,7 @@ def train_dpsgd(images: torch.Tensor, cfg: DPSGDConfig, *, progress: Callable[[d
         model._close()
     unet.eval()
     t1 = time.perf_counter()
+    cfg = replace(cfg, seed=cfg.seed if cfg.seed is not None else secrets.randbits(31))  # reported, see pipeline
     x = sample(unet, cfg.samples, steps=cfg.steps, seed=cfg.seed, model_fn=lora_model_fn(unet, lora)) if cfg.samples \
         else torch.empty(0, 1, 32, 32)
     sample_seconds = time.perf_counter() - t1
@@ -207,38 +261,10 @@ def train_dpsgd(images: torch.Tensor, cfg: DPSGDConfig, *, progress: Callable[[d
         "lr": cfg.lr,
         "batch_size": cfg.batch_size,
         "samples": int(x.shape[0]),
-        "seconds": {"train": round(train_seconds, 3), "sample": round(sample_seconds, 3),
-                    "total": round(time.perf_counter() - t_all, 3)},
+        "sampling_steps": cfg.steps,
+        "sampling_seed": cfg.seed,
     }
+    timings = {"train": train_seconds, "sample": sample_seconds, "total": time.perf_counter() - t_all}
     if not private:
         report["warning"] = "epsilon = inf: NO privacy (non-private reference)"
-    return DPSGDResult(lora=lora, samples=x, report=report, event=event, losses=losses)
-
-
-def dpsgd(cfg: DPSGDConfig) -> dict:
-    """CLI entry: folder -> DP-SGD LoRA -> the same outputs as ``generate``, with a tqdm bar."""
-    import sys
-
-    from tqdm import tqdm
-
-    from .data import load_folder
-    from .pipeline import GenerateResult, write_outputs
-
-    t = time.perf_counter()
-    loaded = load_folder(cfg.images)
-    load_seconds = time.perf_counter() - t
-    bar = tqdm(desc="DP-SGD", unit="step", file=sys.stderr)
-
-    def progress(p: dict) -> None:
-        bar.total = p["total"]
-        bar.set_postfix(eps=f"{p['epsilon_spent']:.3g}")
-        bar.update(1)
-
-    res = train_dpsgd(loaded.images, cfg, progress=progress)
-    bar.close()
-    res.report["seconds"]["load"] = round(load_seconds, 3)
-    result = GenerateResult(lora=res.lora, samples=res.samples, release=None, report=res.report)  # type: ignore[arg-type]
-    report = write_outputs(result, cfg.out)
-    for name, why in loaded.rejected:
-        print(f"skipped {name}: {why}", file=sys.stderr)
-    return report
+    return DPSGDResult(lora=lora, samples=x, report=report, event=event, losses=losses, timings=timings)

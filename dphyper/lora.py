@@ -8,6 +8,7 @@ there can steer *what* is generated with few parameters; attention LoRA alone ba
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
@@ -40,9 +41,18 @@ def to_peft_key(param_name: str) -> str:
 
 
 def lora_model_fn(unet: UNet2DModel, lora: dict[str, torch.Tensor]):
-    """``model_fn(x, t)`` running ``unet`` with the given LoRA tensors (differentiable)."""
+    """``model_fn(x, t)`` running a private copy of ``unet`` with the given LoRA tensors (differentiable).
+
+    ``unet`` is never written. ``torch.func.functional_call`` swaps a module's parameters for
+    the duration of each call, so calling it on the server's one shared UNet would let two
+    concurrent sessions sample with each other's LoRA and leave one behind in the "base"
+    model. Each ``lora_model_fn`` therefore works on its own copy (the default UNet is 4 MB;
+    the copy's cost is in docs/BENCHMARKS.md, app suite).
+    """
+    private = copy.deepcopy(unet)
+
     def fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return torch.func.functional_call(unet, lora, (x, t), strict=False).sample
+        return torch.func.functional_call(private, lora, (x, t), strict=False).sample
     return fn
 
 

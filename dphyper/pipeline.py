@@ -3,28 +3,23 @@
 ``HypernetPipeline`` loads the public models once (the app keeps one per process: it
 holds no private data) and ``run`` handles one private dataset. What it returns is DP
 output only (LoRA, samples, noisy count/mean) plus public settings; the true count and the
-file names never leave this function, and the exact (clipped) mean only with
+file names never leave this function, stage timings (which grow with the true n) stay out
+of the report, and the exact (clipped) mean only with
 ``owner_view=True``, for the data owner's own view in the app (never in a report).
 """
 
 from __future__ import annotations
 
 import json
-import math
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from .config import get_device
 from .data import load_folder, make_grid, save_pngs
-from .diffusion import load_unet, sample
-from .encoder import embed, load_encoder
-from .hypernet import load_hypernet
-from .lora import add_lora, lora_model_fn, save_lora
-from .privacy import DEFAULT_DELTA, ReleasedMean, clipped_mean, release_mean
+from .lora import save_lora
+from .privacy import DEFAULT_DELTA, ReleasedMean, check_epsilon_delta
 
 
 @dataclass
@@ -38,6 +33,11 @@ class PrivateRunConfig:
     steps: int = field(default=25, metadata={"help": "DDIM sampling steps"})
     seed: int | None = field(default=None, metadata={"help": "seed of the *sampling* noise only (never the privacy noise)"})
     out: Path = field(default=Path("out"), metadata={"help": "output folder (lora.safetensors, samples/, grid.png, report.json)"})
+
+    def __post_init__(self) -> None:
+        check_epsilon_delta(self.epsilon, self.delta)  # NaN included: never "not finite, so no privacy"
+        if self.samples < 0 or self.steps < 1:
+            raise ValueError("samples must be >= 0 and steps >= 1")
 
 
 @dataclass
@@ -55,67 +55,37 @@ class GenerateResult:
     # Only with ``owner_view=True``: the clipped exact mean (NOT private). For the data owner's own
     # "what the noise did" plot in their session; never written to a report or a download.
     owner_clean_mean: torch.Tensor | None = None
+    # Seconds per stage: for the caller (logs, the owner's caption, benchmarks), never in report.json.
+    # They are not DP outputs: embedding time grows with the true n, loading time with every file.
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 class HypernetPipeline:
-    """Public models, loaded once: base UNet + LoRA slots, encoder phi, hypernetwork H."""
+    """The hypernetwork method on public models loaded once (``models.PublicModels``)."""
 
     def __init__(self, device: torch.device | None = None) -> None:
-        self.device = device or get_device()
-        self.unet = add_lora(load_unet(device=self.device))
-        self.unet.requires_grad_(False)
-        self.encoder = load_encoder(device=self.device)
-        self.hyper = load_hypernet(self.unet, device=self.device)
+        from .models import PublicModels
+
+        self.models = PublicModels(device)
+        self.device = self.models.device
+        self.unet, self.encoder, self.hyper = self.models.unet, self.models.encoder, self.models.hypernet
 
     def run(self, images: torch.Tensor | Path, *, epsilon: float, delta: float = DEFAULT_DELTA,
             samples: int = 16, steps: int = 25, seed: int | None = None, owner_view: bool = False) -> GenerateResult:
-        seconds: dict[str, float] = {}
+        from .methods.base import run_method
+        from .methods.hypernet import HYPERNET, HypernetConfig
+
         t = time.perf_counter()
         rejected: list[tuple[str, str]] = []
         if not isinstance(images, torch.Tensor):
             loaded = load_folder(Path(images))
             images, rejected = loaded.images, loaded.rejected
-        seconds["load"] = time.perf_counter() - t
-
-        t = time.perf_counter()
-        emb = embed(images, self.encoder)
-        seconds["embed"] = time.perf_counter() - t
-
-        t = time.perf_counter()
-        rel = release_mean(emb, epsilon=epsilon, delta=delta)  # OS-seeded noise, always
-        clean = clipped_mean(emb) if owner_view else None
-        del emb  # private; nothing below sees it
-        seconds["privatise"] = time.perf_counter() - t
-
-        t = time.perf_counter()
-        lora = self.hyper.generate(rel.mean.to(self.device), rel.noise_std_mean)
-        seconds["generate_lora"] = time.perf_counter() - t
-
-        t = time.perf_counter()
-        x = sample(self.unet, samples, steps=steps, seed=seed, model_fn=lora_model_fn(self.unet, lora)) if samples else \
-            torch.empty(0, 1, 32, 32)
-        seconds["sample"] = time.perf_counter() - t
-
-        ev = rel.event
-        report = {
-            "method": "hypernet",
-            "private": ev.private,
-            "epsilon": ev.epsilon if math.isfinite(ev.epsilon) else "inf",
-            "delta": ev.delta,
-            "noise_multiplier": ev.noise_multiplier,
-            "sensitivity": ev.sensitivity,
-            "mechanism": ev.mechanism,
-            "accountant": ev.accountant,
-            "noisy_count": round(rel.noisy_count, 2),
-            "noise_std_of_mean": rel.noise_std_mean,
-            "samples": int(x.shape[0]),
-            "sampling_steps": steps,
-            "seconds": {k: round(v, 4) for k, v in seconds.items()},
-        }
-        if not ev.private:
-            report["warning"] = "epsilon = inf: NO privacy (non-private reference)"
-        return GenerateResult(lora=lora, samples=x, release=rel, report=report, rejected=rejected,
-                              owner_clean_mean=clean)
+        load_seconds = time.perf_counter() - t
+        cfg = HypernetConfig(epsilon=epsilon, delta=delta, samples=samples, steps=steps, seed=seed)
+        r = run_method(HYPERNET, images, cfg, self.models)
+        return GenerateResult(lora=r.adapter, samples=r.samples, release=r.owner["release"], report=r.report,
+                              rejected=rejected, owner_clean_mean=r.owner["clean_mean"] if owner_view else None,
+                              timings={"load": load_seconds, **r.timings})
 
 
 def write_outputs(result: GenerateResult, out: Path) -> dict:
@@ -130,13 +100,3 @@ def write_outputs(result: GenerateResult, out: Path) -> dict:
         make_grid(result.samples).save(out / "grid.png")
     (out / "report.json").write_text(json.dumps(result.report, indent=1))
     return result.report
-
-
-def generate(cfg: GenerateConfig) -> dict:
-    result = HypernetPipeline().run(cfg.images, epsilon=cfg.epsilon, delta=cfg.delta, samples=cfg.samples,
-                                    steps=cfg.steps, seed=cfg.seed)
-    report = write_outputs(result, cfg.out)
-    # The data owner's own terminal learns which files were skipped; the report does not.
-    for name, why in result.rejected:
-        print(f"skipped {name}: {why}", file=sys.stderr)
-    return report

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import secrets
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -102,11 +103,19 @@ def calibrate_gaussian(*, epsilon: float, delta: float = DEFAULT_DELTA) -> float
     return hi
 
 
-def _check_epsilon_delta(epsilon: float, delta: float) -> None:
+def check_epsilon_delta(epsilon: float, delta: float) -> None:
+    """Refuse what no mechanism may run with: epsilon <= 0 or NaN, delta outside (0, 1).
+
+    NaN fails every comparison, so each check is written to fail on NaN (``not (x > 0)``):
+    a NaN epsilon must never be read as "not finite, hence no privacy".
+    """
     if not (epsilon > 0):
         raise ValueError(f"epsilon must be > 0 (or inf for no privacy), got {epsilon}.")
     if not (0 < delta < 1):
         raise ValueError(f"delta must be in (0, 1), got {delta}.")
+
+
+_check_epsilon_delta = check_epsilon_delta
 
 
 # ---------------------------------------------------------------- events and ledger
@@ -140,34 +149,39 @@ class PrivacyLedger:
     """
 
     def __init__(self) -> None:
+        self._lock = threading.Lock()  # one object, mutated in place: concurrent records both land
         self._events: list[PrivacyEvent] = []
 
     @property
     def events(self) -> tuple[PrivacyEvent, ...]:
-        return tuple(self._events)
+        with self._lock:
+            return tuple(self._events)
 
     def record(self, event: PrivacyEvent) -> None:
-        self._events.append(event)
+        with self._lock:
+            self._events.append(event)
 
     def method(self) -> str:
         """How ``total`` composes the recorded events, in words."""
-        if any(not e.private for e in self._events):
+        events = self.events
+        if any(not e.private for e in events):
             return "no accountant: a non-private run has no bound (ε = ∞)"
-        if all(e.mechanism == "gaussian_sum_count" for e in self._events):
+        if all(e.mechanism == "gaussian_sum_count" for e in events):
             return "exact Gaussian-DP composition"
         return "the PLD accountant (dp_accounting)"
 
     def total(self, *, delta: float | None = None) -> tuple[float, float]:
         """Composed (epsilon, delta) over every recorded event."""
-        if not self._events:
+        events = self.events
+        if not events:
             return 0.0, 0.0
-        delta = delta if delta is not None else max(e.delta for e in self._events)
-        if any(not e.private for e in self._events):
+        delta = delta if delta is not None else max(e.delta for e in events)
+        if any(not e.private for e in events):
             return math.inf, delta
-        if all(e.mechanism == "gaussian_sum_count" for e in self._events):
-            s_total = sum(e.noise_multiplier ** -2 for e in self._events) ** -0.5
+        if all(e.mechanism == "gaussian_sum_count" for e in events):
+            s_total = sum(e.noise_multiplier ** -2 for e in events) ** -0.5
             return analytic_gaussian_epsilon(noise_multiplier=s_total, delta=delta), delta
-        return _pld_epsilon(self._events, delta), delta
+        return _pld_epsilon(list(events), delta), delta
 
 
 def _pld_epsilon(events: list[PrivacyEvent], delta: float) -> float:
@@ -212,9 +226,13 @@ def clipped_mean(embeddings: torch.Tensor, *, max_norm: float = 1.0) -> torch.Te
     return clip_embeddings(embeddings, max_norm=max_norm).mean(0).float()
 
 
-def private_generator() -> torch.Generator:
-    """A generator seeded by the OS, for noise on private data."""
-    return torch.Generator().manual_seed(secrets.randbits(63))
+def private_generator(device: torch.device | str | None = None) -> torch.Generator:
+    """A generator seeded by the OS, for noise on private data, on the device the noise is drawn on.
+
+    Opacus draws DP-SGD's noise on the parameters' device and needs a generator there (a CPU
+    generator for CUDA parameters fails); Poisson sampling and the one-shot releases use the CPU.
+    """
+    return torch.Generator(device=torch.device(device or "cpu")).manual_seed(secrets.randbits(63))
 
 
 @dataclass(frozen=True)
@@ -246,12 +264,36 @@ def release_mean(
         raise ValueError("embeddings must be a non-empty (n, d) tensor")
     if count_scale <= 0:
         raise ValueError("count_scale must be > 0")
-    d = embeddings.shape[1]
     clipped = clip_embeddings(embeddings, max_norm=clip_norm)
-    augmented = torch.cat([clipped, torch.full((clipped.shape[0], 1), float(count_scale), dtype=torch.float64)], 1)
+    multiplier = calibrate_gaussian(epsilon=epsilon, delta=delta)
+    return gaussian_sum_count(clipped, epsilon=epsilon, delta=delta, noise_multiplier=multiplier,
+                              clip_norm=clip_norm, count_scale=count_scale, generator=generator)
+
+
+def gaussian_sum_count(
+    clipped: torch.Tensor,
+    *,
+    epsilon: float,
+    delta: float,
+    noise_multiplier: float,
+    clip_norm: float,
+    count_scale: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> ReleasedMean:
+    """The noisy sum-and-count step of ``release_mean``, with every privacy parameter explicit.
+
+    ``release_mean`` is the only caller in the private path: it passes rows it clipped itself
+    and the multiplier it calibrated. The audit calls this directly with deliberately wrong
+    arguments (unclipped rows, a tenth of the noise) to show that it catches them; that is
+    an explicit argument of a separate path, never a patch of this module (which every
+    session of the server shares).
+    """
+    d = clipped.shape[1]
+    rows = clipped.to(torch.float64)
+    augmented = torch.cat([rows, torch.full((rows.shape[0], 1), float(count_scale), dtype=torch.float64)], 1)
     total = augmented.sum(0)
     sensitivity = math.sqrt(clip_norm ** 2 + count_scale ** 2)
-    multiplier = calibrate_gaussian(epsilon=epsilon, delta=delta)
+    multiplier = float(noise_multiplier)
     if multiplier > 0:
         gen = generator if generator is not None else private_generator()
         total = total + torch.randn(d + 1, generator=gen, dtype=torch.float64) * (multiplier * sensitivity)
@@ -260,7 +302,7 @@ def release_mean(
     mean = (total[:d] / denom).to(torch.float32)
     if math.isfinite(epsilon) and delta >= 1.0 / denom:
         warnings.warn(f"delta = {delta:g} is not below 1/n (n ~ {noisy_count:.0f}): the guarantee is weak; "
-                      "use a smaller delta.", PrivacyWarning, stacklevel=2)
+                      "use a smaller delta.", PrivacyWarning, stacklevel=3)
     event = PrivacyEvent(mechanism="gaussian_sum_count", epsilon=epsilon, delta=delta,
                          noise_multiplier=multiplier, sensitivity=sensitivity,
                          accountant="analytic_gaussian" if multiplier > 0 else "none (non-private)")

@@ -33,6 +33,7 @@ def app_module(tmp_path_factory):
 @pytest.fixture(scope="module")
 def app_url(app_module):
     demo = app_module.build_demo()
+    app_module.TEST_DEMO = demo  # for tests that inspect the server's session store
     port = _free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
                 max_file_size="10mb")
@@ -123,11 +124,14 @@ def test_dpsgd_through_the_api_joins_the_ledger(app_url):
 def test_dpsgd_cancel_stops_the_worker_and_releases_nothing(app_module):
     from dphyper.app import load_example, run_dpsgd
 
+    from dphyper.ledger import LedgerBook
+
     data = load_example("bags")[0]
-    gen = run_dpsgd(data, 0.0, False, 1e-5, 4, 500, {}, [], None, progress=None)
+    book = LedgerBook()
+    gen = run_dpsgd(data, 0.0, False, 1e-5, 4, 500, book, [], None, progress=None)
     t0 = time.time()
     for out in gen:
-        if "step" in str(out[1]) and "/ 500" in str(out[1]):
+        if "DP-SGD step" in str(out[1]):  # training has started: cancel mid-run
             break
         assert time.time() - t0 < 120
     gen.close()  # what Gradio does when Cancel is pressed or the page goes away
@@ -135,6 +139,7 @@ def test_dpsgd_cancel_stops_the_worker_and_releases_nothing(app_module):
     while any(t.name == "dpsgd-worker" for t in threading.enumerate()):
         assert time.time() - t0 < 30, "the DP-SGD worker kept running after cancel"
         time.sleep(0.2)
+    assert len(book) == 0  # nothing was released, nothing recorded
 
 
 @needs_models
@@ -189,7 +194,8 @@ def test_eight_concurrent_sessions_stay_isolated_and_nothing_private_is_logged(a
         c = Client(app_url, verbose=False)
         overview = c.predict(files, None, api_name="/load_upload")[0]
         out = c.predict(0.9, False, 1e-5, 4, None, api_name="/run_hypernet")  # log10 eps 0.9: eps ~ 7.9
-        return {"n": n, "overview": overview, "report": out[3], "ledger": out[4], "gallery": out[0]}
+        return {"n": n, "overview": overview, "report": out[3], "ledger": out[4], "gallery": out[0],
+                "downloads": out[2]}
 
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(session, range(8)))
@@ -198,6 +204,26 @@ def test_eight_concurrent_sessions_stay_isolated_and_nothing_private_is_logged(a
         assert abs(r["report"]["noisy_count"] - r["n"]) < 6, (i, r["report"]["noisy_count"], r["n"])
         assert _ledger_rows(r["ledger"]) == [1] and len(r["gallery"]) == 4
         assert "PRIVATE_USER" not in str(r["report"]) and "PRIVATE_USER" not in r["ledger"]
+        assert _samples_come_from_own_lora(r), f"session {i}'s samples did not come from its own LoRA"
     out, err = capfd.readouterr()
     logged = "\n".join(rec.getMessage() for rec in caplog.records) + out + err
     assert "PRIVATE_USER" not in logged, "a private file name reached the logs"
+
+
+def _samples_come_from_own_lora(r: dict) -> bool:
+    """Re-create a session's samples from *its* downloaded LoRA and reported sampling seed."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from dphyper.data import make_grid
+    from dphyper.diffusion import load_unet, sample
+    from dphyper.lora import load_lora_into
+
+    files = {str(d).rsplit("/", 1)[-1]: str(d) for d in r["downloads"]}
+    unet = load_lora_into(load_unet(device=torch.device("cpu")), files["lora.safetensors"])
+    rep = r["report"]
+    x = sample(unet, rep["samples"], steps=rep["sampling_steps"], seed=rep["sampling_seed"])
+    mine = np.asarray(make_grid(x)).astype(int)
+    got = np.asarray(Image.open(files["grid.png"])).astype(int)
+    return mine.shape == got.shape and float((np.abs(mine - got) > 1).mean()) < 1e-3

@@ -62,7 +62,7 @@ def test_upload_folder_move_slider_run_and_compare(page, tmp_path):
     assert page.locator("text=Noise multiplier").first.inner_text() != summary_before
 
     page.get_by_role("button", name="Hypernetwork (seconds)").click()
-    page.wait_for_selector("text=Total spent on this dataset", timeout=90000)
+    page.wait_for_selector("text=Total spent on these images", timeout=90000)
     page.wait_for_selector("text=Base model (no fine-tuning", timeout=60000)
     galleries = page.locator("[data-testid='gallery'], .gallery, .grid-wrap")
     imgs = page.locator("img[src*='/file='], img[src*='gradio_api/file']")
@@ -70,3 +70,33 @@ def test_upload_folder_move_slider_run_and_compare(page, tmp_path):
     shot = os.environ.get("DPHYPER_SCREENSHOT") or str(tmp_path / "app.png")
     page.screenshot(path=shot, full_page=True)
     assert os.path.getsize(shot) > 20_000
+
+
+@needs_models
+def test_closing_the_tab_forgets_its_private_views(page, app_url, app_module):  # noqa: F811
+    """demo.unload: thumbnails, file names and images of a closed tab leave the server's session store."""
+    import time
+
+    from .test_concurrency import _session_text
+
+    demo = app_module.TEST_DEMO
+
+    def sessions_with_thumbnails() -> set:
+        return {sid for sid in list(demo.state_holder.session_data)
+                if "data:image/png;base64" in _session_text(demo, sid)}
+
+    page.wait_for_function("() => document.body.innerText.includes(' images from ')", timeout=60000)
+    before = sessions_with_thumbnails()  # the fixture page's own session stays (its tab stays open)
+    tab = page.context.browser.new_page()
+    tab.goto(app_url)
+    tab.wait_for_selector("text=example set", timeout=60000)
+    t0 = time.time()
+    while not (sessions_with_thumbnails() - before):
+        assert time.time() - t0 < 30
+        time.sleep(0.2)
+    mine = sessions_with_thumbnails() - before
+    tab.close()
+    t0 = time.time()
+    while mine & set(demo.state_holder.session_data):
+        assert time.time() - t0 < 60, "the closed tab's session (thumbnails) is still on the server"
+        time.sleep(0.5)

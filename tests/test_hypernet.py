@@ -178,7 +178,9 @@ def test_report_has_no_private_values(tmp_path, pipe):
     assert report["noise_multiplier"] == pytest.approx(3.7306, abs=1e-3)
     assert report["sensitivity"] == pytest.approx(math.sqrt(2))
     assert report["noisy_count"] != 57  # noise is on
-    assert set(report["seconds"]) == {"load", "embed", "privatise", "generate_lora", "sample"}
+    # Timings grow with the true n (embedding) and with every file read (rejected ones too): not DP outputs.
+    assert not any("second" in k or "time" in k for k in report), sorted(report)
+    assert isinstance(report["sampling_seed"], int)
     assert len(list((out / "samples").glob("*.png"))) == 4 and (out / "grid.png").exists()
     # the LoRA file loads with peft into the shipped UNet
     unet = add_lora(load_unet(device=torch.device("cpu")))

@@ -1,0 +1,27 @@
+"""Every private method behind one contract (``base.py``), in one ordered registry.
+
+The CLI (``python -m dphyper run METHOD``), the contract test and, as they move over, the
+app's comparison, the benchmark and the audit iterate over ``METHODS``. Adding a method is
+one file here plus one line below (and its tests).
+"""
+
+from .base import Cancelled, Method, MethodResult, run_method, write_outputs
+from .dpsgd import DPSGD
+from .hypernet import HYPERNET
+from .pda_dpmd import PDA_DPMD
+
+METHODS: dict[str, Method] = {m.name: m for m in (
+    HYPERNET,
+    DPSGD,
+    PDA_DPMD,
+)}
+
+
+def get_method(name: str) -> Method:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ValueError(f"unknown method {name!r}: one of {', '.join(METHODS)}") from None
+
+
+__all__ = ["METHODS", "Cancelled", "Method", "MethodResult", "get_method", "run_method", "write_outputs"]

@@ -1,0 +1,140 @@
+"""The one contract every private method follows, and the steps every method shares.
+
+In: private images (n, 1, 32, 32) in [-1, 1], the method's config dataclass (a
+``PrivateRunConfig``), the public models, and optionally ``progress(dict)`` and a
+``cancel`` event. Out: a ``MethodResult``:
+
+* ``adapter``: the weights the method learned for the base UNet: LoRA tensors keyed by
+  UNet parameter names, saved as peft keys (``lora.save_lora``) and loaded back with
+  ``lora.load_lora_into``;
+* ``report``: DP outputs and public settings only (written as report.json);
+* ``events``: what the run did to the private data, as immutable ``PrivacyEvent``s that a
+  ledger composes;
+* ``owner``: an owner-only view (e.g. the exact mean); never written, never logged;
+* ``timings``: seconds per stage; never written (they can depend on the true n).
+
+``run_method`` is the one place that samples with a method's adapter, so "seconds to an
+adapter" and the samples mean the same thing for every method.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..errors import Cancelled
+from ..privacy import PrivacyEvent
+
+Progress = Callable[[dict], None]
+
+
+@dataclass
+class MethodResult:
+    adapter: dict[str, torch.Tensor]
+    report: dict
+    events: tuple[PrivacyEvent, ...]
+    samples: torch.Tensor = field(default_factory=lambda: torch.empty(0, 1, 32, 32))
+    owner: dict = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    losses: list[float] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registry entry: the name the CLI, app, benchmark and audit use, and how to run it."""
+
+    name: str
+    label: str
+    config_cls: type
+    train: Callable[..., MethodResult]  # (images, cfg, models, progress=, cancel=) -> MethodResult without samples
+    one_shot: bool  # seconds (one release) or a training run (progress, cancel)
+    noise: str  # where the noise goes, in a few words (the app's caption, the README table)
+
+
+def run_method(method: Method, images: torch.Tensor, cfg, models, *, progress: Progress | None = None,
+               cancel: threading.Event | None = None) -> MethodResult:
+    """Run one method on private images and sample with its adapter (post-processing)."""
+    from ..diffusion import sample
+    from ..lora import lora_model_fn
+
+    if images.ndim != 4 or images.shape[0] == 0:
+        raise ValueError("images must be a non-empty (n, 1, 32, 32) tensor")
+    t = time.perf_counter()
+    result = method.train(images, cfg, models, progress=progress, cancel=cancel)
+    result.timings["to_adapter"] = time.perf_counter() - t
+    if cancel is not None and cancel.is_set():
+        raise Cancelled(f"{method.label} cancelled; nothing was released.")
+    # Sampling is post-processing and independent of the data: its seed is drawn when none is given
+    # and reported, so anyone can re-create these samples from the adapter.
+    seed = cfg.seed if cfg.seed is not None else secrets.randbits(31)
+    t = time.perf_counter()
+    if cfg.samples:
+        result.samples = sample(models.unet, cfg.samples, steps=cfg.steps, seed=seed,
+                                model_fn=lora_model_fn(models.unet, result.adapter))
+    result.timings["sample"] = time.perf_counter() - t
+    result.report.update({"method": method.name, "samples": int(result.samples.shape[0]),
+                          "sampling_steps": cfg.steps, "sampling_seed": seed})
+    return result
+
+
+def write_outputs(result: MethodResult, out: Path) -> dict:
+    """The same layout for every method: lora.safetensors, samples/*.png, grid.png, report.json."""
+    from ..data import make_grid, save_pngs
+    from ..lora import save_lora
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    eps = result.report.get("epsilon")
+    save_lora(result.adapter, out / "lora.safetensors",
+              metadata={"method": str(result.report.get("method")), "epsilon": str(eps),
+                        "delta": str(result.report.get("delta"))})
+    if len(result.samples):
+        save_pngs(result.samples, out / "samples")
+        make_grid(result.samples).save(out / "grid.png")
+    (out / "report.json").write_text(json.dumps(result.report, indent=1))
+    return result.report
+
+
+def epsilon_for_report(epsilon: float) -> float | str:
+    return epsilon if math.isfinite(epsilon) else "inf"
+
+
+def run_cli(method: Method, cfg) -> dict:
+    """`python -m dphyper run METHOD`: folder -> method -> the common output layout, with a progress bar."""
+    import sys
+
+    from ..data import load_folder
+    from ..models import shared_models
+
+    loaded = load_folder(cfg.images)
+    bar = None
+    progress = None
+    if not method.one_shot:
+        from tqdm import tqdm
+
+        bar = tqdm(desc=method.label, unit="step", file=sys.stderr)
+
+        def progress(p: dict) -> None:
+            bar.total = p["total"]
+            bar.set_postfix(eps=f"{p['epsilon_spent']:.3g}")
+            bar.update(1)
+    try:
+        result = run_method(method, loaded.images, cfg, shared_models(), progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    report = write_outputs(result, cfg.out)
+    # The data owner's own terminal: timings and skipped files, never in report.json.
+    print("seconds per stage (not in report.json): " +
+          ", ".join(f"{k} {v:.3f}" for k, v in result.timings.items()), file=sys.stderr)
+    for name, why in loaded.rejected:
+        print(f"skipped {name}: {why}", file=sys.stderr)
+    return report
