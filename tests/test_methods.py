@@ -1,7 +1,6 @@
 """The one contract, parametrised over the registry: every method behaves the same from outside."""
 
 import json
-import math
 import shutil
 import threading
 

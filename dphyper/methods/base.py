@@ -116,18 +116,17 @@ def run_cli(method: Method, cfg) -> dict:
 
     loaded = load_folder(cfg.images)
     bar = None
-    progress = None
     if not method.one_shot:
         from tqdm import tqdm
 
         bar = tqdm(desc=method.label, unit="step", file=sys.stderr)
 
-        def progress(p: dict) -> None:
-            bar.total = p["total"]
-            bar.set_postfix(eps=f"{p['epsilon_spent']:.3g}")
-            bar.update(1)
+    def progress(p: dict) -> None:
+        bar.total = p["total"]
+        bar.set_postfix(eps=f"{p['epsilon_spent']:.3g}")
+        bar.update(1)
     try:
-        result = run_method(method, loaded.images, cfg, shared_models(), progress=progress)
+        result = run_method(method, loaded.images, cfg, shared_models(), progress=progress if bar else None)
     finally:
         if bar is not None:
             bar.close()
