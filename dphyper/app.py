@@ -34,7 +34,7 @@ import gradio as gr
 
 from .compare import METHOD_STYLE
 from .config import EXAMPLES_DIR, REPO_DIR
-from .ledger import LedgerBook, image_fingerprints, total_text
+from .ledger import LedgerBook, drop_duplicates, image_fingerprints, total_text
 
 TEMP_DIR = Path(os.environ.get("DPHYPER_TEMP_DIR", REPO_DIR / ".gradio_tmp"))
 MAX_FILE_MB = 10
@@ -123,9 +123,12 @@ def load_data(example: str | None, files: list | None = None, folder: list | Non
     finally:
         _delete_uploads(uploaded)
     # "The same data" for the ledger is per image (dphyper.ledger): order, names and other images don't matter.
-    data = {"images": loaded.images, "fingerprints": image_fingerprints(loaded.images), "n": loaded.n,
-            "source": source}
-    lines = [f"**{loaded.n} images** from {source}."]
+    # An image counts once: identical copies are dropped before any release can use them twice.
+    images, dupes = drop_duplicates(loaded.images)
+    data = {"images": images, "fingerprints": image_fingerprints(images), "n": len(images), "source": source}
+    lines = [f"**{len(images)} images** from {source}."]
+    if dupes:
+        lines.append(f"{dupes} identical duplicate image{'s' * (dupes != 1)} dropped: each image counts once.")
     if uploaded:
         lines.append("The uploaded files were decoded and deleted from the server; the images stay in this "
                      "browser session only.")
@@ -134,7 +137,7 @@ def load_data(example: str | None, files: list | None = None, folder: list | Non
         lines += [f"- `{name}`: {why}" for name, why in loaded.rejected[:20]]
         if len(loaded.rejected) > 20:
             lines.append(f"- … and {len(loaded.rejected) - 20} more")
-    return data, "\n".join(lines), thumbnails_html(loaded.images[:24])
+    return data, "\n".join(lines), thumbnails_html(images[:24])
 
 
 def thumbnails_html(images) -> str:
@@ -357,6 +360,11 @@ def _require(data: dict | None) -> dict:
 
 
 @gpu
+def _hypernet_release(images, epsilon: float, delta: float, n_samples: int):
+    """The GPU part (ZeroGPU may run it in another process): no session state goes in or out."""
+    return _pipeline().run(images, epsilon=epsilon, delta=delta, samples=n_samples, owner_view=True)
+
+
 def run_hypernet(data: dict | None, log_eps: float, no_privacy: bool, delta: float, n_samples: int,
                  book: LedgerBook, runs: list, bench_set: str | None):
     """One hypernetwork release; returns (gallery, caption, downloads, report, ledger, state..., plots).
@@ -370,7 +378,7 @@ def run_hypernet(data: dict | None, log_eps: float, no_privacy: bool, delta: flo
     data = _require(data)
     epsilon = _epsilon(log_eps, no_privacy)
     t0 = time.perf_counter()
-    result = _pipeline().run(data["images"], epsilon=epsilon, delta=delta, samples=int(n_samples), owner_view=True)
+    result = _hypernet_release(data["images"], epsilon, delta, int(n_samples))
     seconds = time.perf_counter() - t0
     book.record(data["fingerprints"], result.release.event, "hypernet")
     out = _run_dir()
@@ -562,8 +570,8 @@ def run_audit_panel(method: str, epsilon: float, broken: str, trials: float):
                "inconclusive": "⚠️ **inconclusive**: this many trials cannot detect a leak at the claimed ε "
                                "(more trials, or a smaller claimed ε)"}[r["verdict"]]
     text = (f"Measured lower bound **ε ≥ {r['epsilon_lower_bound']:.2f}** (95 % confidence) against the claimed "
-            f"ε = {r['epsilon_claimed']:g} → {verdict}.  \nThe most {r['trials']} trials can ever show is "
-            f"ε ≈ {r['detectable_max']:.2f} (a perfect attack).  \nAttack on {r['trials_measured']} held-out trials: "
+            f"ε = {r['epsilon_claimed']:g} → {verdict}.  \nA perfect attack on these {r['trials_measured']} "
+            f"held-out trials would show ε ≥ {r['detectable_max']:.2f}: no claim above that can be tested here.  \nAttack on {r['trials_measured']} held-out trials: "
             f"true-positive rate {r['tpr']:.3f}, false-positive rate {r['fpr']:.4f}; {r['seconds']:.0f} s.")
     return text, r
 

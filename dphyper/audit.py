@@ -102,7 +102,7 @@ def _audited_release(x: torch.Tensor, cfg: "AuditConfig"):
     touch ``dphyper.privacy`` (a server shares it with every session: patching it would weaken
     other visitors' real releases while an audit runs).
     """
-    from .privacy import calibrate_gaussian, clip_embeddings, gaussian_sum_count, release_mean
+    from .privacy import _gaussian_sum_count, calibrate_gaussian, clip_embeddings, release_mean
 
     if cfg.broken == "none":
         return release_mean(x, epsilon=cfg.epsilon, delta=cfg.delta)  # OS-seeded noise, as shipped
@@ -110,17 +110,16 @@ def _audited_release(x: torch.Tensor, cfg: "AuditConfig"):
         rows, multiplier = x.to(torch.float64), calibrate_gaussian(epsilon=cfg.epsilon, delta=cfg.delta)
     else:  # weak-noise
         rows, multiplier = clip_embeddings(x, max_norm=1.0), calibrate_gaussian(epsilon=cfg.epsilon, delta=cfg.delta) / 10
-    return gaussian_sum_count(rows, epsilon=cfg.epsilon, delta=cfg.delta, noise_multiplier=multiplier, clip_norm=1.0)
+    return _gaussian_sum_count(rows, epsilon=cfg.epsilon, delta=cfg.delta, noise_multiplier=multiplier, clip_norm=1.0)
 
 
-def detectable_epsilon(trials_measured: int, delta: float, confidence: float) -> float:
-    """The largest lower bound this many measured trials can ever give (a perfect attack).
+def detectable_epsilon(members: int, non_members: int, delta: float, confidence: float) -> float:
+    """The largest lower bound these measured trials can give: a perfect attack on this split.
 
-    A claim above it cannot be refuted by the audit, whatever the mechanism does: the verdict
-    is then "inconclusive", not "consistent".
+    A claim at or above it cannot be refuted by this audit, whatever the mechanism does: the
+    verdict is then "inconclusive", not "consistent".
     """
-    half = trials_measured // 2
-    return epsilon_lower_bound(half, 0, 0, trials_measured - half, delta, confidence)
+    return epsilon_lower_bound(members, 0, 0, non_members, delta, confidence)
 
 
 def _hypernet_scores(cfg: AuditConfig, member: np.ndarray) -> np.ndarray:
@@ -154,8 +153,7 @@ def _dpsgd_scores(cfg: AuditConfig, member: np.ndarray, steps: int = 20, batches
     from opacus import PrivacyEngine
     from torch.utils.data import DataLoader, TensorDataset
 
-    from .dpsgd import dpsgd_noise_multiplier
-    from .privacy import private_generator
+    from .dpsgd import dpsgd_noise_multiplier, make_private
 
     dim = 8
     g = torch.Generator().manual_seed(cfg.seed)
@@ -190,10 +188,9 @@ def _dpsgd_scores(cfg: AuditConfig, member: np.ndarray, steps: int = 20, batches
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             engine = PrivacyEngine(accountant="prv")
-            model, opt, dl = engine.make_private(module=model, optimizer=opt, data_loader=loader,
-                                                 noise_multiplier=noise_mult, max_grad_norm=max_norm,
-                                                 poisson_sampling=True, grad_sample_mode="hooks",
-                                                 noise_generator=private_generator())
+            # The shipped wrapper (OS-seeded Poisson sampling and noise), with the variant's explicit settings.
+            model, opt, dl = make_private(engine, model, opt, TensorDataset(xs, ys), batch_size=batch,
+                                          max_grad_norm=max_norm, sigma=noise_mult, device=torch.device("cpu"))
             done = 0
             while done < steps:
                 for xb, yb in dl:
@@ -228,7 +225,7 @@ def run_audit(cfg: AuditConfig) -> dict:
     tp, fp = int((pred & mem).sum()), int((pred & ~mem).sum())
     fn, tn = int((~pred & mem).sum()), int((~pred & ~mem).sum())
     lb = epsilon_lower_bound(tp, fn, fp, tn, cfg.delta, cfg.confidence)
-    detectable = detectable_epsilon(int((~half).sum()), cfg.delta, cfg.confidence)
+    detectable = detectable_epsilon(int(mem.sum()), int((~mem).sum()), cfg.delta, cfg.confidence)
     # A claim the trials cannot reach is neither confirmed nor refuted: say so instead of "consistent".
     if lb > cfg.epsilon:
         verdict = "violated"

@@ -110,8 +110,8 @@ def dpsgd_noise_multiplier(*, epsilon: float, delta: float, sample_rate: float, 
                                       steps=steps, accountant=accountant))
 
 
-def make_private(engine, unet: torch.nn.Module, opt: torch.optim.Optimizer, images: torch.Tensor, *, n: int,
-                 cfg: "DPSGDConfig", sigma: float, device: torch.device):
+def make_private(engine, module: torch.nn.Module, opt: torch.optim.Optimizer, dataset, *, batch_size: int,
+                 max_grad_norm: float, sigma: float, device: torch.device):
     """Opacus' ``make_private`` with both private draws on OS-seeded generators.
 
     * Poisson sampling: Opacus' DPDataLoader takes the generator of the loader it wraps
@@ -120,12 +120,12 @@ def make_private(engine, unet: torch.nn.Module, opt: torch.optim.Optimizer, imag
     * Gaussian noise: Opacus draws it on the parameters' device with ``noise_generator``, which
       must live on that device (a CPU generator fails for CUDA parameters).
     """
-    loader = DataLoader(TensorDataset(images), batch_size=min(cfg.batch_size, n), generator=private_generator())
+    loader = DataLoader(dataset, batch_size=batch_size, generator=private_generator())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return engine.make_private(
-            module=unet, optimizer=opt, data_loader=loader, noise_multiplier=sigma,
-            max_grad_norm=cfg.max_grad_norm, poisson_sampling=True, grad_sample_mode="hooks",
+            module=module, optimizer=opt, data_loader=loader, noise_multiplier=sigma,
+            max_grad_norm=max_grad_norm, poisson_sampling=True, grad_sample_mode="hooks",
             noise_generator=private_generator(device))  # OS-seeded, never the user's seed
 
 
@@ -161,7 +161,8 @@ def train_dpsgd(images: torch.Tensor, cfg: DPSGDConfig, *, progress: Callable[[d
         sigma = dpsgd_noise_multiplier(epsilon=cfg.epsilon, delta=cfg.delta, sample_rate=q, steps=total_steps,
                                        accountant=cfg.accountant)
         engine = PrivacyEngine(accountant=cfg.accountant, secure_mode=False)
-        model, opt, loader = make_private(engine, unet, opt, images, n=n, cfg=cfg, sigma=sigma, device=device)
+        model, opt, loader = make_private(engine, unet, opt, TensorDataset(images), batch_size=min(cfg.batch_size, n),
+                                          max_grad_norm=cfg.max_grad_norm, sigma=sigma, device=device)
         if abs(loader.sample_rate - q) > 1e-12:
             raise RuntimeError(f"Opacus sample rate {loader.sample_rate} != calibrated {q}")
     sched = make_train_scheduler()

@@ -13,8 +13,10 @@ folder, so the per-image maximum is what a data subject should read.
 
 What is kept: fingerprints are HMAC-SHA256 with a key drawn at process start and never
 written, so they cannot be checked against a guessed image outside this process; no
-pixels, names or counts are stored. Books live in memory only (never on disk) and go when
-the server restarts. ``LedgerBook`` is mutated in place under its own lock: two runs that
+pixels, names or counts are stored. A book lives in the tab's session, in memory only (never
+on disk): a page reload, closing the tab or an hour idle starts a new one. Identical images
+in one upload are dropped before any release (``drop_duplicates``), so "one image" is one
+record of every release that used it. ``LedgerBook`` is mutated in place under its own lock: two runs that
 finish together (a DP-SGD run and a hypernetwork release on the same images) both land.
 """
 
@@ -25,7 +27,6 @@ import hmac
 import math
 import secrets
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
@@ -35,11 +36,26 @@ from .privacy import PrivacyEvent, PrivacyLedger
 _KEY = secrets.token_bytes(32)  # per process, never written anywhere
 
 
-def image_fingerprints(images: torch.Tensor) -> frozenset[bytes]:
-    """Order-free identity of a set of decoded images (the multiset's distinct members)."""
+def _keys(images: torch.Tensor) -> list[bytes]:
     x = images.detach().to(torch.float32).cpu().contiguous()
-    return frozenset(hmac.new(_KEY, x[i].numpy().tobytes(), hashlib.sha256).digest()[:16]
-                     for i in range(x.shape[0]))
+    return [hmac.new(_KEY, x[i].numpy().tobytes(), hashlib.sha256).digest()[:16] for i in range(x.shape[0])]
+
+
+def drop_duplicates(images: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Keep the first of identical images (pixels after decoding): the ledger counts an image once,
+    so a release must use it once too (k copies would move the sum by k times the sensitivity)."""
+    seen: set[bytes] = set()
+    keep = []
+    for i, k in enumerate(_keys(images)):
+        if k not in seen:
+            seen.add(k)
+            keep.append(i)
+    return images[keep], images.shape[0] - len(keep)
+
+
+def image_fingerprints(images: torch.Tensor) -> frozenset[bytes]:
+    """Order-free identity of a set of decoded images (callers drop duplicates first)."""
+    return frozenset(_keys(images))
 
 
 @dataclass(frozen=True)
@@ -94,36 +110,20 @@ class LedgerBook:
         signatures: set[tuple[int, ...]] = set()
         for fp in images:
             signatures.add(tuple(i for i, _, _, _ in touching if fp in entries[i][2]))
-        best, best_how = (0.0, 0.0), ""
+        # One delta for every image (the largest any touching release used), so that the epsilons of
+        # the groups are comparable and the maximum is a true (epsilon, delta) statement for each image.
+        delta = max(entries[i][0].delta for i, _, _, _ in touching)
+        best, best_how = 0.0, ""
         for sig in signatures:
             if not sig:
                 continue
             ledger = PrivacyLedger()
             for i in sig:
                 ledger.record(entries[i][0])
-            eps, delta = ledger.total()
-            if (eps, delta) > best or not best_how:
-                best, best_how = (eps, delta), ledger.method()
-        return LedgerView(rows=rows, epsilon=best[0], delta=best[1], how=best_how)
-
-
-class LedgerBooks:
-    """One ``LedgerBook`` per browser token, at most ``capacity`` of them (least recently used go)."""
-
-    def __init__(self, capacity: int = 10_000) -> None:
-        self._lock = threading.Lock()
-        self._books: OrderedDict[str, LedgerBook] = OrderedDict()
-        self.capacity = capacity
-
-    def get(self, token: str) -> LedgerBook:
-        with self._lock:
-            book = self._books.get(token)
-            if book is None:
-                book = self._books[token] = LedgerBook()
-                while len(self._books) > self.capacity:
-                    self._books.popitem(last=False)
-            self._books.move_to_end(token)
-            return book
+            eps, _ = ledger.total(delta=delta)
+            if eps >= best or not best_how:
+                best, best_how = eps, ledger.method()
+        return LedgerView(rows=rows, epsilon=best, delta=delta, how=best_how)
 
 
 def total_text(view: LedgerView) -> str:

@@ -266,11 +266,11 @@ def release_mean(
         raise ValueError("count_scale must be > 0")
     clipped = clip_embeddings(embeddings, max_norm=clip_norm)
     multiplier = calibrate_gaussian(epsilon=epsilon, delta=delta)
-    return gaussian_sum_count(clipped, epsilon=epsilon, delta=delta, noise_multiplier=multiplier,
+    return _gaussian_sum_count(clipped, epsilon=epsilon, delta=delta, noise_multiplier=multiplier,
                               clip_norm=clip_norm, count_scale=count_scale, generator=generator)
 
 
-def gaussian_sum_count(
+def _gaussian_sum_count(
     clipped: torch.Tensor,
     *,
     epsilon: float,

@@ -31,7 +31,7 @@ def test_broken_audit_does_not_weaken_a_concurrent_release(broken):
 
     def audit() -> None:
         try:
-            result["audit"] = run_audit(AuditConfig(method="hypernet", epsilon=1.0, trials=6000, broken=broken))
+            result["audit"] = run_audit(AuditConfig(method="hypernet", epsilon=1.0, trials=3000, broken=broken))
         finally:
             done.set()
 
@@ -176,13 +176,13 @@ def test_overlapping_dpsgd_and_hypernet_runs_both_enter_the_ledger(served):
     _, _, url = served
     c = Client(url, verbose=False)
     c.predict("bags", api_name="/load_example")
-    job = c.submit(0.0, False, 1e-5, 4, 40, None, api_name="/run_dpsgd")  # minutes-long run, started first
+    job = c.submit(0.0, False, 1e-5, 4, 20, None, api_name="/run_dpsgd")  # minutes-long run, started first
     time.sleep(3)
     hyper = c.predict(0.0, False, 1e-5, 4, None, api_name="/run_hypernet")  # finishes while DP-SGD trains
     assert not job.done(), "DP-SGD finished before the hypernetwork: the runs did not overlap"
     assert _ledger_rows(hyper[4]) == [1]
     out = job.result()
-    assert out[3]["method"] == "dpsgd" and out[3]["steps"] == 40
+    assert out[3]["method"] == "dpsgd" and out[3]["steps"] == 20
     ledger = out[4]
     assert _ledger_rows(ledger) == [1, 2], ledger  # the hypernetwork release was not dropped
     assert "hypernetwork" in ledger and "DP-SGD" in ledger
@@ -326,8 +326,11 @@ def test_dpsgd_noise_generator_is_on_the_parameters_device_and_batches_are_priva
     params = [p for p in unet.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=1e-3)
     cfg = DPSGDConfig(epsilon=1.0, batch_size=4, max_grad_norm=1.0)
-    model, opt, loader = make_private(PrivacyEngine(), unet, opt, torch.zeros(8, 1, 32, 32), n=8, cfg=cfg,
-                                      sigma=1.0, device=torch.device("cpu"))
+    from torch.utils.data import TensorDataset
+
+    model, opt, loader = make_private(PrivacyEngine(), unet, opt, TensorDataset(torch.zeros(8, 1, 32, 32)),
+                                      batch_size=cfg.batch_size, max_grad_norm=1.0, sigma=1.0,
+                                      device=torch.device("cpu"))
     assert opt.generator is not None and opt.generator.device == params[0].device
     sampler_gen = loader.batch_sampler.generator
     assert sampler_gen is not None and sampler_gen is not torch.default_generator
@@ -347,3 +350,28 @@ def test_dpsgd_runs_on_cuda():
     images = torch.rand(16, 1, 32, 32) * 2 - 1
     res = train_dpsgd(images, DPSGDConfig(epsilon=1.0, samples=2, max_steps=3), device=torch.device("cuda"))
     assert res.report["steps"] == 3 and res.samples.shape[0] == 2
+
+
+def test_ledger_total_uses_one_delta_for_every_image():
+    """Two images with different histories: the total is each one's epsilon at the same (largest) delta."""
+    from dphyper.ledger import LedgerBook, image_fingerprints
+    from dphyper.privacy import PrivacyEvent, analytic_gaussian_epsilon
+
+    x = torch.rand(2, 1, 32, 32)
+    a, b = image_fingerprints(x[:1]), image_fingerprints(x[1:])
+    book = LedgerBook()
+    book.record(a, PrivacyEvent("gaussian_sum_count", 1.0, 1e-8, 5.0, math.sqrt(2)), "hypernet")
+    for _ in range(3):
+        book.record(b, PrivacyEvent("gaussian_sum_count", 0.9, 1e-2, 1.0, math.sqrt(2)), "hypernet")
+    view = book.view(a | b)
+    assert view.delta == 1e-2
+    worst_b = analytic_gaussian_epsilon(noise_multiplier=3 ** -0.5, delta=1e-2)  # 3 releases at s = 1
+    assert view.epsilon == pytest.approx(worst_b, rel=1e-6)
+
+
+def test_duplicate_images_are_dropped_before_any_release():
+    from dphyper.ledger import drop_duplicates
+
+    x = torch.rand(5, 1, 32, 32)
+    y, dropped = drop_duplicates(torch.cat([x, x[:2], x[4:]]))
+    assert dropped == 3 and y.shape[0] == 5 and torch.equal(y, x)
