@@ -34,7 +34,7 @@ import gradio as gr
 
 from .compare import METHOD_STYLE
 from .config import EXAMPLES_DIR, REPO_DIR
-from .ledger import LedgerBook, drop_duplicates, image_fingerprints, total_text
+from .ledger import LedgerBook, drop_duplicates, total_text
 
 TEMP_DIR = Path(os.environ.get("DPHYPER_TEMP_DIR", REPO_DIR / ".gradio_tmp"))
 MAX_FILE_MB = 10
@@ -63,12 +63,7 @@ def _pipeline():
 
 
 def _evaluator():
-    with _lock:
-        if "evaluator" not in _models:
-            from .evaluator import load_evaluator
-
-            _models["evaluator"] = load_evaluator()
-        return _models["evaluator"]
+    return _pipeline().models.evaluator  # the process's public models (dphyper.models) load it once
 
 
 def example_names() -> list[str]:
@@ -124,8 +119,8 @@ def load_data(example: str | None, files: list | None = None, folder: list | Non
         _delete_uploads(uploaded)
     # "The same data" for the ledger is per image (dphyper.ledger): order, names and other images don't matter.
     # An image counts once: identical copies are dropped before any release can use them twice.
-    images, dupes = drop_duplicates(loaded.images)
-    data = {"images": images, "fingerprints": image_fingerprints(images), "n": len(images), "source": source}
+    images, fingerprints, dupes = drop_duplicates(loaded.images)
+    data = {"images": images, "fingerprints": fingerprints, "n": len(images), "source": source}
     lines = [f"**{len(images)} images** from {source}."]
     if dupes:
         lines.append(f"{dupes} identical duplicate image{'s' * (dupes != 1)} dropped: each image counts once.")

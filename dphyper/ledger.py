@@ -41,16 +41,20 @@ def _keys(images: torch.Tensor) -> list[bytes]:
     return [hmac.new(_KEY, x[i].numpy().tobytes(), hashlib.sha256).digest()[:16] for i in range(x.shape[0])]
 
 
-def drop_duplicates(images: torch.Tensor) -> tuple[torch.Tensor, int]:
+def drop_duplicates(images: torch.Tensor) -> tuple[torch.Tensor, frozenset[bytes], int]:
     """Keep the first of identical images (pixels after decoding): the ledger counts an image once,
-    so a release must use it once too (k copies would move the sum by k times the sensitivity)."""
+    so a release must use it once too (k copies would move the sum by k times the sensitivity).
+
+    Returns the kept images, their fingerprints (as ``image_fingerprints`` gives them) and how
+    many copies were dropped: one hashing pass for both.
+    """
     seen: set[bytes] = set()
     keep = []
     for i, k in enumerate(_keys(images)):
         if k not in seen:
             seen.add(k)
             keep.append(i)
-    return images[keep], images.shape[0] - len(keep)
+    return images[keep], frozenset(seen), images.shape[0] - len(keep)
 
 
 def image_fingerprints(images: torch.Tensor) -> frozenset[bytes]:

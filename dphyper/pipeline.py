@@ -64,9 +64,9 @@ class HypernetPipeline:
     """The hypernetwork method on public models loaded once (``models.PublicModels``)."""
 
     def __init__(self, device: torch.device | None = None) -> None:
-        from .models import PublicModels
+        from .models import shared_models
 
-        self.models = PublicModels(device)
+        self.models = shared_models(device)  # one set of public models per process and device
         self.device = self.models.device
         self.unet, self.encoder, self.hyper = self.models.unet, self.models.encoder, self.models.hypernet
 

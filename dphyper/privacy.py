@@ -84,7 +84,7 @@ def calibrate_gaussian(*, epsilon: float, delta: float = DEFAULT_DELTA) -> float
     Exact (analytic Gaussian mechanism); returns 0.0 for epsilon = inf (no privacy).
     The returned value is rounded *up* in the bisection, so the guarantee holds.
     """
-    _check_epsilon_delta(epsilon, delta)
+    check_epsilon_delta(epsilon, delta)
     if math.isinf(epsilon):
         return 0.0
     lo, hi = 1e-3, 1.0
@@ -113,9 +113,6 @@ def check_epsilon_delta(epsilon: float, delta: float) -> None:
         raise ValueError(f"epsilon must be > 0 (or inf for no privacy), got {epsilon}.")
     if not (0 < delta < 1):
         raise ValueError(f"delta must be in (0, 1), got {delta}.")
-
-
-_check_epsilon_delta = check_epsilon_delta
 
 
 # ---------------------------------------------------------------- events and ledger
@@ -259,7 +256,7 @@ def release_mean(
     ``embeddings`` (n, d) is private. ``generator`` is for public-data training and
     tests only; the private path leaves it None (OS-seeded noise).
     """
-    _check_epsilon_delta(epsilon, delta)
+    check_epsilon_delta(epsilon, delta)
     if embeddings.ndim != 2 or embeddings.shape[0] == 0:
         raise ValueError("embeddings must be a non-empty (n, d) tensor")
     if count_scale <= 0:

@@ -6,7 +6,6 @@ failed on the code before the fix.
 
 import math
 import re
-import socket
 import threading
 import time
 
@@ -15,6 +14,7 @@ import torch
 
 from dphyper.config import EXAMPLES_DIR
 
+from .test_app import _ledger_rows, app_module, app_url  # noqa: F401  (fixtures)
 from .test_hypernet import needs_models
 
 
@@ -142,31 +142,9 @@ def test_concurrent_records_all_land():
     assert len(book.view(fps).rows) == 400
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    import os
-
-    os.environ["DPHYPER_TEMP_DIR"] = str(tmp_path_factory.mktemp("gradio_tmp_conc"))
-    from dphyper import app as app_module
-
-    app_module.TEMP_DIR = app_module.Path(os.environ["DPHYPER_TEMP_DIR"])
-    app_module.prepare_temp_dir()
-    demo = app_module.build_demo()
-    port = _free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                max_file_size="10mb")
-    yield app_module, demo, f"http://127.0.0.1:{port}/"
-    demo.close()
-
-
-def _ledger_rows(markdown: str) -> list[int]:
-    return [int(m) for m in re.findall(r"^\| (\d+) \| ", markdown, flags=re.M)]
+def served(app_module, app_url):  # noqa: F811  (test_app's server fixtures, one server for this module)
+    return app_module, app_module.TEST_DEMO, app_url
 
 
 @needs_models
@@ -370,8 +348,9 @@ def test_ledger_total_uses_one_delta_for_every_image():
 
 
 def test_duplicate_images_are_dropped_before_any_release():
-    from dphyper.ledger import drop_duplicates
+    from dphyper.ledger import drop_duplicates, image_fingerprints
 
     x = torch.rand(5, 1, 32, 32)
-    y, dropped = drop_duplicates(torch.cat([x, x[:2], x[4:]]))
+    y, fingerprints, dropped = drop_duplicates(torch.cat([x, x[:2], x[4:]]))
     assert dropped == 3 and y.shape[0] == 5 and torch.equal(y, x)
+    assert fingerprints == image_fingerprints(x)
