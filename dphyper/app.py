@@ -28,6 +28,7 @@ import shutil
 import tempfile
 import threading
 import time
+from dataclasses import fields
 from pathlib import Path
 
 import gradio as gr
@@ -41,7 +42,7 @@ MAX_FILE_MB = 10
 MAX_IMAGES = 2000
 SESSION_TTL_S = 3600  # decoded images are dropped from a session idle this long
 
-_lock = threading.RLock()  # re-entrant: the PCA map loads the pipeline under it
+_lock = threading.RLock()  # re-entrant: the PCA map loads the encoder under it
 _models: dict[str, object] = {}
 
 try:  # On Hugging Face ZeroGPU Spaces, the heavy functions borrow a GPU; elsewhere a no-op.
@@ -53,17 +54,15 @@ except ImportError:  # pragma: no cover - the package exists only on Spaces
         return fn if fn is not None else (lambda f: f)
 
 
-def _pipeline():
-    with _lock:
-        if "pipe" not in _models:
-            from .pipeline import HypernetPipeline
+def _public():
+    """The process's public models (``dphyper.models``): base UNet, encoder, H, evaluator, loaded once."""
+    from .models import shared_models
 
-            _models["pipe"] = HypernetPipeline()
-        return _models["pipe"]
+    return shared_models()
 
 
 def _evaluator():
-    return _pipeline().models.evaluator  # the process's public models (dphyper.models) load it once
+    return _public().evaluator
 
 
 def example_names() -> list[str]:
@@ -218,8 +217,17 @@ def default_curve_set(n: int | None) -> str | None:
     return min(sets, key=lambda s: abs(math.log((infos[s]["info"].get("n") or 1) / max(n or 200, 1))))
 
 
-COLOURS = {meth: METHOD_STYLE[meth][1] for meth in ("hypernet", "dpsgd", "nonprivate", "base")}
-LABELS = {"hypernet": "hypernetwork", "dpsgd": "DP-SGD", "nonprivate": "non-private LoRA", "base": "base model"}
+COLOURS = {meth: style[1] for meth, style in METHOD_STYLE.items()}
+LABELS = {"hypernet": "hypernetwork", "dpsgd": "DP-SGD", "pda-dpmd": "PDA-DPMD", "nonprivate": "non-private LoRA",
+          "base": "base model"}
+
+
+def _label(meth: str) -> str:
+    return LABELS.get(meth, meth)
+
+
+def _colour(meth: str) -> str:
+    return COLOURS.get(meth, "#9467bd")
 
 
 def utility_figure(log_eps: float, no_privacy: bool, bench_set: str | None, runs: list | None = None):
@@ -235,20 +243,20 @@ def utility_figure(log_eps: float, no_privacy: bool, bench_set: str | None, runs
         for meth, m in entry["methods"].items():
             for col, key in ((1, "fid"), (2, "agreement")):
                 if m["epsilon"]:
-                    fig.add_trace(go.Scatter(x=m["epsilon"], y=m[key], mode="lines+markers", name=LABELS[meth],
+                    fig.add_trace(go.Scatter(x=m["epsilon"], y=m[key], mode="lines+markers", name=_label(meth),
                                              legendgroup=meth, showlegend=col == 1,
-                                             line={"color": COLOURS[meth]}), row=1, col=col)
+                                             line={"color": _colour(meth)}), row=1, col=col)
                 if "flat" in m:
-                    name = LABELS[meth] + (" (ε = ∞)" if meth in ("hypernet", "nonprivate") else "")
+                    name = _label(meth) + ("" if meth == "base" else " (ε = ∞)")
                     fig.add_trace(go.Scatter(x=xs, y=[m["flat"][key]] * 2, mode="lines", name=name,
                                              legendgroup=meth + "flat", showlegend=col == 1,
-                                             line={"color": COLOURS[meth], "dash": "dash"}), row=1, col=col)
-    for meth in ("hypernet", "dpsgd"):
+                                             line={"color": _colour(meth), "dash": "dash"}), row=1, col=col)
+    for meth in dict.fromkeys(r["method"] for r in (runs or [])):
         mine = [r for r in (runs or []) if r["method"] == meth and r.get("agreement") is not None]
         if mine:
             fig.add_trace(go.Scatter(x=[min(max(r["epsilon"], 0.1), 16) for r in mine], y=[r["agreement"] for r in mine],
-                                     mode="markers", name=f"your {LABELS[meth]} runs",
-                                     marker={"color": COLOURS[meth], "size": 13, "symbol": "star",
+                                     mode="markers", name=f"your {_label(meth)} runs",
+                                     marker={"color": _colour(meth), "size": 13, "symbol": "star",
                                              "line": {"width": 1, "color": "black"}},
                                      hovertext=[r["label"] for r in mine]), row=1, col=2)
     if not no_privacy:
@@ -269,7 +277,16 @@ def utility_figure(log_eps: float, no_privacy: bool, bench_set: str | None, runs
 # ---------------------------------------------------------------- ledger and runs
 
 
-METHOD_LEDGER_NAMES = {"gaussian_sum_count": "hypernetwork (one Gaussian release)"}
+def _ledger_method(method: str, e) -> str:
+    """A ledger row's method in words: the registry's label and what its event did."""
+    from .methods import METHODS
+
+    label = METHODS[method].label if method in METHODS else method
+    if e.mechanism == "gaussian_sum_count":
+        return f"{label} (one Gaussian release)"
+    if e.mechanism == "dpsgd_poisson_gaussian":
+        return f"{label} ({e.steps} steps, q = {e.sample_rate:.3g})"
+    return f"{label} ({e.mechanism.replace('_', ' ')})"
 
 LEDGER_RULES = (
     "Releases are counted **per image**: a run counts against every image it used, whatever the folder, "
@@ -290,7 +307,7 @@ def _ledger_markdown(book: LedgerBook | None, fingerprints: frozenset | None) ->
     rows = ["| # | method | images used | ε | δ | noise σ/Δ | accountant |", "|---|---|---|---|---|---|---|"]
     for i, r in enumerate(view.rows, 1):
         e = r.event
-        method = METHOD_LEDGER_NAMES.get(e.mechanism) or f"DP-SGD ({e.steps} steps, q = {e.sample_rate:.3g})"
+        method = _ledger_method(r.method, e)
         used = f"all {r.of}" if r.shared == r.of else f"{r.shared} of {r.of}"
         rows.append(f"| {i} | {method} | {used} | {e.epsilon:.3g} | {e.delta:g} | {e.noise_multiplier:.3f} | "
                     f"{e.accountant} |")
@@ -354,103 +371,149 @@ def _require(data: dict | None) -> dict:
     return data
 
 
+# ---------------------------------------------------------------- one runner for every registered method
+
+
 @gpu
-def _hypernet_release(images, epsilon: float, delta: float, n_samples: int):
-    """The GPU part (ZeroGPU may run it in another process): no session state goes in or out."""
-    return _pipeline().run(images, epsilon=epsilon, delta=delta, samples=n_samples, owner_view=True)
+def _release(name: str, images, cfg):
+    """A one-shot method's GPU part (ZeroGPU may run it in another process): no session state in or out."""
+    from .methods import get_method, run_method
+    from .models import shared_models
+
+    return run_method(get_method(name), images, cfg, shared_models())
 
 
-def run_hypernet(data: dict | None, log_eps: float, no_privacy: bool, delta: float, n_samples: int,
-                 book: LedgerBook, runs: list, bench_set: str | None):
-    """One hypernetwork release; returns (gallery, caption, downloads, report, ledger, state..., plots).
+@gpu(duration=600)
+def _train(name: str, images, cfg, progress, cancel):
+    from .methods import get_method, run_method
+    from .models import shared_models
+
+    return run_method(get_method(name), images, cfg, shared_models(), progress=progress, cancel=cancel)
+
+
+def _finish(method, result, data: dict, epsilon: float, seconds: float, book: LedgerBook, runs: list,
+            log_eps: float, no_privacy: bool, bench_set: str | None) -> tuple:
+    """Record the release in this session's ledger, write the DP outputs, build the column's outputs.
 
     ``book`` and ``runs`` are this session's own objects, updated in place (never copied and
-    returned): a DP-SGD run that finishes later cannot overwrite this release's ledger row.
+    returned): a run that finishes later cannot overwrite another run's ledger row.
     """
     from .data import to_uint8_images
-    from .pipeline import write_outputs
+    from .methods import write_outputs
 
-    data = _require(data)
-    epsilon = _epsilon(log_eps, no_privacy)
-    t0 = time.perf_counter()
-    result = _hypernet_release(data["images"], epsilon, delta, int(n_samples))
-    seconds = time.perf_counter() - t0
-    book.record(data["fingerprints"], result.release.event, "hypernet")
+    for event in result.events:
+        book.record(data["fingerprints"], event, method.name)
     out = _run_dir()
     write_outputs(result, out)
     agreement = _owner_agreement(result.samples, data["images"])
-    runs.append({"method": "hypernet", "epsilon": epsilon if math.isfinite(epsilon) else 16.0,
-                 "agreement": agreement, "label": f"hypernetwork ε = {epsilon:.3g}, agreement {agreement:.2f}"})
-    noise_fig = noise_figure(result.owner_clean_mean, result.release.mean, epsilon)
-    return (list(to_uint8_images(result.samples)), _caption("Hypernetwork", result.report, seconds),
+    runs.append({"method": method.name, "epsilon": epsilon if math.isfinite(epsilon) else 16.0,
+                 "agreement": agreement, "label": f"{method.label} ε = {epsilon:.3g}, agreement {agreement:.2f}"})
+    caption = _caption(method.label, result.report, seconds)
+    if result.report.get("steps"):
+        caption += f" · {result.report['steps']} steps"
+    noise_fig = gr.skip()
+    if "clean_mean" in result.owner:  # a method that releases a mean embedding: show what the noise did
+        noise_fig = noise_figure(result.owner["clean_mean"], result.owner["release"].mean, epsilon)
+    return (list(to_uint8_images(result.samples)), caption,
             [str(out / "lora.safetensors"), str(out / "grid.png"), str(out / "report.json")], result.report,
             _ledger_markdown(book, data["fingerprints"]), book, runs,
             utility_figure(log_eps, no_privacy, bench_set, runs), noise_fig)
 
 
-@gpu(duration=600)
-def _train_dpsgd(images, cfg, progress, cancel):
-    from .dpsgd import train_dpsgd
-
-    return train_dpsgd(images, cfg, progress=progress, cancel=cancel)
-
-
-def run_dpsgd(data: dict | None, log_eps: float, no_privacy: bool, delta: float, n_samples: int, max_steps: int,
-              book: LedgerBook, runs: list, bench_set: str | None, progress=gr.Progress()):
-    """DP-SGD in a worker thread; a generator so the page shows progress and Cancel can stop it."""
-
-    from .data import to_uint8_images
-    from .dpsgd import Cancelled, DPSGDConfig
-    from .pipeline import GenerateResult, write_outputs
-
-    data = _require(data)
-    epsilon = _epsilon(log_eps, no_privacy)
-    cfg = DPSGDConfig(epsilon=epsilon, delta=delta, samples=int(n_samples), max_steps=int(max_steps or 0))
-    state: dict = {"p": None, "result": None, "error": None}
-    cancel = threading.Event()
-
-    def work() -> None:
-        try:
-            state["result"] = _train_dpsgd(data["images"], cfg, lambda p: state.__setitem__("p", p), cancel)
-        except Exception as exc:  # noqa: BLE001 - reported to the page below, never a traceback
-            state["error"] = exc
-
-    t0 = time.perf_counter()
-    worker = threading.Thread(target=work, daemon=True, name="dpsgd-worker")
-    worker.start()
-    skip = (gr.skip(),) * 7
+def _config(method, epsilon: float, delta: float, n_samples: int, max_steps: int = 0):
+    kw = {"epsilon": epsilon, "delta": delta, "samples": int(n_samples)}
+    if "max_steps" in {f.name for f in fields(method.config_cls)}:
+        kw["max_steps"] = int(max_steps or 0)
     try:
-        while worker.is_alive():
-            worker.join(0.5)
-            p = state["p"]
-            if p is not None:
-                spent = "∞ (no privacy)" if math.isinf(p["epsilon_spent"]) else f"{p['epsilon_spent']:.3g}"
-                status = (f"DP-SGD step {p['step']} / {p['total']} · ε spent so far {spent} · "
-                          f"ETA {p['eta_seconds']:.0f} s")
-                if progress is not None:
-                    progress((p["step"], p["total"]), desc=status)
-            else:
-                status = "DP-SGD: preparing (calibrating the noise with the accountant)…"
-            yield (gr.skip(), status, *skip)
-    finally:
-        cancel.set()  # the page was closed or Cancel was pressed: stop the worker (no-op when done)
-    if isinstance(state["error"], Cancelled):
-        raise gr.Error("DP-SGD cancelled: nothing was released and no privacy was spent.")
-    if state["error"] is not None:
-        raise gr.Error(f"DP-SGD failed: {type(state['error']).__name__}: {public_error(state['error'])}")
-    res = state["result"]
-    seconds = time.perf_counter() - t0
-    book.record(data["fingerprints"], res.event, "dpsgd")
-    out = _run_dir()
-    write_outputs(GenerateResult(lora=res.lora, samples=res.samples, release=None, report=res.report), out)
-    agreement = _owner_agreement(res.samples, data["images"])
-    runs.append({"method": "dpsgd", "epsilon": epsilon if math.isfinite(epsilon) else 16.0, "agreement": agreement,
-                 "label": f"DP-SGD ε = {epsilon:.3g}, agreement {agreement:.2f}"})
-    yield (list(to_uint8_images(res.samples)), _caption("DP-SGD", res.report, seconds) +
-           f" · {res.report['steps']} steps", [str(out / "lora.safetensors"), str(out / "grid.png"),
-                                               str(out / "report.json")], res.report,
-           _ledger_markdown(book, data["fingerprints"]), book, runs,
-           utility_figure(log_eps, no_privacy, bench_set, runs), gr.skip())
+        return method.config_cls(**kw)
+    except ValueError as exc:
+        raise gr.Error(public_error(exc)) from None
+
+
+def one_shot_runner(name: str):
+    """The click handler of a one-shot method (seconds): inputs data, ε, δ, samples, ledger, runs, curve set."""
+    from .methods import get_method
+
+    method = get_method(name)
+
+    def run(data: dict | None, log_eps: float, no_privacy: bool, delta: float, n_samples: int,
+            book: LedgerBook, runs: list, bench_set: str | None):
+        data = _require(data)
+        epsilon = _epsilon(log_eps, no_privacy)
+        cfg = _config(method, epsilon, delta, n_samples)
+        t0 = time.perf_counter()
+        try:
+            result = _release(name, data["images"], cfg)
+        except ValueError as exc:
+            raise gr.Error(f"{method.label} failed: {public_error(exc)}") from None
+        return _finish(method, result, data, epsilon, time.perf_counter() - t0, book, runs, log_eps, no_privacy,
+                       bench_set)
+
+    run.__name__ = f"run_{name.replace('-', '_')}"
+    return run
+
+
+def training_runner(name: str):
+    """The click handler of a training method: a worker thread behind a generator, so the page shows
+    progress and Cancel (or closing the page) stops the worker before anything is released."""
+    from .errors import Cancelled
+    from .methods import get_method
+
+    method = get_method(name)
+
+    def run(data: dict | None, log_eps: float, no_privacy: bool, delta: float, n_samples: int, max_steps: int,
+            book: LedgerBook, runs: list, bench_set: str | None, progress=gr.Progress()):
+        data = _require(data)
+        epsilon = _epsilon(log_eps, no_privacy)
+        cfg = _config(method, epsilon, delta, n_samples, max_steps)
+        state: dict = {"p": None, "result": None, "error": None}
+        cancel = threading.Event()
+
+        def work() -> None:
+            try:
+                state["result"] = _train(name, data["images"], cfg, lambda p: state.__setitem__("p", p), cancel)
+            except Exception as exc:  # noqa: BLE001 - reported to the page below, never a traceback
+                state["error"] = exc
+
+        t0 = time.perf_counter()
+        worker = threading.Thread(target=work, daemon=True, name=f"{name}-worker")
+        worker.start()
+        skip = (gr.skip(),) * 7
+        try:
+            while worker.is_alive():
+                worker.join(0.5)
+                p = state["p"]
+                if p is not None:
+                    spent = "∞ (no privacy)" if math.isinf(p["epsilon_spent"]) else f"{p['epsilon_spent']:.3g}"
+                    status = (f"{method.label} step {p['step']} / {p['total']} · ε spent so far {spent} · "
+                              f"ETA {p['eta_seconds']:.0f} s")
+                    if progress is not None:
+                        progress((p["step"], p["total"]), desc=status)
+                else:
+                    status = f"{method.label}: preparing (calibrating the noise with the accountant)…"
+                yield (gr.skip(), status, *skip)
+        finally:
+            cancel.set()  # the page was closed or Cancel was pressed: stop the worker (no-op when done)
+        if isinstance(state["error"], Cancelled):
+            raise gr.Error(f"{method.label} cancelled: nothing was released and no privacy was spent.")
+        if state["error"] is not None:
+            raise gr.Error(f"{method.label} failed: {type(state['error']).__name__}: {public_error(state['error'])}")
+        yield _finish(method, state["result"], data, epsilon, time.perf_counter() - t0, book, runs, log_eps,
+                      no_privacy, bench_set)
+
+    run.__name__ = f"run_{name.replace('-', '_')}"
+    return run
+
+
+def runner(name: str):
+    from .methods import get_method
+
+    return one_shot_runner(name) if get_method(name).one_shot else training_runner(name)
+
+
+# The stable API names of the first two methods, also importable (tests, notebooks).
+run_hypernet = one_shot_runner("hypernet")
+run_dpsgd = training_runner("dpsgd")
 
 
 def dpsgd_plan(data: dict | None, log_eps: float, no_privacy: bool, delta: float, max_steps: int) -> str:
@@ -477,7 +540,7 @@ def run_base(n_samples: int, seed: int):
     from .data import to_uint8_images
     from .diffusion import sample
 
-    x = sample(_pipeline().unet, int(n_samples), seed=int(seed))
+    x = sample(_public().unet, int(n_samples), seed=int(seed))
     return list(to_uint8_images(x))
 
 
@@ -503,7 +566,7 @@ def _public_map():
             g = torch.Generator().manual_seed(0)
             idx = torch.randperm(len(images), generator=g)[:1000].numpy()
             y = torch.as_tensor(labels[idx]).long()
-            emb = embed(uint8_to_tensor(images[idx]), _pipeline().encoder).double()
+            emb = embed(uint8_to_tensor(images[idx]), _public().encoder).double()
             centre = emb.mean(0)
             _, _, v = torch.pca_lowrank(emb - centre, q=2, center=False)
             _models["pca"] = {"centre": centre, "axes": v[:, :2], "points": ((emb - centre) @ v[:, :2]).float(),
@@ -550,7 +613,8 @@ AUDIT_TEXT = """
 *public* data, half of the time with one extra "canary" record, and lets an attacker guess
 from the output alone whether the canary was there. Its hit rates give a **lower bound on ε**
 that holds with 95 % confidence: a correct mechanism can never be caught above its claimed ε.
-Pick "simulate a bug" to see the audit catch clipping switched off or noise divided by 10.
+Pick "simulate a bug" to see the audit catch clipping switched off, noise divided by 10, or
+(PDA-DPMD) private images fed in as the "public" batch.
 The same audit: `python -m dphyper audit --method hypernet --epsilon 1`.
 """
 
@@ -559,7 +623,10 @@ def run_audit_panel(method: str, epsilon: float, broken: str, trials: float):
     from .audit import AuditConfig, run_audit
 
     trials = int(trials) if method == "hypernet" else min(int(trials), 1000)
-    r = run_audit(AuditConfig(method=method, epsilon=float(epsilon), trials=trials, broken=broken))
+    try:
+        r = run_audit(AuditConfig(method=method, epsilon=float(epsilon), trials=trials, broken=broken))
+    except ValueError as exc:
+        raise gr.Error(public_error(exc)) from None
     verdict = {"consistent": "✅ consistent with the claim",
                "violated": "❌ the claim is **violated**: the mechanism leaks more than it says",
                "inconclusive": "⚠️ **inconclusive**: this many trials cannot detect a leak at the claimed ε "
@@ -596,24 +663,26 @@ in your session only.
 
 
 def build_demo():
+    from .audit import AUDIT_VARIANTS
+    from .methods import METHODS
 
     names = example_names()
     sets = curve_sets()
     with gr.Blocks(title="dphyper", delete_cache=(60, 120)) as demo:
-        gr.Markdown("# dphyper — a differentially private LoRA in one forward pass, next to DP-SGD")
+        gr.Markdown("# dphyper — which private way of adapting a diffusion model works best at your ε?")
         ledgers = gr.State(LedgerBook)  # one book per session, mutated in place under its own lock
         runs = gr.State(list)
         data = gr.State(None)  # dropped with the whole session when idle (forget_idle_sessions)
-        with gr.Tab("Private LoRA: hypernetwork vs DP-SGD"):
+        with gr.Tab("Private LoRA: compare the methods"):
             with gr.Row():
                 with gr.Column(scale=1):
                     gr.Markdown("### 1 · Your private images")
                     example = gr.Dropdown(names, value=names[0] if names else None, label="Example private set")
-                    with gr.Accordion("…or upload your own", open=False):
-                        gr.Markdown(f"Limits: ≤ {MAX_FILE_MB} MB per file, ≤ {MAX_IMAGES} images, ≤ 40 M pixels per "
-                                    "image. PNG, JPEG, WebP, GIF (first frame), BMP, TIFF; colour becomes grey.")
-                        folder = gr.File(file_count="directory", label="a folder")
-                        files = gr.File(file_count="multiple", label="or files", file_types=["image"])
+                    gr.Markdown(f"**…or upload your own** (≤ {MAX_FILE_MB} MB per file, ≤ {MAX_IMAGES} images, ≤ 40 M "
+                                "pixels per image; PNG, JPEG, WebP, GIF (first frame), BMP, TIFF; colour becomes grey):")
+                    with gr.Row():
+                        folder = gr.File(file_count="directory", label="a folder", height=120)
+                        files = gr.File(file_count="multiple", label="or files", file_types=["image"], height=120)
                     overview = gr.Markdown()
                     gr.Markdown("Your images (only you see these; never written to the server's disk):")
                     thumbs = gr.HTML()
@@ -628,25 +697,33 @@ def build_demo():
                 bench_set = gr.Dropdown(sets, value=sets[0] if sets else None, label="Benchmark curves measured on",
                                         scale=1)
             plot = gr.Plot(utility_figure(0.0, False, sets[0] if sets else None), label="Privacy–utility (measured)")
-            gr.Markdown("### 3 · Run")
+            gr.Markdown("### 3 · Run and compare")
             with gr.Row():
-                n_samples = gr.Slider(4, 64, value=16, step=4, label="Samples per method")
-                max_steps = gr.Slider(0, 1000, value=0, step=10, label="DP-SGD step budget (0 = the tuned schedule)")
+                chosen = gr.CheckboxGroup([(m.label, m.name) for m in METHODS.values()], value=list(METHODS),
+                                          label="Methods side by side", scale=2)
+                n_samples = gr.Slider(4, 64, value=16, step=4, label="Samples per method", scale=1)
+                max_steps = gr.Slider(0, 1000, value=0, step=10, label="Step budget of the training methods "
+                                      "(0 = the tuned schedule)", scale=1)
             plan = gr.Markdown()
-            with gr.Row():
-                go_h = gr.Button("Hypernetwork (seconds)", variant="primary")
-                go_d = gr.Button("DP-SGD (minutes on CPU)", variant="secondary")
-                stop_d = gr.Button("Cancel DP-SGD", variant="stop")
-            gr.Markdown("### 4 · Compare")
-            with gr.Row(equal_height=True):
-                with gr.Column():
-                    gal_h = gr.Gallery(label="Hypernetwork", columns=4, height=300)
-                    cap_h = gr.Markdown()
-                with gr.Column():
-                    gal_d = gr.Gallery(label="DP-SGD", columns=4, height=300)
-                    cap_d = gr.Markdown()
-                with gr.Column():
-                    gal_b = gr.Gallery(label="Base model", columns=4, height=300)
+            cols: dict[str, dict] = {}
+            with gr.Row(equal_height=False):
+                for m in METHODS.values():
+                    with gr.Column(min_width=220) as col:
+                        c = cols[m.name] = {"col": col}
+                        gr.Markdown(f"**{m.label}** · noise {m.noise}")
+                        with gr.Row():
+                            c["go"] = gr.Button(f"{m.label} ({'seconds' if m.one_shot else 'minutes on CPU'})",
+                                                variant="primary" if m.one_shot else "secondary")
+                            if not m.one_shot:
+                                c["stop"] = gr.Button(f"Cancel {m.label}", variant="stop")
+                        c["gal"] = gr.Gallery(label=m.label, columns=4, height=260)
+                        c["cap"] = gr.Markdown()
+                        with gr.Accordion("LoRA, grid and report.json", open=False):
+                            c["dl"] = gr.File(label=f"{m.label}: downloads", file_count="multiple")
+                            c["rep"] = gr.JSON(label=f"{m.label} report.json")
+                with gr.Column(min_width=220):
+                    gr.Markdown("**Base model** · no fine-tuning, public only (filled after each run)")
+                    gal_b = gr.Gallery(label="Base model", columns=4, height=260)
                     cap_b = gr.Markdown()
             with gr.Row():
                 with gr.Column():
@@ -655,15 +732,8 @@ def build_demo():
                 with gr.Column():
                     noise_plot = gr.Plot(label="What the noise did (data owner's view)")
                     gr.Markdown("Dots: public images (Fashion-MNIST train split), coloured by class. Star: the exact "
-                                "mean embedding of your images (only you see it). Cross: what was released. Small ε "
-                                "or small n moves the cross further.")
-            with gr.Accordion("Downloads and reports", open=False):
-                with gr.Row():
-                    dl_h = gr.File(label="Hypernetwork: LoRA, grid, report", file_count="multiple")
-                    dl_d = gr.File(label="DP-SGD: LoRA, grid, report", file_count="multiple")
-                with gr.Row():
-                    rep_h = gr.JSON(label="hypernetwork report.json")
-                    rep_d = gr.JSON(label="DP-SGD report.json")
+                                "mean embedding of your images (only you see it). Cross: what the hypernetwork "
+                                "released. Small ε or small n moves the cross further.")
             gr.Markdown(EXPLAIN)
         with gr.Tab("Base model (public only)"):
             base_n = gr.Slider(4, 64, value=16, step=4, label="Samples")
@@ -674,14 +744,17 @@ def build_demo():
         with gr.Tab("Privacy audit"):
             gr.Markdown(AUDIT_TEXT)
             with gr.Row():
-                a_method = gr.Radio(["hypernet", "dpsgd"], value="hypernet", label="Mechanism")
+                a_method = gr.Radio([(METHODS[m].label, m) for m in AUDIT_VARIANTS], value="hypernet",
+                                    label="Mechanism")
                 a_eps = gr.Slider(0.25, 8, value=1.0, step=0.25, label="ε claimed")
-                a_broken = gr.Dropdown(["none", "no-clip", "weak-noise"], value="none",
+                a_broken = gr.Dropdown(list(AUDIT_VARIANTS["hypernet"]), value="none",
                                        label="Simulate a bug (teaching only)")
-                a_trials = gr.Slider(200, 20000, value=4000, step=200, label="Trials (dpsgd: capped at 1000)")
+                a_trials = gr.Slider(200, 20000, value=4000, step=200, label="Trials (training methods: capped at 1000)")
             a_go = gr.Button("Run the audit (public data only)")
             a_out = gr.Markdown()
             a_json = gr.JSON(label="audit result")
+            a_method.change(lambda m: gr.update(choices=list(AUDIT_VARIANTS[m]), value="none"), a_method, a_broken,
+                            queue=False, show_progress="hidden")
             a_go.click(run_audit_panel, [a_method, a_eps, a_broken, a_trials], [a_out, a_json], concurrency_limit=1)
         with gr.Tab("Teaching: why one-shot noise helps"):
             from .theory_tab import build_tab
@@ -712,13 +785,19 @@ def build_demo():
         for comp in (log_eps, no_privacy, bench_set):
             comp.change(utility_figure, [log_eps, no_privacy, bench_set, runs], plot, queue=False,
                         show_progress="hidden")
-        go_h.click(run_hypernet, [data, log_eps, no_privacy, delta, n_samples, ledgers, runs, bench_set],
-                   [gal_h, cap_h, dl_h, rep_h, ledger_md, ledgers, runs, plot, noise_plot], concurrency_limit=2,
-                   api_name="run_hypernet").then(run_base_compare, [n_samples], [gal_b, cap_b], concurrency_limit=2)
-        ev_d = go_d.click(run_dpsgd, [data, log_eps, no_privacy, delta, n_samples, max_steps, ledgers, runs, bench_set],
-                          [gal_d, cap_d, dl_d, rep_d, ledger_md, ledgers, runs, plot, noise_plot], concurrency_limit=1,
-                          api_name="run_dpsgd")
-        stop_d.click(None, None, None, cancels=[ev_d])
+        for name, c in cols.items():
+            method = METHODS[name]
+            ins = [data, log_eps, no_privacy, delta, n_samples, *([] if method.one_shot else [max_steps]),
+                   ledgers, runs, bench_set]
+            outs = [c["gal"], c["cap"], c["dl"], c["rep"], ledger_md, ledgers, runs, plot, noise_plot]
+            # API names are stable: /run_hypernet, /run_dpsgd, /run_pda_dpmd, ...
+            ev = c["go"].click(runner(name), ins, outs, concurrency_limit=2 if method.one_shot else 1,
+                               concurrency_id=f"run-{name}", api_name=f"run_{name.replace('-', '_')}")
+            ev.then(run_base_compare, [n_samples], [gal_b, cap_b], concurrency_limit=2, concurrency_id="base")
+            if "stop" in c:
+                c["stop"].click(None, None, None, cancels=[ev])
+        chosen.change(lambda picked: [gr.update(visible=n in (picked or [])) for n in cols], chosen,
+                      [c["col"] for c in cols.values()], queue=False, show_progress="hidden")
         def on_unload(request: gr.Request) -> None:  # the tab was closed or reloaded
             forget_session(demo, request.session_hash)
 
@@ -786,8 +865,9 @@ def prepare_temp_dir() -> None:
 
 def warm_up() -> None:
     """Load every public model before serving, so the first user does not wait for it."""
-    _pipeline()
-    _evaluator()
+    m = _public()
+    for part in ("unet", "encoder", "hypernet", "evaluator"):
+        getattr(m, part)
     _public_map()
 
 

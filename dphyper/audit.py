@@ -1,6 +1,6 @@
 """Empirical privacy audit: can an attacker tell whether a canary was in the private set?
 
-``python -m dphyper audit --method {hypernet,dpsgd} --epsilon E [--trials T]`` runs the
+``python -m dphyper audit --method {hypernet,dpsgd,pda-dpmd} --epsilon E [--trials T]`` runs the
 mechanism many times, half of them with a canary added to the data (add/remove-one
 adjacency), lets a membership test guess from the released output alone, and turns its
 true/false positive rates into a lower bound on epsilon (Jagielski, Ullman and Oprea 2020):
@@ -25,6 +25,10 @@ noise by 10. Those must be caught: ``epsilon_lower_bound > epsilon_claimed``.
   noise) on a small linear model where the canary's gradient points in a direction no other
   example touches (a "Dirac" canary), so the attacker's statistic is the final weight on
   that coordinate. The UNet itself would need hours of runs for the same number of trials.
+* ``pda-dpmd`` audits the same set-up with the shipped PDA-DPMD update (``dpsgd.pda_step``:
+  the noisy gradient mixed with a public batch's gradient). Its extra broken variant,
+  ``private-as-public``, feeds the private records (canary included) as the "public" batch:
+  the bug that would make the public gradient cost privacy.
 """
 
 from __future__ import annotations
@@ -41,14 +45,15 @@ import torch
 class AuditConfig:
     """`python -m dphyper audit`: empirical lower bound on epsilon from a canary membership test."""
 
-    method: str = field(default="hypernet", metadata={"help": "hypernet or dpsgd"})
+    method: str = field(default="hypernet", metadata={"help": "hypernet, dpsgd or pda-dpmd"})
     epsilon: float = field(default=1.0, metadata={"help": "epsilon the mechanism claims"})
     delta: float = field(default=1e-5, metadata={"help": "delta the mechanism claims"})
     trials: int = field(default=0, metadata={"help": "runs with and without the canary (0 = 20000 hypernet, 1000 dpsgd)"})
     confidence: float = field(default=0.95, metadata={"help": "confidence of the lower bound"})
     n: int = field(default=100, metadata={"help": "size of the audited dataset (without the canary)"})
     seed: int = field(default=0, metadata={"help": "seed of the canary coin flips and thresholds (not the DP noise)"})
-    broken: str = field(default="none", metadata={"help": "TEST ONLY: none, no-clip or weak-noise (a wrong mechanism)"})
+    broken: str = field(default="none", metadata={"help": "TEST ONLY: none, no-clip, weak-noise or (pda-dpmd) "
+                                                          "private-as-public (a wrong mechanism)"})
 
 
 def clopper_pearson(k: int, n: int, alpha: float) -> tuple[float, float]:
@@ -88,11 +93,15 @@ def _best_threshold(scores: np.ndarray, member: np.ndarray, delta: float) -> flo
 
 
 BROKEN_VARIANTS = ("none", "no-clip", "weak-noise")
+# Every registered method has an audit, with the variants it can be broken in (tests check both).
+AUDIT_VARIANTS = {"hypernet": BROKEN_VARIANTS, "dpsgd": BROKEN_VARIANTS,
+                  "pda-dpmd": (*BROKEN_VARIANTS, "private-as-public")}
 
 
-def _check_broken(kind: str) -> None:
-    if kind not in BROKEN_VARIANTS:
-        raise ValueError(f"unknown broken variant {kind!r}: none, no-clip or weak-noise")
+def _check_broken(kind: str, method: str = "hypernet") -> None:
+    allowed = AUDIT_VARIANTS.get(method, BROKEN_VARIANTS)
+    if kind not in allowed:
+        raise ValueError(f"unknown broken variant {kind!r} for {method}: {', '.join(allowed)}")
 
 
 def _audited_release(x: torch.Tensor, cfg: "AuditConfig"):
@@ -146,20 +155,29 @@ def _hypernet_scores(cfg: AuditConfig, member: np.ndarray) -> np.ndarray:
     return scores
 
 
-def _dpsgd_scores(cfg: AuditConfig, member: np.ndarray, steps: int = 20, batches: int = 10) -> np.ndarray:
-    """Opacus DP-SGD (as the baseline sets it up) on a linear model with a Dirac canary."""
+def _dpsgd_scores(cfg: AuditConfig, member: np.ndarray, steps: int = 20, batches: int = 10,
+                  pda: bool = False) -> np.ndarray:
+    """Opacus DP-SGD (as the baseline sets it up) on a linear model with a Dirac canary.
+
+    ``pda``: the PDA-DPMD update instead (``dpsgd.pda_step``: the noisy private gradient mixed
+    with a public batch's gradient, weight ``pda_alpha``); its broken variant
+    ``private-as-public`` draws the "public" batch from the private records (canary included).
+    """
     import warnings
 
     from opacus import PrivacyEngine
     from torch.utils.data import DataLoader, TensorDataset
 
-    from .dpsgd import dpsgd_noise_multiplier, make_private
+    from .dpsgd import dpsgd_noise_multiplier, make_private, pda_alpha, pda_step
 
     dim = 8
     g = torch.Generator().manual_seed(cfg.seed)
     x = torch.randn(cfg.n, dim, generator=g)
     x[:, 0] = 0.0  # no ordinary example touches coordinate 0
     y = torch.randn(cfg.n, 1, generator=g)
+    px = torch.randn(64, dim, generator=g)  # public records (also blind to coordinate 0)
+    px[:, 0] = 0.0
+    py = torch.randn(64, 1, generator=g)
     cx = torch.zeros(1, dim)
     cx[0, 0] = 100.0  # the canary: a huge gradient on coordinate 0 only (clipped to C when correct)
     cy = torch.tensor([[-100.0]])
@@ -197,28 +215,44 @@ def _dpsgd_scores(cfg: AuditConfig, member: np.ndarray, steps: int = 20, batches
                     if done >= steps:
                         break
                     opt.zero_grad(set_to_none=True)
+                    public_grads = None
+                    if pda:  # the public gradient, Opacus' per-sample hooks off (as in train_dpsgd)
+                        bx, by = (xs, ys) if cfg.broken == "private-as-public" else (px, py)
+                        model.disable_hooks()
+                        public_grads = list(torch.autograd.grad(((model(bx) - by) ** 2).mean(),
+                                                                list(model.parameters())))
+                        model.enable_hooks()
                     if len(xb):
                         ((model(xb) - yb) ** 2).sum().backward()
                     else:
                         for p in model.parameters():
                             p.grad_sample = torch.zeros((0, *p.shape))
-                    opt.step()
+                    if pda:
+                        pda_step(opt, list(model.parameters()), public_grads, pda_alpha(done, steps), private=True)
+                    else:
+                        opt.step()
                     done += 1
-        scores[i] = -model._module.weight[0, 0].item()  # each clipped canary step pushes w0 down by C / B
+        w0 = model._module.weight[0, 0].item()
+        # Each clipped canary step pushes w0 down by C / B. With PDA-DPMD, a canary that leaks into the
+        # mixed update can also make w0 oscillate and grow: the attacker then looks at |w0|.
+        scores[i] = abs(w0) if pda else -w0
     return scores
 
 
 def run_audit(cfg: AuditConfig) -> dict:
-    if cfg.method not in ("hypernet", "dpsgd"):
-        raise ValueError("method must be hypernet or dpsgd")
-    _check_broken(cfg.broken)
+    if cfg.method not in AUDIT_VARIANTS:
+        raise ValueError(f"method must be one of {', '.join(AUDIT_VARIANTS)}")
+    _check_broken(cfg.broken, cfg.method)
     if not (math.isfinite(cfg.epsilon) and cfg.epsilon > 0):
         raise ValueError(f"the audited epsilon must be finite and > 0, got {cfg.epsilon}")
     trials = cfg.trials or (20000 if cfg.method == "hypernet" else 1000)
     rng = np.random.default_rng(cfg.seed + 1)
     member = rng.random(trials) < 0.5
     t0 = time.perf_counter()
-    scores = (_hypernet_scores if cfg.method == "hypernet" else _dpsgd_scores)(cfg, member)
+    if cfg.method == "hypernet":
+        scores = _hypernet_scores(cfg, member)
+    else:
+        scores = _dpsgd_scores(cfg, member, pda=cfg.method == "pda-dpmd")
     half = np.arange(trials) < trials // 2  # select the threshold on one half, measure on the other
     thr = _best_threshold(scores[half], member[half], cfg.delta)
     pred, mem = scores[~half] > thr, member[~half]

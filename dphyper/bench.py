@@ -33,8 +33,12 @@ DOC = REPO_DIR / "docs" / "BENCHMARKS.md"
 class BenchConfig:
     """`python -m dphyper bench`: measure and record numbers in docs/BENCHMARKS.md."""
 
-    suite: str = field(default="compare", metadata={"help": "which suite: compare (hypernet vs DP-SGD, the default), "
-                                                   "dpsgd-sweep, app, audit, models, hypernet, p1 or theory"})
+    suite: str = field(default="compare", metadata={"help": "which suite: compare (every method, the default), "
+                                                   "sweep, app, audit, models, hypernet, p1 or theory"})
+    methods: str = field(default="", metadata={"help": "compare/sweep/audit: comma-separated method names (default: "
+                                                "all registered; 'floor' = compare only the base model and the "
+                                                "non-private floor)"})
+    max_cells: int = field(default=0, metadata={"help": "sweep: stop after this many new cells (0 = no limit); rerun to continue"})
     quick: bool = field(default=False, metadata={"help": "compare: 3 sets x 3 epsilons x 64 samples (<= 30 min on 2 CPU cores)"})
     compare_samples: int = field(default=128, metadata={"help": "compare: generated images per cell (64 with --quick)"})
     sets: str = field(default="", metadata={"help": "compare: comma-separated set names (default: the full or quick list)"})
@@ -293,24 +297,31 @@ def bench_compare(cfg: BenchConfig) -> dict:
     from .compare import (CURVES_PATH, DELTA, CompareSettings, curves, plot_html, plot_png, run_compare, step_cost,
                           summarise, targets)
 
+    names = tuple(m for m in cfg.methods.split(",") if m)
     st = CompareSettings(quick=cfg.quick, samples=cfg.compare_samples, steps=cfg.steps, seed=cfg.seed,
-                         repeats=cfg.repeats, sets=tuple(s for s in cfg.sets.split(",") if s)).resolved()
+                         repeats=cfg.repeats, sets=tuple(s for s in cfg.sets.split(",") if s),
+                         methods=() if names == ("floor",) else (names or None)).resolved()
     res = run_compare(st, log=lambda m: print(m, flush=True))
     summ = summarise(res, st.sets, st.samples, st.steps)
     tg = targets(summ, res["sets"], st.epsilons)
     tg["P4"] = step_cost(res)
     settings = {"quick": st.quick, "samples": st.samples, "steps": st.steps, "sampling_seed": st.seed,
-                "repeats": st.repeats, "delta": DELTA, "dpsgd": res["dpsgd_defaults"], "machine": machine(),
+                "repeats": st.repeats, "delta": DELTA, "methods": list(st.methods), "machine": machine(),
                 "seconds": round(res["last_run"]["seconds"], 1)}
     curv = curves(summ, res["sets"], settings)
     out = REPO_DIR / "bench"
     plot_html(curv, out / "compare.html")
     plot_png(curv, out / "compare.png")
-    if not cfg.quick:  # the app's curves and the README figure come from the full run
+    from .compare import FULL_SETS
+    from .methods import METHODS
+
+    full = not cfg.quick and set(st.methods) == set(METHODS) and set(FULL_SETS) <= set(st.sets)
+    if full:  # the app's curves and the README figure come from the full run of every method only
         CURVES_PATH.parent.mkdir(parents=True, exist_ok=True)
         CURVES_PATH.write_text(json.dumps(curv, indent=1))
         plot_png(curv, REPO_DIR / "docs" / "privacy_utility.png")
-    write_section(cfg.doc, "compare-quick" if cfg.quick else "compare", compare_table(curv, summ, tg, res, st))
+    write_section(cfg.doc, "compare" if full else "compare-quick" if cfg.quick else "compare-partial",
+                  compare_table(curv, summ, tg, res, st))
     res["targets"] = tg
     (out / "results.json").write_text(json.dumps(res, indent=1, default=str))
     return {"targets": tg, "settings": settings}
@@ -332,8 +343,12 @@ def _repeats_text(summ: dict, sets) -> str:
 def compare_table(curv: dict, summ: dict, tg: dict, res: dict, st) -> str:
     from .compare import DELTA, table_cells
 
+    from .dpsgd import TUNED
+    from .floor import FloorConfig
+
     eps = list(st.epsilons)
-    tuned = res["dpsgd_defaults"]["tuned"]
+    tuned = TUNED
+    fl = FloorConfig()
     title = "quick run, `python -m dphyper bench --quick`" if st.quick else "`python -m dphyper bench`"
     rows = [f"## Privacy-utility comparison ({title})", "",
             f"Machine: {machine()}. Compute time of the cells in this table (sum of their wall times): "
@@ -345,7 +360,11 @@ def compare_table(curv: dict, summ: dict, tg: dict, res: dict, st) -> str:
             "public-set sweep's defaults per size: " + "; ".join(
                 f"{'n ≤ ' + str(r['n_max']) if r['n_max'] else 'larger n'}: lr {r['lr']:g}, C {r['max_grad_norm']:g}, "
                 f"{r['epochs']:g} epochs, batch {r['batch_size']}" for r in tuned)
-            + ". Non-private LoRA = the same training without clipping or noise.", "",
+            + ". PDA-DPMD: the same DP-SGD, each update mixed with a public-batch gradient (weight cos(πt/2T) on the "
+            f"private part). Non-private floor (`nonprivate`): the same LoRA trained without clipping or noise, Adam lr "
+            f"{fl.lr:g}, batch {fl.batch_size}, until the held-out denoising loss (first {fl.heldout} reference images, "
+            f"fixed draws) has not improved by {100 * fl.min_delta:g} % for {fl.patience} evaluations "
+            f"{fl.eval_every} steps apart (best weights kept; at most {fl.max_steps} steps).", "",
             "Sets (private images from the Fashion-MNIST test split; reference = held-out images of the same "
             "definition):", ""]
     for name, info in res["sets"].items():
@@ -356,7 +375,7 @@ def compare_table(curv: dict, summ: dict, tg: dict, res: dict, st) -> str:
              "| set | method | " + " | ".join(f"ε = {e:g}" for e in eps) + " | ε = ∞ / – |",
              "|---|---|" + "---|" * (len(eps) + 1)]
     for name in st.sets:
-        for meth in ("base", "hypernet", "dpsgd", "nonprivate"):
+        for meth in ("base", *st.methods, "nonprivate"):
             m = summ.get(name, {}).get(meth, {})
             if not m:
                 continue
@@ -514,8 +533,11 @@ def bench_audit(cfg: BenchConfig) -> dict:
             "| method | variant | ε claimed | ε lower bound | TPR | FPR | trials measured | seconds | pass |",
             "|---|---|---|---|---|---|---|---|---|"]
     res = []
-    for method in ("hypernet", "dpsgd"):
-        for broken in ("none", "no-clip", "weak-noise"):
+    from .audit import AUDIT_VARIANTS
+    from .methods import METHODS
+
+    for method in METHODS:
+        for broken in AUDIT_VARIANTS[method]:
             r = run_audit(AuditConfig(method=method, epsilon=1.0, broken=broken))
             res.append(r)
             rows.append(f"| {method} | {'shipped' if broken == 'none' else broken} | {r['epsilon_claimed']:g} | "
@@ -527,64 +549,62 @@ def bench_audit(cfg: BenchConfig) -> dict:
 
 
 def bench_sweep(cfg: BenchConfig) -> dict:
-    from .compare import sweep_dpsgd
+    """The public sweep of every tunable method (resumable; ``--max-cells`` bounds one call)."""
+    from .compare import SWEEP_SETS, run_sweep
+    from .methods import METHODS
 
-    res = sweep_dpsgd(REPO_DIR / "bench", steps=cfg.steps, seed=cfg.seed)
-    write_section(cfg.doc, "dpsgd-sweep", sweep_table(res))
-    # Shipped next to the defaults it justifies (a test checks dpsgd.TUNED against it).
-    (ASSETS_DIR / "curves" / "dpsgd_sweep.json").write_text(json.dumps(res, indent=1, default=str))
+    names = tuple(m for m in cfg.methods.split(",") if m) or tuple(n for n, m in METHODS.items() if m.sweep)
+    wanted = [x for x in cfg.sets.split(",") if x]
+    sets = tuple(s for s in SWEEP_SETS if not wanted or s.name in wanted)
+    res = run_sweep(names, REPO_DIR / "bench", sets=sets, steps=cfg.steps, seed=cfg.seed, max_cells=cfg.max_cells,
+                    log=lambda m: print(m, flush=True))
+    write_section(cfg.doc, "sweep", sweep_table(res))
     return res
 
 
 def sweep_table(res: dict) -> str:
-    from .compare import tuned_table
+    """Per method, set and epsilon: every configuration tried, best FID first."""
+    from .compare import rank_sweep
+    from .dpsgd import TUNED
 
-    sets = list(res["sets"])
-    rows = ["## DP-SGD hyperparameters, chosen on public sets (`python -m dphyper bench --suite dpsgd-sweep`)", "",
-            f"Machine: {machine()}. ε = {res['epsilon']}, δ = {res['delta']}, Poisson sampling, PRV accountant. "
-            f"Public sets from the **train** split (never a benchmark or user set): "
+    rows = ["## Public sweep of every tunable method (`python -m dphyper bench --suite sweep`)", "",
+            f"Machine: {machine()}. Public sets from the **train** split only (never a benchmark or user set): "
             + "; ".join(f"`{k}` ({v['n']} images, reference {v['n_reference']} other train images)"
-                        for k, v in res["sets"].items())
-            + f". Each cell: {res['samples']} samples, sampling seed {res['seed']}, {res['steps']} DDIM steps. "
-            "Score = mean over sets of FID / best FID on that set.", "",
-            "| lr | C | epochs | batch | " + " | ".join(f"FID {s}" for s in sets) + " | "
-            + " | ".join(f"agreement {s}" for s in sets) + " | score | seconds (n = 1000) |",
-            "|---|---|---|---|" + "---|" * (2 * len(sets) + 2)]
-    for r in res.get("ranking", []):
-        cells = [res["cells"].get("|".join([s, *[f"lr={r['lr']:g}", f"C={r['max_grad_norm']:g}",
-                                                 f"ep={r['epochs']:g}", f"B={r['batch_size']}"]])) for s in sets]
-        secs = max((c["seconds_to_lora"] for c in cells if c), default=0)
-        rows.append(f"| {r['lr']:g} | {r['max_grad_norm']:g} | {r['epochs']:g} | {r['batch_size']} | "
-                    + " | ".join(f"{c['fid']:.1f}" if c else "–" for c in cells) + " | "
-                    + " | ".join(f"{c['agreement']:.3f}" if c else "–" for c in cells)
-                    + f" | {r['score']:.3f} | {secs:.0f} |")
-    best = res.get("best")
-    if best:
-        rows += ["", f"Best on average over the sets: lr {best['lr']:g}, C {best['max_grad_norm']:g}, "
-                 f"{best['epochs']:g} epochs, batch {best['batch_size']}."]
-    for s in sets:
-        cells = [c for k, c in res["cells"].items() if k.startswith(s + "|")]
-        if cells:
-            b = min(cells, key=lambda c: c["fid"])
-            rows.append(f"Best on `{s}`: lr {b['hp']['lr']:g}, C {b['hp']['max_grad_norm']:g}, {b['hp']['epochs']:g} "
-                        f"epochs, batch {b['hp']['batch_size']} (FID {b['fid']:.1f}).")
-    rows += ["", "Shipped (`dpsgd.TUNED`, one row per size regime, the best on that regime's public set; the best "
-             "learning rate differs 30× between the two sizes, so one setting for all n would handicap DP-SGD): "
-             + "; ".join(f"{'n ≤ ' + str(r['n_max']) if r['n_max'] else 'larger n'}: lr {r['lr']:g}, "
-                         f"C {r['max_grad_norm']:g}, {r['epochs']:g} epochs, batch {r['batch_size']}"
-                         for r in tuned_table()) + ". Stage 2 (epochs, batch) was run around the overall best only; "
-             "more than 10 epochs was not tried (each benchmark cell would double on the 2-core CPU)."]
+                        for k, v in res.get("sets", {}).items())
+            + f". δ = {res['delta']:g}; each cell {res['samples']} samples, {res['steps']} DDIM steps, sampling seed "
+            f"{res['seed']}. **Compute cap, the same for every run of every method: {res['compute_cap']:,} UNet "
+            "example-gradient evaluations** (private and public examples together; 2,000 epochs at n = 100, "
+            "200 at n = 1,000). Stage 1: learning rate × length at ε = 1 (batch 64, C = 0.01); stage 2 around "
+            "stage 1's best: full batch, C = 1, a longer run; stage 3: the three best at ε = 4. "
+            "Cost = example-gradient evaluations of the run.", ""]
+    cells = res.get("cells", {})
+    for method in sorted({c["method"] for c in cells.values()}):
+        for s in res.get("sets", {}):
+            for eps in res.get("epsilons", []):
+                ranked = rank_sweep(cells, method, s, eps)
+                if not ranked:
+                    continue
+                rows += [f"**{method}**, `{s}`, ε = {eps:g}:", "",
+                         "| lr | C | epochs | batch | cost | FID | agreement | seconds |", "|---|---|---|---|---|---|---|---|"]
+                for c in ranked:
+                    hp = c["hp"]
+                    rows.append(f"| {hp['lr']:g} | {hp['max_grad_norm']:g} | {hp['epochs']:g} | {hp['batch_size']} | "
+                                f"{c['cost']:,} | {c['fid']:.1f} | {c['agreement']:.3f} | {c['seconds_to_lora']:.0f} |")
+                rows.append("")
+    rows += ["Shipped DP-SGD defaults (`dpsgd.TUNED`, PDA-DPMD uses the same): " + "; ".join(
+        f"{'n ≤ ' + str(r['n_max']) if r['n_max'] else 'larger n'}: lr {r['lr']:g}, C {r['max_grad_norm']:g}, "
+        f"{r['epochs']:g} epochs, batch {r['batch_size']} (from `{r['tuned_on']}`)" for r in TUNED) + "."]
     return "\n".join(rows)
 
 
 def run_bench(cfg: BenchConfig) -> dict:
     fn = {"models": bench_models, "hypernet": bench_hypernet, "theory": bench_theory, "p1": bench_p1,
-          "dpsgd-sweep": bench_sweep, "compare": bench_compare, "app": bench_app,
+          "sweep": bench_sweep, "dpsgd-sweep": bench_sweep, "compare": bench_compare, "app": bench_app,
           "audit": bench_audit}.get(cfg.suite)
     if fn is None:
-        raise ValueError(f"unknown suite {cfg.suite!r}: choose compare, dpsgd-sweep, app, audit, models, hypernet, p1 or theory")
+        raise ValueError(f"unknown suite {cfg.suite!r}: choose compare, sweep, app, audit, models, hypernet, p1 or theory")
     res = fn(cfg)
-    if cfg.suite in ("compare", "dpsgd-sweep"):
+    if cfg.suite in ("compare", "sweep", "dpsgd-sweep"):
         return res  # these write their own resumable files under bench/
     out = REPO_DIR / "bench" / f"{cfg.suite}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

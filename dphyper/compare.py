@@ -155,47 +155,68 @@ def class_agreement(pred: torch.Tensor, reference_hist: torch.Tensor) -> float:
 # ---------------------------------------------------------------- one cell
 
 
-class Models:
-    """Public models loaded once for a whole benchmark."""
+def _set_models():
+    """The process's public models (base UNet, encoder, H, evaluator): one place, no method."""
+    from .models import shared_models
 
-    def __init__(self) -> None:
-        from .evaluator import load_evaluator
-        from .pipeline import HypernetPipeline
-
-        self.pipe = HypernetPipeline()
-        self.evaluator = load_evaluator()
+    return shared_models()
 
 
-def run_cell(method: str, epsilon: float, data: dict, models: Models, *, samples: int, steps: int, seed: int,
-             dpsgd_overrides: dict | None = None) -> dict:
-    """Train/generate one method at one epsilon on one set and score its samples."""
+def method_id(name: str, overrides: dict | None = None) -> str:
+    """What a stored cell of this method depends on: its shipped defaults/checkpoints and the overrides."""
+    from .floor import floor_id
+    from .methods import get_method
+
+    ident = {"floor": floor_id()} if name == "nonprivate" else {} if name == "base" else get_method(name).identity()
+    blob = json.dumps({"id": ident, "overrides": overrides or {}}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+REPORT_EXTRAS = ("noise_multiplier", "noisy_count", "steps", "sample_rate", "epsilon_spent", "lr", "batch_size",
+                 "max_grad_norm", "accountant", "epochs", "public_batch_size")
+
+
+def _progress_log(msg: str) -> None:
+    """Long cells report progress on stderr (public settings and public-set losses only)."""
+    import sys
+
+    print(msg, file=sys.stderr, flush=True)
+
+
+def run_cell(method: str, epsilon: float, data: dict, models, *, samples: int, steps: int, seed: int,
+             overrides: dict | None = None) -> dict:
+    """Run one method (any registered one, 'nonprivate' = the converged floor, or 'base') and score it."""
     from .diffusion import sample
-    from .dpsgd import DPSGDConfig, train_dpsgd
     from .evaluator import classify, fid_kid
+    from .lora import lora_model_fn
+    from .methods import get_method, run_method
 
     t0 = time.perf_counter()
     extra: dict = {}
     if method == "base":
-        x = sample(models.pipe.unet, samples, steps=steps, seed=seed)
+        x = sample(models.unet, samples, steps=steps, seed=seed)
         to_lora = 0.0
-    elif method == "hypernet":
-        r = models.pipe.run(data["private"], epsilon=epsilon, delta=DELTA, samples=samples, steps=steps, seed=seed)
-        x, s = r.samples, r.timings
-        to_lora = s["embed"] + s["privatise"] + s["generate_lora"]
-        extra = {"noise_multiplier": r.report["noise_multiplier"], "noisy_count": r.report["noisy_count"]}
-    elif method in ("dpsgd", "nonprivate"):
-        cfg = DPSGDConfig(epsilon=epsilon if method == "dpsgd" else math.inf, delta=DELTA, samples=samples,
-                          steps=steps, seed=seed, **(dpsgd_overrides or {}))
-        r = train_dpsgd(data["private"], cfg)
-        x = r.samples
-        to_lora = r.timings["train"]
-        extra = {k: r.report[k] for k in ("noise_multiplier", "steps", "sample_rate", "epsilon_spent", "lr",
-                                          "batch_size", "max_grad_norm", "accountant")}
-        extra["epochs"] = cfg.epochs
-        extra["final_loss"] = float(np.mean(r.losses[-10:])) if r.losses else None
-        extra["seconds_per_step"] = to_lora / max(r.report["steps"], 1)
+    elif method == "nonprivate":
+        from .floor import FloorConfig, train_floor
+
+        fl = train_floor(data["private"], data["reference"], FloorConfig(**(overrides or {})), device=models.device,
+                         log=_progress_log)
+        x = sample(models.unet, samples, steps=steps, seed=seed, model_fn=lora_model_fn(models.unet, fl["lora"]))
+        to_lora = fl["seconds"]
+        extra = {k: fl[k] for k in ("best_step", "steps", "epochs", "stopped", "best_loss", "base_loss",
+                                    "seconds_per_step", "batch_size")}
+        extra["loss_curve"] = fl["curve"]
     else:
-        raise ValueError(f"unknown method {method!r}")
+        m = get_method(method)
+        cfg = m.config_cls(epsilon=epsilon, delta=DELTA, samples=samples, steps=steps, seed=seed, **(overrides or {}))
+        r = run_method(m, data["private"], cfg, models)
+        x = r.samples
+        to_lora = r.timings["to_adapter"]
+        extra = {k: r.report[k] for k in REPORT_EXTRAS if k in r.report}
+        if r.losses:
+            extra["final_loss"] = float(np.mean(r.losses[-10:]))
+        if r.report.get("steps"):
+            extra["seconds_per_step"] = to_lora / r.report["steps"]
     pred = classify(x, models.evaluator)
     metrics = fid_kid(x, data["reference"])
     return {"method": method, "epsilon": "inf" if math.isinf(epsilon) else epsilon, "samples": int(len(x)),
@@ -215,70 +236,95 @@ def _save(path: Path, obj: dict) -> None:
     tmp.replace(path)
 
 
-# ---------------------------------------------------------------- DP-SGD sweep (public sets only)
+# ---------------------------------------------------------------- public sweep (every method, one protocol)
+
+# One compute cap for every run of every method: UNet example-gradient evaluations (forward +
+# backward of one image), private and public together. 200,000 is 2,000 epochs at n = 100 and
+# 200 epochs at n = 1,000; about an hour of the 2-core CPU, a minute or two of a GPU.
+COMPUTE_CAP = 200_000
+SWEEP_EPSILONS = (1.0, 4.0)
 
 
-# Stage 1: learning rate at a small clip norm (with Adam, a C far below the per-sample gradient
-# norms only sets the clipping regime, not the signal-to-noise ratio), plus one large C.
-SWEEP_STAGE1 = [{"lr": lr, "max_grad_norm": 0.01, "epochs": 10.0, "batch_size": 64}
-                for lr in (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)] + \
-               [{"lr": 1e-3, "max_grad_norm": 1.0, "epochs": 10.0, "batch_size": 64}]
-# Stage 2: around the best of stage 1, fewer epochs and a bigger expected batch. (More than
-# 10 epochs was not tried: on the 2-core CPU every benchmark cell would double in cost.)
-SWEEP_STAGE2 = ({"epochs": 5.0, "batch_size": 64}, {"epochs": 10.0, "batch_size": 256})
+def run_cost(hp: dict, n: int) -> int:
+    """Example-gradient evaluations of a run with these settings (the unit of COMPUTE_CAP)."""
+    batch = min(hp.get("batch_size", 64), n)
+    q = 1.0 / math.ceil(n / batch)
+    steps = math.ceil(hp.get("epochs", 10.0) / q)
+    return int(steps * (n * q + hp.get("public_batch_size", 0)))
 
 
-def _sweep_key(set_name: str, hp: dict) -> str:
-    return f"{set_name}|lr={hp['lr']:g}|C={hp['max_grad_norm']:g}|ep={hp['epochs']:g}|B={hp['batch_size']}"
+def hp_key(hp: dict) -> str:
+    return ",".join(f"{k}={hp[k]:g}" if isinstance(hp[k], float) else f"{k}={hp[k]}" for k in sorted(hp))
 
 
-def _rank_configs(cells: dict, sets: list[str]) -> list[tuple[float, dict]]:
-    """Mean over sets of FID / best FID on that set (lower is better), per configuration."""
-    by_hp: dict[str, dict] = {}
-    for key, c in cells.items():
-        s, hp = key.split("|", 1)
-        if s in sets:
-            by_hp.setdefault(hp, {"hp": c["hp"], "fid": {}})["fid"][s] = c["fid"]
-    best = {s: min(v["fid"][s] for v in by_hp.values() if s in v["fid"]) for s in sets}
-    scored = [(float(np.mean([v["fid"][s] / best[s] for s in sets])), v["hp"]) for v in by_hp.values()
-              if all(s in v["fid"] for s in sets)]
-    return sorted(scored, key=lambda t: t[0])
+def _sweep_key(method: str, set_name: str, eps: float, hp: dict) -> str:
+    return f"{method}|{set_name}|eps={eps:g}|{hp_key(hp)}"
 
 
-def sweep_dpsgd(out: Path, *, samples: int = 128, steps: int = 25, seed: int = 0, epsilon: float = 1.0,
-                sets: tuple[BenchSet, ...] = SWEEP_SETS, stage1: list[dict] | None = None,
-                stage2: bool = True, log=print) -> dict:
-    """Stage 1 over the learning rate (and C), stage 2 over epochs and batch; public sets only."""
-    path = out / "dpsgd_sweep.json"
+def rank_sweep(cells: dict, method: str, set_name: str, eps: float) -> list[dict]:
+    """The sweep's cells of one method, set and epsilon, best FID first."""
+    rows = [c for c in cells.values() if c["method"] == method and c["set"] == set_name and c["epsilon"] == eps]
+    return sorted(rows, key=lambda c: c["fid"])
+
+
+def sweep_plan(method: str, n: int, done: dict, set_name: str) -> list[tuple[float, dict]]:
+    """Staged grid (public sets only): stage 1 learning rate x length at epsilon 1; stage 2 batch, clip
+    and a longer run around stage 1's best; stage 3 the three best at every other epsilon."""
+    from .methods import get_method
+
+    grid = get_method(method).sweep
+    if not grid:
+        return []
+    plan = [(SWEEP_EPSILONS[0], hp) for hp in grid["stage1"]]
+    best = rank_sweep(done, method, set_name, SWEEP_EPSILONS[0])
+    if best:
+        b = best[0]["hp"]
+        plan += [(SWEEP_EPSILONS[0], {**b, **ch}) for ch in grid["stage2"](n)]
+        top = [c["hp"] for c in best[:3]]
+        plan += [(e, hp) for e in SWEEP_EPSILONS[1:] for hp in top]
+    seen, out = set(), []
+    for e, hp in plan:
+        k = (e, hp_key(hp))
+        if k not in seen and run_cost(hp, n) <= COMPUTE_CAP:
+            seen.add(k)
+            out.append((e, hp))
+    return out
+
+
+def run_sweep(methods: tuple[str, ...], out: Path, *, sets: tuple[BenchSet, ...] = (), samples: int = 128,
+              steps: int = 25, seed: int = 0, log=print, max_cells: int = 0) -> dict:
+    """The public sweep of every tunable method: resumable cells in ``out/sweep.json``.
+
+    Stages are re-planned after every cell (stage 2 follows stage 1's best), so the run can stop
+    at any point and continue later; ``max_cells`` bounds one invocation.
+    """
+    path = Path(out) / "sweep.json"
     res = _load(path)
     res.setdefault("cells", {})
-    res.update({"epsilon": epsilon, "delta": DELTA, "samples": samples, "steps": steps, "seed": seed})
-    models = Models()
-    built = {s.name: build_set(s, out) for s in sets}
-    res["sets"] = {k: v["info"] for k, v in built.items()}
-    names = list(built)
-
-    def run(hps: list[dict]) -> None:
-        for hp in hps:
-            for name in names:
-                key = _sweep_key(name, hp)
-                if key in res["cells"]:
-                    continue
-                cell = run_cell("dpsgd", epsilon, built[name], models, samples=samples, steps=steps, seed=seed,
-                                dpsgd_overrides=hp)
-                cell["hp"] = hp
-                res["cells"][key] = cell
+    res.update({"delta": DELTA, "samples": samples, "steps": steps, "seed": seed, "compute_cap": COMPUTE_CAP,
+                "epsilons": list(SWEEP_EPSILONS)})
+    res.setdefault("sets", {})
+    models = _set_models()
+    done_now = 0
+    for s in sets or SWEEP_SETS:
+        data = None
+        for method in methods:
+            while True:
+                todo = [(e, hp) for e, hp in sweep_plan(method, s.n, res["cells"], s.name)
+                        if _sweep_key(method, s.name, e, hp) not in res["cells"]]
+                if not todo or (max_cells and done_now >= max_cells):
+                    break
+                eps, hp = todo[0]
+                if data is None:
+                    data = build_set(s, Path(out))
+                    res["sets"][s.name] = data["info"]
+                cell = run_cell(method, eps, data, models, samples=samples, steps=steps, seed=seed, overrides=hp)
+                cell.update({"set": s.name, "hp": hp, "cost": run_cost(hp, s.n), "epsilon": eps})
+                res["cells"][_sweep_key(method, s.name, eps, hp)] = cell
                 _save(path, res)
-                log(f"sweep {key}: FID {cell['fid']:.1f} agreement {cell['agreement']:.3f} "
-                    f"({cell['seconds_to_lora']:.0f} s)")
-
-    run(stage1 if stage1 is not None else SWEEP_STAGE1)
-    if stage2:
-        best = _rank_configs(res["cells"], names)[0][1]
-        run([{**best, **change} for change in SWEEP_STAGE2])
-    ranking = _rank_configs(res["cells"], names)
-    res["ranking"] = [{"score": s, **hp} for s, hp in ranking]
-    res["best"] = ranking[0][1] if ranking else None
+                done_now += 1
+                log(f"sweep {method} {s.name} eps={eps:g} {hp_key(hp)}: FID {cell['fid']:.1f} "
+                    f"agreement {cell['agreement']:.3f} ({cell['seconds_to_lora']:.0f} s)")
     _save(path, res)
     return res
 
@@ -295,15 +341,20 @@ class CompareSettings:
     repeats: int = 1
     sets: tuple[str, ...] = ()
     epsilons: tuple[float, ...] = ()
-    dpsgd_overrides: dict = field(default_factory=dict)  # tests only: e.g. {"max_steps": 2}
+    methods: tuple[str, ...] | None = None  # registered methods to run (None: all; (): only base and floor)
+    overrides: dict = field(default_factory=dict)  # method -> config overrides (tests: {"dpsgd": {"max_steps": 2}})
     out: Path = field(default_factory=lambda: REPO_DIR / "bench")
 
     def resolved(self) -> "CompareSettings":
+        from .methods import METHODS
+
         s = CompareSettings(**asdict(self))
         if not s.sets:
             s.sets = QUICK_SETS if s.quick else FULL_SETS
         if not s.epsilons:
             s.epsilons = QUICK_EPSILONS if s.quick else EPSILONS
+        if s.methods is None:
+            s.methods = tuple(METHODS)
         if self.quick and self.samples == 128:
             s.samples = 64
         return s
@@ -317,12 +368,10 @@ def hypernet_id() -> str:
 
 
 def _still_valid(cell: dict, res: dict) -> bool:
-    """A stored cell is reused only if it was made with today's DP-SGD defaults and H."""
-    if cell["method"] in ("dpsgd", "nonprivate"):
-        return cell.get("dpsgd_defaults") == res["dpsgd_defaults"]
-    if cell["method"] == "hypernet":
-        return cell.get("hypernet_id") == res["hypernet_id"]
-    return True
+    """A stored cell is reused only if its method's defaults, checkpoints and overrides are today's."""
+    if cell["method"] == "base":
+        return True
+    return cell.get("method_id") is not None and cell.get("method_id") == res.get("method_ids", {}).get(cell["method"])
 
 
 def _cell_key(set_name: str, method: str, eps: float, rep: int, samples: int, steps: int) -> str:
@@ -331,34 +380,32 @@ def _cell_key(set_name: str, method: str, eps: float, rep: int, samples: int, st
 
 
 def run_compare(settings: CompareSettings, log=print) -> dict:
-    from .dpsgd import DPSGDConfig
+    from .methods import get_method
 
     st = settings.resolved()
     by_name = {s.name: s for s in BENCH_SETS}
     unknown = [n for n in st.sets if n not in by_name]
     if unknown:
         raise ValueError(f"unknown benchmark set(s) {unknown}; choose from {list(by_name)}")
+    for m in st.methods:
+        get_method(m)  # a clear error for an unknown name
     path = Path(st.out) / "results.json"
     res = _load(path)
     res.setdefault("cells", {})
-    from .dpsgd import TUNED
-
-    res["dpsgd_defaults"] = {"tuned": [dict(r) for r in TUNED], "accountant": DPSGDConfig().accountant,
-                             **st.dpsgd_overrides}
     res.setdefault("sets", {})
-    # Hypernetwork cells are only reused while the shipped H is the one that produced them.
-    res["hypernet_id"] = hypernet_id()
-    models = Models()
+    res["methods"] = list(st.methods)
+    res["method_ids"] = {m: method_id(m, st.overrides.get(m)) for m in (*st.methods, "nonprivate")}
+    models = _set_models()
     t_start = time.perf_counter()
     plan = []
     for name in st.sets:
         plan.append((name, "base", math.nan, 0))
         for rep in range(st.repeats):
-            for eps in (*st.epsilons, math.inf):
-                plan.append((name, "hypernet", eps, rep))
-            for eps in st.epsilons:
-                plan.append((name, "dpsgd", eps, rep))
-            plan.append((name, "nonprivate", math.inf, rep))
+            for m in st.methods:
+                # One-shot methods are cheap enough to show their no-noise point too.
+                for eps in (*st.epsilons, math.inf) if get_method(m).one_shot else st.epsilons:
+                    plan.append((name, m, eps, rep))
+        plan.append((name, "nonprivate", math.inf, 0))  # the converged floor (deterministic training)
     built: dict[str, dict] = {}
     for name, method, eps, rep in plan:
         key = _cell_key(name, method, eps, rep, st.samples, st.steps)
@@ -368,12 +415,8 @@ def run_compare(settings: CompareSettings, log=print) -> dict:
             built[name] = build_set(by_name[name], Path(st.out))
             res["sets"][name] = built[name]["info"]
         cell = run_cell(method, math.inf if math.isnan(eps) else eps, built[name], models, samples=st.samples,
-                        steps=st.steps, seed=st.seed + rep, dpsgd_overrides=st.dpsgd_overrides)
-        cell.update({"set": name, "repeat": rep})
-        if method in ("dpsgd", "nonprivate"):
-            cell["dpsgd_defaults"] = res["dpsgd_defaults"]
-        if method == "hypernet":
-            cell["hypernet_id"] = res["hypernet_id"]
+                        steps=st.steps, seed=st.seed + rep, overrides=st.overrides.get(method))
+        cell.update({"set": name, "repeat": rep, "method_id": res["method_ids"].get(method)})
         if method == "base":
             cell["epsilon"] = None
         res["cells"][key] = cell
@@ -457,7 +500,8 @@ def tuned_table() -> list[dict]:
 METHOD_STYLE = {  # label, colour
     "hypernet": ("hypernetwork (one-shot)", "#1f77b4"),
     "dpsgd": ("DP-SGD LoRA", "#d62728"),
-    "nonprivate": ("non-private LoRA (ε = ∞)", "#2ca02c"),
+    "pda-dpmd": ("PDA-DPMD LoRA", "#ff7f0e"),
+    "nonprivate": ("non-private LoRA, converged (ε = ∞)", "#2ca02c"),
     "base": ("base model (no fine-tuning)", "#7f7f7f"),
     "hypernet_inf": ("hypernetwork, no noise (ε = ∞)", "#9ecae1"),
 }
@@ -486,9 +530,8 @@ def curves(summary: dict, sets_info: dict, settings: dict) -> dict:
 def _lines(entry: dict) -> list[tuple[str, str, list[float], list[float], bool]]:
     """(key, colour, x, y, dashed) per method; flat references become horizontal lines."""
     out = []
-    for meth in ("hypernet", "dpsgd"):
-        m = entry["methods"].get(meth)
-        if m and m["epsilon"]:
+    for meth, m in entry["methods"].items():
+        if meth in METHOD_STYLE and m["epsilon"]:
             out.append((meth, METHOD_STYLE[meth][1], m["epsilon"], m["fid"], False))
     for meth, key in (("hypernet", "hypernet_inf"), ("nonprivate", "nonprivate"), ("base", "base")):
         m = entry["methods"].get(meth)

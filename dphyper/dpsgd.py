@@ -129,6 +129,26 @@ def make_private(engine, module: torch.nn.Module, opt: torch.optim.Optimizer, da
             noise_generator=private_generator(device))  # OS-seeded, never the user's seed
 
 
+def pda_step(opt, params: list[torch.Tensor], public_grads: list[torch.Tensor], alpha: float, *,
+             private: bool) -> None:
+    """One PDA-DPMD update (the shipped step; the audit runs this same function).
+
+    Mirror descent with the public loss as mirror map, to first order: the update direction is
+    alpha * (noisy private gradient) + (1 - alpha) * (public gradient). Opacus' ``pre_step``
+    clips, adds the noise and counts the step first; mixing in a gradient of *public* data
+    afterwards is post-processing of that step's release.
+    """
+    if not private or opt.pre_step():
+        for p, g in zip(params, public_grads):
+            p.grad = alpha * (p.grad if p.grad is not None else torch.zeros_like(p)) + (1 - alpha) * g
+        (opt.original_optimizer if private else opt).step()
+
+
+def pda_alpha(step: int, total_steps: int) -> float:
+    """The authors' schedule: weight of the private gradient, cos(pi t / 2T), from 1 down to 0."""
+    return math.cos(math.pi * step / (2 * total_steps))
+
+
 def train_dpsgd(images: torch.Tensor, cfg: DPSGDConfig, *, progress: Callable[[dict], None] | None = None,
                 cancel: threading.Event | None = None, device: torch.device | None = None,
                 public: torch.Tensor | None = None, public_batch: int = 64) -> DPSGDResult:
@@ -189,14 +209,8 @@ def train_dpsgd(images: torch.Tensor, cfg: DPSGDConfig, *, progress: Callable[[d
     def step_with(public_grads: list[torch.Tensor] | None, alpha: float) -> None:
         if public_grads is None:
             opt.step()
-            return
-        # Mirror-descent step with the public loss as mirror map, to first order: the update direction
-        # is alpha * (noisy private gradient) + (1 - alpha) * (public gradient). Opacus' pre_step clips,
-        # adds the noise and counts the step; mixing in a public gradient afterwards is post-processing.
-        if engine is None or opt.pre_step():
-            for p, g in zip(params, public_grads):
-                p.grad = alpha * (p.grad if p.grad is not None else torch.zeros_like(p)) + (1 - alpha) * g
-            (opt.original_optimizer if engine is not None else opt).step()
+        else:
+            pda_step(opt, params, public_grads, alpha, private=engine is not None)
 
     losses, step, t0 = [], 0, time.perf_counter()
     while step < total_steps:
@@ -209,7 +223,7 @@ def train_dpsgd(images: torch.Tensor, cfg: DPSGDConfig, *, progress: Callable[[d
             opt.zero_grad(set_to_none=True)
             pub, alpha = None, 1.0
             if public is not None:
-                alpha = math.cos(math.pi * step / (2 * total_steps))  # the authors' schedule, 1 -> 0
+                alpha = pda_alpha(step, total_steps)
                 pub = public_gradient()
             if x0.shape[0] == 0:  # an empty Poisson batch still takes a (pure-noise) step
                 for p in params:

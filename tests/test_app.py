@@ -1,5 +1,6 @@
 """The app through its HTTP API (gradio_client), as a user's browser would drive it."""
 
+import os
 import re
 import socket
 import threading
@@ -107,17 +108,28 @@ def test_upload_run_and_session_isolation(app_url, app_module):
 
 
 @needs_models
-def test_dpsgd_through_the_api_joins_the_ledger(app_url):
+def test_every_registered_method_runs_side_by_side_through_the_api(app_url):
+    """The comparison iterates the registry: each method has its stable API name, fills its own
+    column (gallery, caption, downloads, report) and adds its rows to the one ledger."""
     from gradio_client import Client
 
+    from dphyper.methods import METHODS
+
+    assert len(METHODS) >= 3
     c = Client(app_url, verbose=False)
     c.predict("bags", api_name="/load_example")
-    _run(c)
-    out = _run(c, api="/run_dpsgd", max_steps=2)
-    gallery, caption, _, report, ledger = out[:5]
-    assert len(gallery) == 4 and report["method"] == "dpsgd" and report["steps"] == 2
-    assert report["epsilon_spent"] <= 1.0 + 1e-9 and "DP-SGD" in caption
-    assert _ledger_rows(ledger) == [1, 2] and "PLD accountant" in ledger
+    rows = 0
+    for name, method in METHODS.items():
+        kw = {} if method.one_shot else {"max_steps": 2}
+        out = _run(c, api=f"/run_{name.replace('-', '_')}", **kw)
+        gallery, caption, downloads, report, ledger = out[:5]
+        rows += 1
+        assert len(gallery) == 4 and report["method"] == name and method.label in caption
+        assert sorted(os.path.basename(f) for f in downloads) == ["grid.png", "lora.safetensors", "report.json"]
+        if not method.one_shot:
+            assert report["steps"] == 2 and report["epsilon_spent"] <= 1.0 + 1e-9
+        assert _ledger_rows(ledger) == list(range(1, rows + 1)) and method.label in ledger
+    assert "PLD accountant" in ledger
 
 
 @needs_models

@@ -54,3 +54,22 @@ def test_unknown_variant_is_refused():
         run_audit(AuditConfig(method="dpsgd", trials=10, broken="typo"))
     with pytest.raises(ValueError):
         run_audit(AuditConfig(method="nope"))
+
+
+def test_every_registered_method_has_an_audit():
+    from dphyper.audit import AUDIT_VARIANTS
+    from dphyper.methods import METHODS
+
+    assert set(AUDIT_VARIANTS) == set(METHODS)
+    assert all({"none", "no-clip", "weak-noise"} <= set(v) for v in AUDIT_VARIANTS.values())
+    with pytest.raises(ValueError):  # a PDA-only variant is refused for DP-SGD
+        run_audit(AuditConfig(method="dpsgd", trials=10, broken="private-as-public"))
+
+
+@pytest.mark.parametrize("broken, expect_caught", [("none", False), ("private-as-public", True)])
+def test_pda_dpmd_audit_runs_the_shipped_mixed_step(broken, expect_caught):
+    """PDA-DPMD's public gradient costs nothing only if it is public: private records fed in as the
+    'public' batch (canary included) must be caught; the shipped step must not be."""
+    r = run_audit(AuditConfig(method="pda-dpmd", epsilon=1.0, trials=300, broken=broken))
+    assert (r["epsilon_lower_bound"] > 1.0) == expect_caught, r
+    assert r["verdict"] == ("violated" if expect_caught else "consistent")

@@ -43,7 +43,8 @@ def test_upload_folder_move_slider_run_and_compare(page, tmp_path):
     for p in sorted((EXAMPLES_DIR / "trousers").glob("*.png"))[:40]:
         shutil.copy(p, folder / p.name)
     (folder / "notes.txt").write_text("not an image")
-    page.get_by_text("…or upload your own").click()
+    # The upload is on the page, not behind a closed accordion.
+    assert page.locator("input[webkitdirectory]").count() == 1
     page.locator("input[webkitdirectory]").set_input_files(str(folder))
     page.wait_for_selector("text=40 images", timeout=60000)
     assert page.get_by_text("notes.txt").count() >= 1  # the rejected file is listed with its reason

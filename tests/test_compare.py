@@ -47,11 +47,19 @@ def test_sets_are_disjoint_from_their_reference_and_of_the_same_definition(tmp_p
 @needs_fmnist
 def test_tiny_benchmark_grid_end_to_end(tmp_path):
     """One set, one epsilon, few samples: every method scored, summary, targets, plots, curves."""
+    from dphyper.methods import METHODS
+
+    tiny = {"max_steps": 2}
     st = CompareSettings(sets=("sneakers-100",), epsilons=(1.0,), samples=8, steps=2, out=tmp_path,
-                         dpsgd_overrides={"max_steps": 2})
+                         overrides={"dpsgd": tiny, "pda-dpmd": tiny,
+                                    "nonprivate": {"max_steps": 4, "eval_every": 2, "heldout": 32}})
     res = run_compare(st, log=lambda m: None)
     cells = res["cells"].values()
-    assert {c["method"] for c in cells} == {"base", "hypernet", "dpsgd", "nonprivate"}
+    # Every registered method, the base model and the converged non-private floor.
+    assert {c["method"] for c in cells} == {"base", "nonprivate", *METHODS}
+    floor = next(c for c in cells if c["method"] == "nonprivate")
+    assert floor["steps"] == 4 and floor["stopped"] == "max_steps" and len(floor["loss_curve"]) == 3
+    assert floor["best_loss"] <= floor["base_loss"]  # the best weights are kept (step 0 = the base model)
     for c in cells:
         assert c["samples"] == 8 and c["n_reference"] > 500
         assert math.isfinite(c["fid"]) and c["fid"] > 0
@@ -65,14 +73,19 @@ def test_tiny_benchmark_grid_end_to_end(tmp_path):
     stored = json.loads((tmp_path / "results.json").read_text())
     for c in stored["cells"].values():
         if c["method"] == "hypernet":
-            c["hypernet_id"] = "an-older-H"
+            c["method_id"] = "an-older-H"  # made by another H
     (tmp_path / "results.json").write_text(json.dumps(stored))
     assert "hypernet" not in summarise(stored, st.sets, 8, 2)["sneakers-100"]
     redone: list[str] = []
     res = run_compare(st, log=redone.append)
     assert [m.split("|")[1] for m in redone] == ["hypernet", "hypernet"]  # epsilon 1 and inf, nothing else
+    # Another override (another setting of a method) is another cell: only that method reruns.
+    redone.clear()
+    res = run_compare(CompareSettings(**{**st.__dict__, "overrides": {**st.overrides, "pda-dpmd": {"max_steps": 3}}}),
+                      log=redone.append)
+    assert [m.split("|")[1] for m in redone] == ["pda-dpmd"]
     summ = summarise(res, st.sets, 8, 2)
-    assert set(summ["sneakers-100"]) == {"base", "hypernet", "dpsgd", "nonprivate"}
+    assert set(summ["sneakers-100"]) == {"base", "nonprivate", *METHODS}
     tg = targets(summ, res["sets"], (1.0,))
     (row,) = tg["F1"]
     assert row["ratio"] == pytest.approx(summ["sneakers-100"]["hypernet"]["1.0"]["fid"] /

@@ -57,6 +57,12 @@ class Method:
     train: Callable[..., MethodResult]  # (images, cfg, models, progress=, cancel=) -> MethodResult without samples
     one_shot: bool  # seconds (one release) or a training run (progress, cancel)
     noise: str  # where the noise goes, in a few words (the app's caption, the README table)
+    # What a stored benchmark cell of this method depends on (shipped defaults, checkpoint hashes):
+    # a cell is reused only while this is unchanged.
+    identity: Callable[[], dict] = lambda: {}
+    # The public sweep's staged grid ({"stage1": [hp, ...], "stage2": n -> [changes, ...]}), or None
+    # when the method has nothing to tune at run time.
+    sweep: dict | None = None
 
 
 def run_method(method: Method, images: torch.Tensor, cfg, models, *, progress: Progress | None = None,

@@ -27,5 +27,22 @@ def train(images: torch.Tensor, cfg: DPSGDConfig, models, *, progress=None, canc
                         losses=res.losses)
 
 
+def identity() -> dict:
+    from ..dpsgd import TUNED
+
+    return {"tuned": [dict(r) for r in TUNED], "accountant": DPSGDConfig().accountant}
+
+
+def _stage2(n: int) -> list[dict]:
+    """Around stage 1's best: full batch, a large clip norm, and a longer run."""
+    return [{"batch_size": n}, {"max_grad_norm": 1.0}, {"epochs": 300.0 if n <= 316 else 200.0}]
+
+
+# Learning rate x length first (with Adam and C far below the per-example gradient norms, C only
+# sets the clipping regime); every run within compare.COMPUTE_CAP.
+SWEEP = {"stage1": [{"lr": lr, "max_grad_norm": 0.01, "epochs": ep, "batch_size": 64}
+                    for lr in (1e-3, 1e-2, 3e-2) for ep in (10.0, 100.0)],
+         "stage2": _stage2}
+
 DPSGD = Method(name="dpsgd", label="DP-SGD", config_cls=DPSGDConfig, train=train, one_shot=False,
-               noise="every step, into clipped per-example LoRA gradients")
+               noise="every step, into clipped per-example LoRA gradients", identity=identity, sweep=SWEEP)

@@ -61,5 +61,11 @@ def train(images: torch.Tensor, cfg: HypernetConfig, models, *, progress=None, c
                         timings=timings)
 
 
+def identity() -> dict:
+    from ..compare import hypernet_id
+
+    return {"hypernet": hypernet_id()}  # nothing to tune at run time: H was trained on public data
+
+
 HYPERNET = Method(name="hypernet", label="Hypernetwork", config_cls=HypernetConfig, train=train, one_shot=True,
-                  noise="once, into a 64-d clipped mean embedding (+ count)")
+                  noise="once, into a 64-d clipped mean embedding (+ count)", identity=identity)

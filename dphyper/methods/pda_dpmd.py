@@ -27,6 +27,8 @@ import torch
 
 from ..dpsgd import DPSGDConfig
 from .base import Method, MethodResult
+from .dpsgd import SWEEP as DPSGD_SWEEP
+from .dpsgd import identity as dpsgd_identity
 from .dpsgd import train as train_dpsgd_method
 
 _pool_lock = threading.Lock()
@@ -67,5 +69,15 @@ def train(images: torch.Tensor, cfg: PDADPMDConfig, models, *, progress=None, ca
     return result
 
 
+def identity() -> dict:
+    d = PDADPMDConfig()
+    return {**dpsgd_identity(), "public_batch_size": d.public_batch_size, "public_pool": d.public_pool,
+            "mixing": "cos(pi t / 2T)"}
+
+
+# DP-SGD's grid, with the public gradient's cost counted against the compute cap.
+SWEEP = {"stage1": [{**hp, "public_batch_size": 64} for hp in DPSGD_SWEEP["stage1"]],
+         "stage2": DPSGD_SWEEP["stage2"]}
+
 PDA_DPMD = Method(name="pda-dpmd", label="PDA-DPMD", config_cls=PDADPMDConfig, train=train, one_shot=False,
-                  noise="every step, as DP-SGD, mixed with a public gradient")
+                  noise="every step, as DP-SGD, mixed with a public gradient", identity=identity, sweep=SWEEP)
