@@ -33,7 +33,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from .compare import METHOD_STYLE
+from .compare import style as method_style
 from .config import EXAMPLES_DIR, REPO_DIR
 from .ledger import LedgerBook, drop_duplicates, total_text
 
@@ -217,17 +217,18 @@ def default_curve_set(n: int | None) -> str | None:
     return min(sets, key=lambda s: abs(math.log((infos[s]["info"].get("n") or 1) / max(n or 200, 1))))
 
 
-COLOURS = {meth: style[1] for meth, style in METHOD_STYLE.items()}
-LABELS = {"hypernet": "hypernetwork", "dpsgd": "DP-SGD", "pda-dpmd": "PDA-DPMD", "nonprivate": "non-private LoRA",
-          "base": "base model"}
+LABELS = {"hypernet": "hypernetwork", "nonprivate": "non-private LoRA", "base": "base model"}
 
 
 def _label(meth: str) -> str:
-    return LABELS.get(meth, meth)
+    """Short plot labels; a registered method defaults to its registry label (no edit needed here)."""
+    from .methods import METHODS
+
+    return LABELS.get(meth) or (METHODS[meth].label if meth in METHODS else meth)
 
 
 def _colour(meth: str) -> str:
-    return COLOURS.get(meth, "#9467bd")
+    return method_style(meth)[1]
 
 
 def utility_figure(log_eps: float, no_privacy: bool, bench_set: str | None, runs: list | None = None):
@@ -525,7 +526,7 @@ def dpsgd_plan(data: dict | None, log_eps: float, no_privacy: bool, delta: float
     n = data["n"]
     d = resolve(DPSGDConfig(max_steps=int(max_steps or 0)), n)
     q, _, steps = schedule(n, d)  # the same schedule train_dpsgd will run
-    text = f"DP-SGD plan: {steps} steps, expected batch {n * q:.0f} (sample rate {q:.3g}), lr {d.lr:g}, clip C {d.max_grad_norm:g}"
+    text = f"DP-SGD and PDA-DPMD plan: {steps} steps, expected batch {n * q:.0f} (sample rate {q:.3g}), lr {d.lr:g}, clip C {d.max_grad_norm:g}"
     if no_privacy:
         return text + ", no noise (ε = ∞)."
     try:
@@ -716,14 +717,14 @@ def build_demo():
                                                 variant="primary" if m.one_shot else "secondary")
                             if not m.one_shot:
                                 c["stop"] = gr.Button(f"Cancel {m.label}", variant="stop")
-                        c["gal"] = gr.Gallery(label=m.label, columns=4, height=260)
+                        c["gal"] = gr.Gallery(label=m.label, columns=4, height="auto", object_fit="contain")
                         c["cap"] = gr.Markdown()
                         with gr.Accordion("LoRA, grid and report.json", open=False):
                             c["dl"] = gr.File(label=f"{m.label}: downloads", file_count="multiple")
                             c["rep"] = gr.JSON(label=f"{m.label} report.json")
                 with gr.Column(min_width=220):
                     gr.Markdown("**Base model** · no fine-tuning, public only (filled after each run)")
-                    gal_b = gr.Gallery(label="Base model", columns=4, height=260)
+                    gal_b = gr.Gallery(label="Base model", columns=4, height="auto", object_fit="contain")
                     cap_b = gr.Markdown()
             with gr.Row():
                 with gr.Column():

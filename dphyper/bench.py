@@ -573,8 +573,8 @@ def sweep_table(res: dict) -> str:
                         for k, v in res.get("sets", {}).items())
             + f". δ = {res['delta']:g}; each cell {res['samples']} samples, {res['steps']} DDIM steps, sampling seed "
             f"{res['seed']}. **Compute cap, the same for every run of every method: {res['compute_cap']:,} UNet "
-            "example-gradient evaluations** (private and public examples together; 2,000 epochs at n = 100, "
-            "200 at n = 1,000). Stage 1: learning rate × length at ε = 1 (batch 64, C = 0.01); stage 2 around "
+            "example-gradient evaluations** (private and public examples together; 2,560 DP-SGD epochs at "
+            "n = 100, 256 at n = 1,000). Stage 1: learning rate × length at ε = 1 (batch 64, C = 0.01); stage 2 around "
             "stage 1's best: full batch, C = 1, a longer run; stage 3: the three best at ε = 4. "
             "Cost = example-gradient evaluations of the run.", ""]
     cells = res.get("cells", {})

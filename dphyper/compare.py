@@ -239,9 +239,10 @@ def _save(path: Path, obj: dict) -> None:
 # ---------------------------------------------------------------- public sweep (every method, one protocol)
 
 # One compute cap for every run of every method: UNet example-gradient evaluations (forward +
-# backward of one image), private and public together. 200,000 is 2,000 epochs at n = 100 and
-# 200 epochs at n = 1,000; about an hour of the 2-core CPU, a minute or two of a GPU.
-COMPUTE_CAP = 200_000
+# backward of one image), private and public together. 256,000 is 2,560 epochs of DP-SGD at
+# n = 100 and 256 at n = 1,000 (PDA-DPMD's public batch of 64 per step counts too: 100 of its
+# epochs at n = 1,000 cost 202,000); about 1.5 hours of the 2-core CPU, minutes of a GPU.
+COMPUTE_CAP = 256_000
 SWEEP_EPSILONS = (1.0, 4.0)
 
 
@@ -505,6 +506,19 @@ METHOD_STYLE = {  # label, colour
     "base": ("base model (no fine-tuning)", "#7f7f7f"),
     "hypernet_inf": ("hypernetwork, no noise (ε = ∞)", "#9ecae1"),
 }
+PALETTE = ("#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
+
+
+def style(meth: str) -> tuple[str, str]:
+    """(label, colour) of a method in plots: its own, or the registry's label and a palette colour,
+    so that a newly registered method needs no edit here."""
+    if meth in METHOD_STYLE:
+        return METHOD_STYLE[meth]
+    from .methods import METHODS
+
+    names = list(METHODS)
+    label = f"{METHODS[meth].label} LoRA" if meth in METHODS else meth
+    return label, PALETTE[(names.index(meth) if meth in names else 0) % len(PALETTE)]
 
 
 def curves(summary: dict, sets_info: dict, settings: dict) -> dict:
@@ -531,8 +545,8 @@ def _lines(entry: dict) -> list[tuple[str, str, list[float], list[float], bool]]
     """(key, colour, x, y, dashed) per method; flat references become horizontal lines."""
     out = []
     for meth, m in entry["methods"].items():
-        if meth in METHOD_STYLE and m["epsilon"]:
-            out.append((meth, METHOD_STYLE[meth][1], m["epsilon"], m["fid"], False))
+        if m["epsilon"]:
+            out.append((meth, style(meth)[1], m["epsilon"], m["fid"], False))
     for meth, key in (("hypernet", "hypernet_inf"), ("nonprivate", "nonprivate"), ("base", "base")):
         m = entry["methods"].get(meth)
         if m and "flat" in m:
@@ -554,7 +568,7 @@ def plot_html(curv: dict, path: Path) -> None:
         for key, colour, x, y, dashed in _lines(curv["sets"][name]):
             xs = x if x else [eps[0], eps[-1]]
             ys = y if x else y * 2
-            fig.add_trace(go.Scatter(x=xs, y=ys, name=METHOD_STYLE[key][0], legendgroup=key, showlegend=i == 0,
+            fig.add_trace(go.Scatter(x=xs, y=ys, name=style(key)[0], legendgroup=key, showlegend=i == 0,
                                      mode="lines" if dashed else "lines+markers",
                                      line={"color": colour, "dash": "dash" if dashed else "solid"}), row=r, col=c)
         fig.update_xaxes(type="log", title_text="ε", row=r, col=c)
@@ -579,9 +593,9 @@ def plot_png(curv: dict, path: Path) -> None:
         ax = axes[i // cols][i % cols]
         for key, colour, x, y, dashed in _lines(curv["sets"][name]):
             if x:
-                ax.plot(x, y, "o-", color=colour, label=METHOD_STYLE[key][0], ms=4)
+                ax.plot(x, y, "o-", color=colour, label=style(key)[0], ms=4)
             else:
-                ax.hlines(y[0], eps[0], eps[-1], colors=colour, linestyles="dashed", label=METHOD_STYLE[key][0])
+                ax.hlines(y[0], eps[0], eps[-1], colors=colour, linestyles="dashed", label=style(key)[0])
         ax.set_xscale("log")
         ax.minorticks_off()
         ax.set_xticks(eps)

@@ -31,14 +31,14 @@ from .lora import add_lora
 
 @dataclass(frozen=True)
 class FloorConfig:
-    lr: float = 1e-3
+    lr: float = 1e-2
     batch_size: int = 64
-    eval_every: int = 25
-    patience: int = 6
+    eval_every: int = 20
+    patience: int = 5
     min_delta: float = 0.002
-    max_steps: int = 2000
+    max_steps: int = 1000
     heldout: int = 256
-    draws: int = 2
+    draws: int = 1
     seed: int = 0
 
 

@@ -111,3 +111,54 @@ def test_benchmark_covers_what_issue_4_asks():
         assert {by_name[n].n for n in chosen} == {100, 1000}
     assert {by_name[n].kind for n in FULL_SETS} == {"single-class", "mixed", "knn", "least-seen"}
     assert all(s.split == "test" for s in BENCH_SETS)
+
+
+def test_sweep_is_staged_public_and_within_one_compute_cap():
+    from dphyper.compare import COMPUTE_CAP, SWEEP_EPSILONS, SWEEP_SETS, run_cost, sweep_plan
+
+    assert all(s.split == "train" for s in SWEEP_SETS) and {s.n for s in SWEEP_SETS} == {100, 1000}
+    assert len(SWEEP_EPSILONS) >= 2
+    for method in ("dpsgd", "pda-dpmd"):
+        for n in (100, 1000):
+            plan = sweep_plan(method, n, {}, "s")
+            assert plan and all(e == SWEEP_EPSILONS[0] for e, _ in plan)  # stage 1 first
+            assert {hp["lr"] for _, hp in plan} >= {1e-3, 1e-2, 3e-2}
+            assert max(hp["epochs"] for _, hp in plan) >= 100  # long schedules are in the grid
+            # Stage 1 done with made-up scores: stage 2 goes around the best, stage 3 re-runs the top 3 at
+            # the other epsilon, and nothing exceeds the cap.
+            done = {str(i): {"method": method, "set": "s", "epsilon": e, "hp": hp, "fid": 100.0 + i}
+                    for i, (e, hp) in enumerate(plan)}
+            full = sweep_plan(method, n, done, "s")
+            best = plan[0][1]
+            assert any(hp == {**best, "batch_size": n} for _, hp in full)  # full batch
+            assert sum(e == SWEEP_EPSILONS[1] for e, _ in full) == 3
+            assert all(run_cost(hp, n) <= COMPUTE_CAP for _, hp in full)
+    # The cap counts public examples too: PDA-DPMD's public batch is part of a run's cost.
+    hp = {"epochs": 10.0, "batch_size": 64}
+    assert run_cost({**hp, "public_batch_size": 64}, 100) == run_cost(hp, 100) + 20 * 64
+    assert run_cost(hp, 1000) == 10 * 1000  # 160 steps of an expected 62.5 images
+    assert sweep_plan("hypernet", 100, {}, "s") == []  # nothing to tune at run time
+
+
+@needs_fmnist
+def test_sweep_cells_resume(tmp_path, monkeypatch):
+    """Every finished cell is stored; a rerun recomputes nothing; max_cells bounds one call."""
+    import dphyper.compare as compare
+    from dphyper.compare import SWEEP_SETS, run_sweep
+
+    calls = []
+
+    def fake_cell(method, eps, data, models, *, samples, steps, seed, overrides):
+        calls.append((method, eps, dict(overrides)))
+        return {"method": method, "epsilon": eps, "fid": 100 + 100 * overrides["lr"] + overrides["epochs"] / 100,
+                "agreement": 0.5, "seconds_to_lora": 1.0}
+
+    monkeypatch.setattr(compare, "run_cell", fake_cell)
+    small = SWEEP_SETS[:1]
+    run_sweep(("dpsgd",), tmp_path, sets=small, max_cells=2, log=lambda m: None)
+    assert len(calls) == 2
+    res = run_sweep(("dpsgd",), tmp_path, sets=small, log=lambda m: None)
+    first = len(calls)
+    assert first == len(res["cells"]) and all(c["cost"] <= res["compute_cap"] for c in res["cells"].values())
+    run_sweep(("dpsgd",), tmp_path, sets=small, log=lambda m: pytest.fail(m))
+    assert len(calls) == first
