@@ -555,23 +555,13 @@ def run_base_compare(n_samples: int):
 
 
 def _public_map():
-    """2-D PCA of public (train-split) embeddings: fixed axes for the noise view."""
+    """2-D principal axes of public (train-split) embeddings: fixed axes for the noise view, read from
+    the shipped asset (``dphyper.public_map``), so the app starts without the dataset installed."""
     with _lock:
         if "pca" not in _models:
-            import torch
+            from .public_map import load
 
-            from .data import load_fashion_mnist_uint8, uint8_to_tensor
-            from .encoder import embed
-
-            images, labels = load_fashion_mnist_uint8("train")  # uint8: 47 MB, not 245 MB of floats
-            g = torch.Generator().manual_seed(0)
-            idx = torch.randperm(len(images), generator=g)[:1000].numpy()
-            y = torch.as_tensor(labels[idx]).long()
-            emb = embed(uint8_to_tensor(images[idx]), _public().encoder).double()
-            centre = emb.mean(0)
-            _, _, v = torch.pca_lowrank(emb - centre, q=2, center=False)
-            _models["pca"] = {"centre": centre, "axes": v[:, :2], "points": ((emb - centre) @ v[:, :2]).float(),
-                              "labels": y}
+            _models["pca"] = load()
         return _models["pca"]
 
 

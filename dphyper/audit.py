@@ -80,6 +80,11 @@ def epsilon_lower_bound(tp: int, fn: int, fp: int, tn: int, delta: float, confid
 
 def _best_threshold(scores: np.ndarray, member: np.ndarray, delta: float) -> float:
     """Threshold maximising the empirical bound on the selection half."""
+    return _best_threshold_and_value(scores, member, delta)[1]
+
+
+def _best_threshold_and_value(scores: np.ndarray, member: np.ndarray, delta: float) -> tuple[float, float]:
+    """(empirical bound, threshold) maximising the bound on the selection half."""
     best, best_t = -1.0, float(np.median(scores))
     for t in np.quantile(scores, np.linspace(0.5, 0.999, 60)):
         pred = scores > t
@@ -89,7 +94,7 @@ def _best_threshold(scores: np.ndarray, member: np.ndarray, delta: float) -> flo
         val = math.log(max(tpr - delta, 1e-12) / fpr)
         if val > best:
             best, best_t = val, float(t)
-    return best_t
+    return best, best_t
 
 
 BROKEN_VARIANTS = ("none", "no-clip", "weak-noise")
@@ -168,7 +173,7 @@ def _dpsgd_scores(cfg: AuditConfig, member: np.ndarray, steps: int = 20, batches
     from opacus import PrivacyEngine
     from torch.utils.data import DataLoader, TensorDataset
 
-    from .dpsgd import dpsgd_noise_multiplier, make_private, pda_alpha, pda_step
+    from .dpsgd import dpsgd_noise_multiplier, make_private, pda_alpha, pda_step, public_gradient
 
     dim = 8
     g = torch.Generator().manual_seed(cfg.seed)
@@ -178,6 +183,8 @@ def _dpsgd_scores(cfg: AuditConfig, member: np.ndarray, steps: int = 20, batches
     px = torch.randn(64, dim, generator=g)  # public records (also blind to coordinate 0)
     px[:, 0] = 0.0
     py = torch.randn(64, 1, generator=g)
+    public = torch.cat([px, py], 1)
+    idx_gen = torch.Generator().manual_seed(cfg.seed + 2)  # which public rows: public, not privacy noise
     cx = torch.zeros(1, dim)
     cx[0, 0] = 100.0  # the canary: a huge gradient on coordinate 0 only (clipped to C when correct)
     cy = torch.tensor([[-100.0]])
@@ -187,7 +194,7 @@ def _dpsgd_scores(cfg: AuditConfig, member: np.ndarray, steps: int = 20, batches
     if math.ceil(cfg.n / batch) != math.ceil((cfg.n + 1) / batch):
         raise ValueError("choose n so that n and n + 1 give the same number of batches")
     sigma = None
-    scores = np.empty(len(member))
+    scores = np.empty((len(member), 2) if pda else len(member))
     clip = 1.0
     for i, m in enumerate(member):
         xs, ys = (torch.cat([x, cx]), torch.cat([y, cy])) if m else (x, y)
@@ -216,12 +223,10 @@ def _dpsgd_scores(cfg: AuditConfig, member: np.ndarray, steps: int = 20, batches
                         break
                     opt.zero_grad(set_to_none=True)
                     public_grads = None
-                    if pda:  # the public gradient, Opacus' per-sample hooks off (as in train_dpsgd)
-                        bx, by = (xs, ys) if cfg.broken == "private-as-public" else (px, py)
-                        model.disable_hooks()
-                        public_grads = list(torch.autograd.grad(((model(bx) - by) ** 2).mean(),
-                                                                list(model.parameters())))
-                        model.enable_hooks()
+                    if pda:  # the shipped public gradient (Opacus' per-sample hooks off), on (x | y) rows
+                        rows = torch.cat([xs, ys], 1) if cfg.broken == "private-as-public" else public
+                        public_grads = public_gradient(model, list(model.parameters()), rows, len(rows), idx_gen,
+                                                       lambda mdl, b: ((mdl(b[:, :dim]) - b[:, dim:]) ** 2).mean())
                     if len(xb):
                         ((model(xb) - yb) ** 2).sum().backward()
                     else:
@@ -234,8 +239,9 @@ def _dpsgd_scores(cfg: AuditConfig, member: np.ndarray, steps: int = 20, batches
                     done += 1
         w0 = model._module.weight[0, 0].item()
         # Each clipped canary step pushes w0 down by C / B. With PDA-DPMD, a canary that leaks into the
-        # mixed update can also make w0 oscillate and grow: the attacker then looks at |w0|.
-        scores[i] = abs(w0) if pda else -w0
+        # mixed update can also make w0 oscillate and grow: two statistics, -w0 and |w0|, and the
+        # audit picks one on the selection half (never on the measured half).
+        scores[i] = (-w0, abs(w0)) if pda else -w0
     return scores
 
 
@@ -253,7 +259,13 @@ def run_audit(cfg: AuditConfig) -> dict:
         scores = _hypernet_scores(cfg, member)
     else:
         scores = _dpsgd_scores(cfg, member, pda=cfg.method == "pda-dpmd")
-    half = np.arange(trials) < trials // 2  # select the threshold on one half, measure on the other
+    half = np.arange(trials) < trials // 2  # select statistic and threshold on one half, measure on the other
+    if scores.ndim == 2:
+        picks = [_best_threshold_and_value(scores[half, k], member[half], cfg.delta) for k in range(scores.shape[1])]
+        k = int(np.argmax([v for v, _ in picks]))
+        scores, statistic = scores[:, k], k
+    else:
+        statistic = 0
     thr = _best_threshold(scores[half], member[half], cfg.delta)
     pred, mem = scores[~half] > thr, member[~half]
     tp, fp = int((pred & mem).sum()), int((pred & ~mem).sum())
@@ -270,7 +282,8 @@ def run_audit(cfg: AuditConfig) -> dict:
     return {"method": cfg.method, "broken": cfg.broken, "epsilon_claimed": cfg.epsilon, "delta": cfg.delta,
             "epsilon_lower_bound": lb, "confidence": cfg.confidence, "trials": trials,
             "trials_measured": int((~half).sum()), "tpr": tp / max(tp + fn, 1), "fpr": fp / max(fp + tn, 1),
-            "counts": {"tp": tp, "fn": fn, "fp": fp, "tn": tn}, "threshold": thr, "n": cfg.n,
+            "counts": {"tp": tp, "fn": fn, "fp": fp, "tn": tn}, "threshold": thr, "statistic": statistic,
+            "n": cfg.n,
             "detectable_max": detectable, "verdict": verdict,
             "seconds": round(time.perf_counter() - t0, 1),
             "passed": (verdict == "consistent") if cfg.broken == "none" else (verdict == "violated")}

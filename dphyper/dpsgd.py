@@ -129,6 +129,33 @@ def make_private(engine, module: torch.nn.Module, opt: torch.optim.Optimizer, da
             noise_generator=private_generator(device))  # OS-seeded, never the user's seed
 
 
+def denoising_loss_on(model, x0: torch.Tensor, alphas: torch.Tensor, timesteps: int,
+                      g: torch.Generator) -> torch.Tensor:
+    """The DDPM epsilon-prediction loss with its timesteps and noise from the run's own generator."""
+    noise = torch.randn(x0.shape, generator=g, device=g.device).to(x0.device)
+    t = torch.randint(0, timesteps, (x0.shape[0],), generator=g, device=g.device).to(x0.device)
+    a = alphas[t].sqrt().view(-1, 1, 1, 1)
+    s = (1 - alphas[t]).sqrt().view(-1, 1, 1, 1)
+    return ((model(a * x0 + s * noise, t).sample - noise) ** 2).mean()
+
+
+def public_gradient(model, params: list[torch.Tensor], public: torch.Tensor, batch: int, idx_gen: torch.Generator,
+                    loss_fn) -> list[torch.Tensor]:
+    """PDA-DPMD's public gradient: ``loss_fn(model, public batch)`` differentiated with Opacus'
+    per-sample hooks off, so nothing of it enters the private ``grad_sample`` (and it never writes
+    ``.grad``: ``autograd.grad`` returns it). The audit runs this same function."""
+    idx = torch.randint(0, len(public), (min(batch, len(public)),), generator=idx_gen)
+    device = params[0].device
+    if hasattr(model, "disable_hooks"):
+        model.disable_hooks()
+    try:
+        grads = torch.autograd.grad(loss_fn(model, public[idx].to(device)), params)
+    finally:
+        if hasattr(model, "enable_hooks"):
+            model.enable_hooks()
+    return [g.detach() for g in grads]
+
+
 def pda_step(opt, params: list[torch.Tensor], public_grads: list[torch.Tensor], alpha: float, *,
              private: bool) -> None:
     """One PDA-DPMD update (the shipped step; the audit runs this same function).
@@ -187,24 +214,15 @@ def train_dpsgd(images: torch.Tensor, cfg: DPSGDConfig, *, progress: Callable[[d
             raise RuntimeError(f"Opacus sample rate {loader.sample_rate} != calibrated {q}")
     sched = make_train_scheduler()
     alphas = sched.alphas_cumprod.to(device)
-    def diffusion_loss(m, x0: torch.Tensor) -> torch.Tensor:
-        noise = torch.randn_like(x0)
-        t = torch.randint(0, sched.config.num_train_timesteps, (x0.shape[0],), device=device)
-        a = alphas[t].sqrt().view(-1, 1, 1, 1)
-        s = (1 - alphas[t]).sqrt().view(-1, 1, 1, 1)
-        return ((m(a * x0 + s * noise, t).sample - noise) ** 2).mean()
+    # The training randomness (timesteps and noise of the loss, the public batches) comes from
+    # generators of this run only, OS-seeded: the global generator would carry hidden state from
+    # the Poisson batch sizes into the public draws, and anything in the process can seed it.
+    gen = private_generator(device)
+    pub_gen = private_generator(device)
+    pub_idx_gen = private_generator()
 
-    def public_gradient() -> list[torch.Tensor]:
-        """PDA-DPMD's public gradient: the same loss on a public batch, Opacus' per-sample hooks off."""
-        idx = torch.randint(0, len(public), (min(public_batch, len(public)),))
-        if hasattr(model, "disable_hooks"):
-            model.disable_hooks()
-        try:
-            grads = torch.autograd.grad(diffusion_loss(model, public[idx].to(device)), params)
-        finally:
-            if hasattr(model, "enable_hooks"):
-                model.enable_hooks()
-        return [g.detach() for g in grads]
+    def diffusion_loss(m, x0: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        return denoising_loss_on(m, x0, alphas, sched.config.num_train_timesteps, g)
 
     def step_with(public_grads: list[torch.Tensor] | None, alpha: float) -> None:
         if public_grads is None:
@@ -224,18 +242,21 @@ def train_dpsgd(images: torch.Tensor, cfg: DPSGDConfig, *, progress: Callable[[d
             pub, alpha = None, 1.0
             if public is not None:
                 alpha = pda_alpha(step, total_steps)
-                pub = public_gradient()
+                pub = public_gradient(model, params, public, public_batch, pub_idx_gen,
+                                      lambda m, x: diffusion_loss(m, x, pub_gen))
             if x0.shape[0] == 0:  # an empty Poisson batch still takes a (pure-noise) step
                 for p in params:
                     p.grad_sample = torch.zeros((0, *p.shape), device=device)
                 step_with(pub, alpha)
             else:
-                loss = diffusion_loss(model, x0)
+                loss = diffusion_loss(model, x0, gen)
                 with warnings.catch_warnings():  # Opacus' full backward hooks on a frozen input: expected
                     warnings.simplefilter("ignore", UserWarning)
                     loss.backward()
                 step_with(pub, alpha)
                 losses.append(loss.item())
+            if engine is not None and getattr(opt, "_is_last_step_skipped", False):
+                raise RuntimeError("Opacus skipped a step: the step count would not match the accountant")
             step += 1
             if progress is not None:
                 spent = engine.get_epsilon(cfg.delta) if engine is not None else math.inf

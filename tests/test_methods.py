@@ -96,8 +96,7 @@ def test_trained_methods_can_be_cancelled(name, models):
 
 @needs_models
 def test_pda_dpmd_public_gradient_moves_the_lora_and_costs_no_privacy(models):
-    """With the private weight at 0 from the start, the update still moves (public gradient); the
-    accounting is DP-SGD's for the same schedule."""
+    """The LoRA moves (noisy private + public gradient); the accounting is DP-SGD's for the same schedule."""
     from dphyper.data import load_folder
 
     images = load_folder(EXAMPLES_DIR / "bags").images[:24]
@@ -105,7 +104,38 @@ def test_pda_dpmd_public_gradient_moves_the_lora_and_costs_no_privacy(models):
     b = run_method(get_method("dpsgd"), images, _cfg("dpsgd", samples=0), models)
     ea, eb = a.events[0], b.events[0]
     assert (ea.noise_multiplier, ea.sample_rate, ea.steps) == (eb.noise_multiplier, eb.sample_rate, eb.steps)
+    assert a.report["epsilon_spent"] == ea.epsilon <= 1.0 + 1e-9
     assert a.report["public_data"].startswith("Fashion-MNIST train")
+    ups = [v for k, v in a.adapter.items() if "lora_B" in k]
+    assert ups and all(float(v.abs().sum()) > 0 for v in ups)  # B starts at 0: every up-projection moved
+
+
+def test_public_gradient_stays_out_of_the_private_per_sample_gradients():
+    """PDA-DPMD's public pass runs with Opacus' hooks off: the private grad_sample holds exactly the
+    private batch's rows, and .grad is not written by the public pass."""
+    import warnings
+
+    import torch
+    from opacus import PrivacyEngine
+    from torch.utils.data import TensorDataset
+
+    from dphyper.dpsgd import make_private, public_gradient
+
+    torch.manual_seed(0)
+    x, y = torch.randn(20, 3), torch.randn(20, 1)
+    model = torch.nn.Linear(3, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model, opt, _ = make_private(PrivacyEngine(), model, opt, TensorDataset(x, y), batch_size=5,
+                                     max_grad_norm=1.0, sigma=1.0, device=torch.device("cpu"))
+    params = list(model.parameters())
+    public = torch.randn(64, 4)
+    g = public_gradient(model, params, public, 16, torch.Generator().manual_seed(0),
+                        lambda m, b: ((m(b[:, :3]) - b[:, 3:]) ** 2).mean())
+    assert len(g) == len(params) and all(p.grad is None and getattr(p, "grad_sample", None) is None for p in params)
+    ((model(x[:5]) - y[:5]) ** 2).sum().backward()
+    assert all(p.grad_sample.shape[0] == 5 for p in params)
 
 
 @needs_models
