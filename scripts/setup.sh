@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
 # Installs everything dphyper needs on a fresh Debian machine:
-#   apt: dataset-fashion-mnist (public data), chromium (browser tests)
+#   apt: the runtime packages of packages.txt (the same file a Hugging Face Space installs:
+#        dataset-fashion-mnist, the public data), plus chromium for the browser tests only
 #   pip: requirements.txt (exact pins) into the virtual environment given as $1.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 venv="${1:-.venv}"
 need=()
-[ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || need+=(dataset-fashion-mnist)
+while read -r pkg; do
+  pkg="${pkg%%#*}"; pkg="${pkg// /}"
+  [ -n "$pkg" ] || continue
+  dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done < packages.txt
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
   sudo_cmd=""

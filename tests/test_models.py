@@ -63,3 +63,31 @@ def test_base_samples_cover_many_classes():
     hist = class_histogram(sample(load_unet(), 64, steps=20, seed=0))
     assert sum(v > 0 for v in hist.values()) >= 6, hist
     assert max(hist.values()) <= 32, hist
+
+
+@needs_fmnist
+def test_shipped_public_map_is_what_its_command_builds():
+    """assets/public_map: made by `train public-map` with the shipped encoder (a rebuild matches)."""
+    import torch
+
+    from dphyper.public_map import compute, load
+
+    shipped, rebuilt = load(), compute()
+    assert shipped["points"].shape == (1000, 2) and shipped["labels"].unique().numel() == 10
+    assert torch.equal(shipped["labels"], rebuilt["labels"])
+    assert torch.allclose(shipped["points"], rebuilt["points"], atol=1e-3)
+    assert torch.allclose(shipped["axes"], rebuilt["axes"], atol=1e-6)
+
+
+def test_app_warms_up_without_the_dataset(tmp_path):
+    """A Space may lack the Debian dataset: the app's start (models, noise-view map) must not need it."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "DPHYPER_FASHION_MNIST": str(tmp_path), "DPHYPER_TEMP_DIR": str(tmp_path / "tmp")}
+    code = ("import dphyper.app as a; a.prepare_temp_dir(); a.warm_up(); a.build_demo(); "
+            "print('points', len(a._public_map()['points']))")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "points 1000" in out.stdout

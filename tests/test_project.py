@@ -88,3 +88,13 @@ def test_cli_reports_bad_input_without_traceback(tmp_path):
     out = subprocess.run([sys.executable, "-m", "dphyper", "evaluate", "--samples", str(tmp_path), "--reference",
                           str(tmp_path)], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 2 and "Traceback" not in out.stderr and "x.png" in out.stderr
+
+
+def test_runtime_debian_packages_have_one_source():
+    """packages.txt (what a Space installs) lists the runtime apt packages; setup.sh installs from it."""
+    pkgs = [ln.split("#")[0].strip() for ln in (ROOT / "packages.txt").read_text().splitlines()]
+    assert "dataset-fashion-mnist" in pkgs
+    setup = (ROOT / "scripts" / "setup.sh").read_text()
+    code = [ln for ln in setup.splitlines() if not ln.lstrip().startswith("#")]
+    assert any("packages.txt" in ln for ln in code)
+    assert not any("dataset-fashion-mnist" in ln for ln in code)  # not a second list of the same packages
