@@ -42,6 +42,26 @@ MAX_FILE_MB = 10
 MAX_IMAGES = 2000
 SESSION_TTL_S = 3600  # decoded images are dropped from a session idle this long
 
+
+def hosted_mode() -> str:
+    """``DPHYPER_HOSTED``: "" (default, run by the data owner), "warn" (a public server: uploads come
+    with a prominent warning) or "examples" (a public server: uploads off, example sets only)."""
+    mode = os.environ.get("DPHYPER_HOSTED", "").strip().lower()
+    if mode in ("", "0", "off", "false"):
+        return ""
+    if mode in ("1", "on", "true", "warn"):
+        return "warn"
+    if mode in ("examples", "no-uploads"):
+        return "examples"
+    raise ValueError(f"DPHYPER_HOSTED must be empty, warn or examples, got {mode!r}")
+
+
+HOSTED_WARNING = (
+    "⚠️ **This is a hosted demo.** Differential privacy protects the people in your images from what the "
+    "*outputs* reveal (LoRA, samples, report), not from this server: whoever runs it can see what you "
+    "upload. Use the example sets here, and for truly private images run dphyper on your own machine "
+    "(two commands, see the README).")
+
 _lock = threading.RLock()  # re-entrant: the PCA map loads the encoder under it
 _models: dict[str, object] = {}
 
@@ -99,6 +119,9 @@ def load_data(example: str | None, files: list | None = None, folder: list | Non
     from .data import DataError, load_folder, load_images
 
     uploaded = [Path(getattr(f, "name", f)) for f in (files or []) + (folder or [])]
+    if uploaded and hosted_mode() == "examples":  # the API too, not only the hidden components
+        _delete_uploads(uploaded)
+        raise gr.Error("Uploads are switched off on this hosted demo: choose an example set.")
     if len(uploaded) > MAX_IMAGES:  # refuse before decoding anything
         _delete_uploads(uploaded)
         raise gr.Error(f"{len(uploaded)} files is over the limit of {MAX_IMAGES} images per upload: "
@@ -669,9 +692,13 @@ def build_demo():
                 with gr.Column(scale=1):
                     gr.Markdown("### 1 · Your private images")
                     example = gr.Dropdown(names, value=names[0] if names else None, label="Example private set")
+                    hosted = hosted_mode()
+                    if hosted:
+                        gr.Markdown(HOSTED_WARNING, elem_id="hosted-warning")
                     gr.Markdown(f"**…or upload your own** (≤ {MAX_FILE_MB} MB per file, ≤ {MAX_IMAGES} images, ≤ 40 M "
-                                "pixels per image; PNG, JPEG, WebP, GIF (first frame), BMP, TIFF; colour becomes grey):")
-                    with gr.Row():
+                                "pixels per image; PNG, JPEG, WebP, GIF (first frame), BMP, TIFF; colour becomes grey):"
+                                if hosted != "examples" else "Uploads are switched off on this hosted demo.")
+                    with gr.Row(visible=hosted != "examples"):
                         folder = gr.File(file_count="directory", label="a folder", height=120)
                         files = gr.File(file_count="multiple", label="or files", file_types=["image"], height=120)
                     overview = gr.Markdown()

@@ -239,3 +239,30 @@ def _samples_come_from_own_lora(r: dict) -> bool:
     mine = np.asarray(make_grid(x)).astype(int)
     got = np.asarray(Image.open(files["grid.png"])).astype(int)
     return mine.shape == got.shape and float((np.abs(mine - got) > 1).mean()) < 1e-3
+
+
+def test_hosted_demo_mode_warns_or_turns_uploads_off(monkeypatch, tmp_path):
+    """DPHYPER_HOSTED: a local run has no restriction; "warn" shows the hosted-server warning;
+    "examples" hides the upload and refuses uploaded files through the API as well."""
+    import gradio as gr
+
+    from dphyper import app
+
+    def page_text(demo) -> str:
+        return " ".join(str(b.value) for b in demo.blocks.values() if isinstance(b, gr.Markdown))
+
+    monkeypatch.delenv("DPHYPER_HOSTED", raising=False)
+    assert app.hosted_mode() == "" and "hosted demo" not in page_text(app.build_demo())
+    monkeypatch.setenv("DPHYPER_HOSTED", "warn")
+    assert "whoever runs it can see what you upload" in page_text(app.build_demo())
+    monkeypatch.setenv("DPHYPER_HOSTED", "examples")
+    demo = app.build_demo()
+    assert "Uploads are switched off" in page_text(demo)
+    img = tmp_path / "a.png"
+    img.write_bytes(b"not decoded")
+    with pytest.raises(gr.Error, match="switched off"):
+        app.load_data(None, [str(img)])
+    assert app.load_data("bags")[0]["n"] > 0  # the examples still work
+    monkeypatch.setenv("DPHYPER_HOSTED", "typo")
+    with pytest.raises(ValueError):
+        app.hosted_mode()
