@@ -28,7 +28,7 @@ import shutil
 import tempfile
 import threading
 import time
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 import gradio as gr
@@ -65,13 +65,7 @@ HOSTED_WARNING = (
 _lock = threading.RLock()  # re-entrant: the PCA map loads the encoder under it
 _models: dict[str, object] = {}
 
-try:  # On Hugging Face ZeroGPU Spaces, the heavy functions borrow a GPU; elsewhere a no-op.
-    import spaces  # type: ignore
-
-    gpu = spaces.GPU
-except ImportError:  # pragma: no cover - the package exists only on Spaces
-    def gpu(fn=None, **_kwargs):
-        return fn if fn is not None else (lambda f: f)
+from .gpu import CHUNK_SECONDS, gpu  # noqa: E402  (spaces.GPU on ZeroGPU, a no-op elsewhere)
 
 
 def _public():
@@ -408,11 +402,22 @@ def _release(name: str, images, cfg):
 
 
 @gpu(duration=600)
-def _train(name: str, images, cfg, progress, cancel):
+def _train_one_call(name: str, images, cfg, progress, cancel):
     from .methods import get_method, run_method
     from .models import shared_models
 
     return run_method(get_method(name), images, cfg, shared_models(), progress=progress, cancel=cancel)
+
+
+def _train(name: str, images, cfg, progress, cancel):
+    """A training method: in short GPU chunks driven from here when chunking is on (ZeroGPU), else one call."""
+    if CHUNK_SECONDS and "chunk_seconds" in {f.name for f in fields(cfg)}:
+        from .methods import get_method, run_method
+        from .models import shared_models
+
+        cfg = replace(cfg, chunk_seconds=CHUNK_SECONDS)
+        return run_method(get_method(name), images, cfg, shared_models(), progress=progress, cancel=cancel)
+    return _train_one_call(name, images, cfg, progress, cancel)
 
 
 def _finish(method, result, data: dict, epsilon: float, seconds: float, book: LedgerBook, runs: list,

@@ -39,6 +39,7 @@ class BenchConfig:
                                                 "all registered; 'floor' = compare only the base model and the "
                                                 "non-private floor)"})
     max_cells: int = field(default=0, metadata={"help": "sweep: stop after this many new cells (0 = no limit); rerun to continue"})
+    report_only: bool = field(default=False, metadata={"help": "compare/sweep: compute nothing, rewrite the tables from the stored cells"})
     quick: bool = field(default=False, metadata={"help": "compare: 3 sets x 3 epsilons x 64 samples (<= 30 min on 2 CPU cores)"})
     compare_samples: int = field(default=128, metadata={"help": "compare: generated images per cell (64 with --quick)"})
     sets: str = field(default="", metadata={"help": "compare: comma-separated set names (default: the full or quick list)"})
@@ -300,7 +301,8 @@ def bench_compare(cfg: BenchConfig) -> dict:
     names = tuple(m for m in cfg.methods.split(",") if m)
     st = CompareSettings(quick=cfg.quick, samples=cfg.compare_samples, steps=cfg.steps, seed=cfg.seed,
                          repeats=cfg.repeats, sets=tuple(s for s in cfg.sets.split(",") if s),
-                         methods=() if names == ("floor",) else (names or None)).resolved()
+                         methods=() if names == ("floor",) else (names or None),
+                         report_only=cfg.report_only).resolved()
     res = run_compare(st, log=lambda m: print(m, flush=True))
     summ = summarise(res, st.sets, st.samples, st.steps)
     tg = targets(summ, res["sets"], st.epsilons)
@@ -556,8 +558,11 @@ def bench_sweep(cfg: BenchConfig) -> dict:
     names = tuple(m for m in cfg.methods.split(",") if m) or tuple(n for n, m in METHODS.items() if m.sweep)
     wanted = [x for x in cfg.sets.split(",") if x]
     sets = tuple(s for s in SWEEP_SETS if not wanted or s.name in wanted)
-    res = run_sweep(names, REPO_DIR / "bench", sets=sets, steps=cfg.steps, seed=cfg.seed, max_cells=cfg.max_cells,
-                    log=lambda m: print(m, flush=True))
+    if cfg.report_only:
+        res = json.loads((REPO_DIR / "bench" / "sweep.json").read_text())
+    else:
+        res = run_sweep(names, REPO_DIR / "bench", sets=sets, steps=cfg.steps, seed=cfg.seed, max_cells=cfg.max_cells,
+                        log=lambda m: print(m, flush=True))
     write_section(cfg.doc, "sweep", sweep_table(res))
     return res
 

@@ -344,6 +344,7 @@ class CompareSettings:
     epsilons: tuple[float, ...] = ()
     methods: tuple[str, ...] | None = None  # registered methods to run (None: all; (): only base and floor)
     overrides: dict = field(default_factory=dict)  # method -> config overrides (tests: {"dpsgd": {"max_steps": 2}})
+    report_only: bool = False  # compute no cell: tables from what is stored
     out: Path = field(default_factory=lambda: REPO_DIR / "bench")
 
     def resolved(self) -> "CompareSettings":
@@ -410,7 +411,7 @@ def run_compare(settings: CompareSettings, log=print) -> dict:
     built: dict[str, dict] = {}
     for name, method, eps, rep in plan:
         key = _cell_key(name, method, eps, rep, st.samples, st.steps)
-        if key in res["cells"] and _still_valid(res["cells"][key], res):
+        if (key in res["cells"] and _still_valid(res["cells"][key], res)) or st.report_only:
             continue
         if name not in built:
             built[name] = build_set(by_name[name], Path(st.out))

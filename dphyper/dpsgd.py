@@ -48,6 +48,8 @@ class DPSGDConfig(PrivateRunConfig):
     max_grad_norm: float = field(default=0.0, metadata={"help": "per-sample clipping norm C (0 = tuned default)"})
     max_steps: int = field(default=0, metadata={"help": "step budget (0 = epochs / sample rate); sigma is calibrated for the steps that run"})
     accountant: str = field(default="prv", metadata={"help": "Opacus accountant: prv or rdp"})
+    chunk_seconds: float = field(default=0.0, metadata={"help": "train in GPU calls of at most this many seconds "
+                                                              "(ZeroGPU); 0 = one call. The accounting is identical"})
 
 
 # Chosen by `python -m dphyper bench --suite dpsgd-sweep` on public (train-split) sets at
@@ -176,42 +178,92 @@ def pda_alpha(step: int, total_steps: int) -> float:
     return math.cos(math.pi * step / (2 * total_steps))
 
 
-def train_dpsgd(images: torch.Tensor, cfg: DPSGDConfig, *, progress: Callable[[dict], None] | None = None,
-                cancel: threading.Event | None = None, device: torch.device | None = None,
-                public: torch.Tensor | None = None, public_batch: int = 64) -> DPSGDResult:
-    """DP-SGD on LoRA parameters; images (n, 1, 32, 32) are private.
+@dataclass
+class TrainState:
+    """Everything one chunk of DP-SGD hands to the next (and to ``finish_dpsgd``).
 
-    ``public`` (public images, e.g. the Fashion-MNIST train split) turns the run into PDA-DPMD
-    (``methods/pda_dpmd.py``): each step mixes the noisy private gradient with the gradient of
-    the same loss on a public batch of ``public_batch`` images, weight cos(pi t / 2T) on the
-    private part. The public gradient costs no privacy; the accounting is unchanged.
+    A training run can be a sequence of short calls (a ZeroGPU Space gives a GPU for a limited
+    time per call, and a call may run in another process): the LoRA and Adam's moments after the
+    steps so far (post-processing of the noisy steps), Opacus' accountant history, the step count.
+    The accounting is the same whether a run is chunked or not: Opacus' accountant merges the
+    restored history with the new steps, (sigma, q, steps) exactly as one call would record it.
     """
-    from opacus import PrivacyEngine
 
-    device = device or get_device()
-    t_all = time.perf_counter()
-    n = len(images)
+    cfg: DPSGDConfig  # resolved for this n
+    q: float
+    planned: int
+    total_steps: int
+    sigma: float
+    step: int = 0
+    lora: dict[str, torch.Tensor] | None = None
+    opt_state: dict | None = None
+    history: list = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+    train_seconds: float = 0.0
+
+    @property
+    def private(self) -> bool:
+        return math.isfinite(self.cfg.epsilon)
+
+    @property
+    def done(self) -> bool:
+        return self.step >= self.total_steps
+
+
+def start_dpsgd(n: int, cfg: DPSGDConfig) -> TrainState:
+    """Resolve the settings for n and calibrate sigma for the steps that will run (no data touched)."""
     cfg = resolve(cfg, n)
     check_epsilon_delta(cfg.epsilon, cfg.delta)  # a NaN epsilon is an error, never "non-private"
-    private = math.isfinite(cfg.epsilon)
-    unet = add_lora(load_unet(device=device))
-    unet.train()
-    names = [name for name, p in unet.named_parameters() if p.requires_grad]
-    params = [p for p in unet.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=cfg.lr)
-    loader = DataLoader(TensorDataset(images), batch_size=min(cfg.batch_size, n), shuffle=True)  # non-private only
     q, planned, total_steps = schedule(n, cfg)
-    model, engine, sigma = unet, None, 0.0
-    if private:
+    sigma = 0.0
+    if math.isfinite(cfg.epsilon):
         # Calibrate sigma for the steps that will actually run (a lower step budget buys less noise),
         # with Opacus' own search: the same thing make_private_with_epsilon does for whole epochs.
         sigma = dpsgd_noise_multiplier(epsilon=cfg.epsilon, delta=cfg.delta, sample_rate=q, steps=total_steps,
                                        accountant=cfg.accountant)
+    return TrainState(cfg=cfg, q=q, planned=planned, total_steps=total_steps, sigma=sigma)
+
+
+def _to_cpu(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu().clone()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
+def advance_dpsgd(images: torch.Tensor, state: TrainState, *, max_steps: int = 0, max_seconds: float = 0.0,
+                  progress: Callable[[dict], None] | None = None, cancel: threading.Event | None = None,
+                  device: torch.device | None = None, public: torch.Tensor | None = None,
+                  public_batch: int = 64) -> TrainState:
+    """Run the next chunk: at most ``max_steps`` steps and/or ``max_seconds`` (0 = no limit), then
+    return the new state (on the CPU, so that it can leave a GPU worker process)."""
+    from opacus import PrivacyEngine
+
+    device = device or get_device()
+    cfg, n = state.cfg, len(images)
+    unet = add_lora(load_unet(device=device))
+    unet.train()
+    names = [name for name, p in unet.named_parameters() if p.requires_grad]
+    params = [p for p in unet.parameters() if p.requires_grad]
+    if state.lora is not None:
+        with torch.no_grad():
+            for name, p in zip(names, params):
+                p.copy_(state.lora[name].to(device))
+    opt = torch.optim.Adam(params, lr=cfg.lr)
+    if state.opt_state is not None:
+        opt.load_state_dict(state.opt_state)
+    loader = DataLoader(TensorDataset(images), batch_size=min(cfg.batch_size, n), shuffle=True)  # non-private only
+    model, engine = unet, None
+    if state.private:
         engine = PrivacyEngine(accountant=cfg.accountant, secure_mode=False)
+        engine.accountant.history = list(state.history)  # the steps of earlier chunks
         model, opt, loader = make_private(engine, unet, opt, TensorDataset(images), batch_size=min(cfg.batch_size, n),
-                                          max_grad_norm=cfg.max_grad_norm, sigma=sigma, device=device)
-        if abs(loader.sample_rate - q) > 1e-12:
-            raise RuntimeError(f"Opacus sample rate {loader.sample_rate} != calibrated {q}")
+                                          max_grad_norm=cfg.max_grad_norm, sigma=state.sigma, device=device)
+        if abs(loader.sample_rate - state.q) > 1e-12:
+            raise RuntimeError(f"Opacus sample rate {loader.sample_rate} != calibrated {state.q}")
     sched = make_train_scheduler()
     alphas = sched.alphas_cumprod.to(device)
     # The training randomness (timesteps and noise of the loss, the public batches) comes from
@@ -230,12 +282,20 @@ def train_dpsgd(images: torch.Tensor, cfg: DPSGDConfig, *, progress: Callable[[d
         else:
             pda_step(opt, params, public_grads, alpha, private=engine is not None)
 
-    losses, step, t0 = [], 0, time.perf_counter()
-    while step < total_steps:
+    total_steps = state.total_steps
+    stop_at = min(total_steps, state.step + max_steps) if max_steps else total_steps
+    losses, step, t0 = list(state.losses), state.step, time.perf_counter()
+    deadline = t0 + max_seconds if max_seconds else math.inf
+    first = step
+
+    def out_of_time() -> bool:  # every chunk takes at least one step
+        return step > first and time.perf_counter() >= deadline
+
+    while step < stop_at and not out_of_time():
         for (x0,) in loader:
             if cancel is not None and cancel.is_set():
                 raise Cancelled("DP-SGD run cancelled; nothing was released.")
-            if step >= total_steps:
+            if step >= stop_at or out_of_time():
                 break
             x0 = x0.to(device)
             opt.zero_grad(set_to_none=True)
@@ -260,25 +320,49 @@ def train_dpsgd(images: torch.Tensor, cfg: DPSGDConfig, *, progress: Callable[[d
             step += 1
             if progress is not None:
                 spent = engine.get_epsilon(cfg.delta) if engine is not None else math.inf
-                elapsed = time.perf_counter() - t0
+                elapsed = state.train_seconds + time.perf_counter() - t0
                 progress({"step": step, "total": total_steps, "epsilon_spent": spent,
                           "eta_seconds": elapsed / step * (total_steps - step)})
-    train_seconds = time.perf_counter() - t0
-    eps_spent = engine.get_epsilon(cfg.delta) if engine is not None else math.inf
-    noise_multiplier = float(sigma)
-    lora = {name: p.detach().clone() for name, p in zip(names, params)}
-    if hasattr(model, "_close"):  # remove Opacus' hooks from the UNet before sampling
+    lora = {name: p.detach().cpu().clone() for name, p in zip(names, params)}
+    if hasattr(model, "_close"):  # remove Opacus' hooks from the UNet
         model._close()
-    unet.eval()
+    base_opt = opt.original_optimizer if engine is not None else opt
+    return replace(state, step=step, lora=lora, opt_state=_to_cpu(base_opt.state_dict()),
+                   history=list(engine.accountant.history) if engine is not None else [], losses=losses,
+                   train_seconds=state.train_seconds + time.perf_counter() - t0)
+
+
+def epsilon_spent(state: TrainState) -> float:
+    """What Opacus' accountant says the steps so far spent (inf for a non-private run)."""
+    if not state.private:
+        return math.inf
+    from opacus.accountants import create_accountant
+
+    acc = create_accountant(state.cfg.accountant)
+    acc.history = list(state.history)
+    return float(acc.get_epsilon(state.cfg.delta)) if state.history else 0.0
+
+
+def finish_dpsgd(state: TrainState, *, device: torch.device | None = None, t_all: float | None = None) -> DPSGDResult:
+    """The release of a finished (or stopped) run: its LoRA, samples, report and privacy event."""
+    device = device or get_device()
+    cfg, private = state.cfg, state.private
+    if private and sum(k for _, _, k in state.history) != state.step:
+        raise RuntimeError("the accountant's steps and the run's steps differ")
+    eps_spent = epsilon_spent(state)
+    lora = dict(state.lora or {})
     t1 = time.perf_counter()
     cfg = replace(cfg, seed=cfg.seed if cfg.seed is not None else secrets.randbits(31))  # reported, see pipeline
-    x = sample(unet, cfg.samples, steps=cfg.steps, seed=cfg.seed, model_fn=lora_model_fn(unet, lora)) if cfg.samples \
-        else torch.empty(0, 1, 32, 32)
+    if cfg.samples:
+        unet = add_lora(load_unet(device=device)).eval()
+        x = sample(unet, cfg.samples, steps=cfg.steps, seed=cfg.seed, model_fn=lora_model_fn(unet, lora))
+    else:
+        x = torch.empty(0, 1, 32, 32)
     sample_seconds = time.perf_counter() - t1
     # A non-private run is a release too: the ledger must show that it has no bound (epsilon = inf).
     event = PrivacyEvent(mechanism="dpsgd_poisson_gaussian", epsilon=float(eps_spent) if private else math.inf,
-                         delta=cfg.delta, noise_multiplier=noise_multiplier,
-                         sensitivity=cfg.max_grad_norm if private else math.inf, sample_rate=q, steps=step,
+                         delta=cfg.delta, noise_multiplier=float(state.sigma),
+                         sensitivity=cfg.max_grad_norm if private else math.inf, sample_rate=state.q, steps=state.step,
                          accountant=cfg.accountant if private else "none (non-private)")
     report = {
         "method": "dpsgd",
@@ -286,12 +370,12 @@ def train_dpsgd(images: torch.Tensor, cfg: DPSGDConfig, *, progress: Callable[[d
         "epsilon": cfg.epsilon if private else "inf",
         "epsilon_spent": float(eps_spent) if private else "inf",
         "delta": cfg.delta,
-        "noise_multiplier": noise_multiplier,
+        "noise_multiplier": float(state.sigma),
         "max_grad_norm": cfg.max_grad_norm if private else None,
         "epochs": cfg.epochs,
-        "sample_rate": q,
-        "steps": step,
-        "planned_steps": planned,
+        "sample_rate": state.q,
+        "steps": state.step,
+        "planned_steps": state.planned,
         "accountant": cfg.accountant if private else "none (non-private)",
         "grad_sample_mode": "hooks" if private else None,
         "lr": cfg.lr,
@@ -300,7 +384,64 @@ def train_dpsgd(images: torch.Tensor, cfg: DPSGDConfig, *, progress: Callable[[d
         "sampling_steps": cfg.steps,
         "sampling_seed": cfg.seed,
     }
-    timings = {"train": train_seconds, "sample": sample_seconds, "total": time.perf_counter() - t_all}
+    timings = {"train": state.train_seconds, "sample": sample_seconds}
+    if t_all is not None:
+        timings["total"] = time.perf_counter() - t_all
     if not private:
         report["warning"] = "epsilon = inf: NO privacy (non-private reference)"
-    return DPSGDResult(lora=lora, samples=x, report=report, event=event, losses=losses, timings=timings)
+    return DPSGDResult(lora=lora, samples=x, report=report, event=event, losses=list(state.losses), timings=timings)
+
+
+def train_dpsgd(images: torch.Tensor, cfg: DPSGDConfig, *, progress: Callable[[dict], None] | None = None,
+                cancel: threading.Event | None = None, device: torch.device | None = None,
+                public: torch.Tensor | None = None, public_batch: int = 64, chunk_steps: int = 0) -> DPSGDResult:
+    """DP-SGD on LoRA parameters; images (n, 1, 32, 32) are private.
+
+    ``public`` (public images, e.g. the Fashion-MNIST train split) turns the run into PDA-DPMD
+    (``methods/pda_dpmd.py``): each step mixes the noisy private gradient with the gradient of
+    the same loss on a public batch of ``public_batch`` images, weight cos(pi t / 2T) on the
+    private part. The public gradient costs no privacy; the accounting is unchanged.
+    ``chunk_steps`` runs the same training as a sequence of chunks (``advance_dpsgd``), each
+    rebuilding its model, optimiser and accountant from the previous chunk's state.
+    """
+    from .gpu import ZERO_GPU
+
+    t_all = time.perf_counter()
+    state = start_dpsgd(len(images), cfg)
+    chunked = bool(chunk_steps or cfg.chunk_seconds)
+    while not state.done:
+        if cancel is not None and cancel.is_set():
+            raise Cancelled("DP-SGD run cancelled; nothing was released.")
+        before = state.step
+        if chunked:
+            # One short GPU call per chunk; across a ZeroGPU process boundary no callback can go in, so
+            # progress and Cancel are handled here, between chunks.
+            inside = not ZERO_GPU
+            state = _advance_on_gpu(images, state, chunk_steps, cfg.chunk_seconds, progress if inside else None,
+                                    cancel if inside else None, device, public, public_batch)
+            if progress is not None and not inside:
+                progress({"step": state.step, "total": state.total_steps, "epsilon_spent": epsilon_spent(state),
+                          "eta_seconds": state.train_seconds / state.step * (state.total_steps - state.step)})
+        else:
+            state = advance_dpsgd(images, state, progress=progress, cancel=cancel, device=device, public=public,
+                                  public_batch=public_batch)
+        if state.step == before:
+            raise RuntimeError("a DP-SGD chunk made no progress")
+    return finish_dpsgd(state, device=device, t_all=t_all)
+
+
+def _gpu_duration(images, state, chunk_steps, chunk_seconds, *args) -> int:
+    """ZeroGPU's duration of one chunk: its training time plus room for loading the model."""
+    return int(chunk_seconds or 60) + 30
+
+
+def _advance_chunk(images, state, chunk_steps, chunk_seconds, progress, cancel, device, public, public_batch):
+    return advance_dpsgd(images, state, max_steps=chunk_steps, max_seconds=chunk_seconds, progress=progress,
+                         cancel=cancel, device=device, public=public, public_batch=public_batch)
+
+
+def _advance_on_gpu(*args):
+    from .gpu import ZERO_GPU, gpu
+
+    fn = gpu(duration=_gpu_duration)(_advance_chunk) if ZERO_GPU else _advance_chunk
+    return fn(*args)

@@ -1,5 +1,6 @@
 """DP-SGD baseline: accounting, and that updates really happen (Opacus issue 820 guard)."""
 
+import dataclasses
 import math
 import threading
 
@@ -96,3 +97,42 @@ def test_shipped_defaults_are_the_public_sweeps_winners():
     assert tuned_defaults(100)["lr"] == TUNED[0]["lr"] and tuned_defaults(1000)["lr"] == TUNED[-1]["lr"]
     explicit = resolve(DPSGDConfig(lr=0.5), 1000)  # an explicit value wins over the tuned one
     assert explicit.lr == 0.5 and explicit.max_grad_norm == TUNED[-1]["max_grad_norm"]
+
+
+@needs_base
+def test_a_chunked_run_is_accounted_exactly_like_one_call():
+    """ZeroGPU-style: the same run as three short calls (model, optimiser and accountant carried in a
+    state) reports the same epsilon, steps and event as one call, and its history is one entry."""
+    from dphyper.dpsgd import advance_dpsgd, epsilon_spent, start_dpsgd
+
+    images = _squares(24)
+    cfg = DPSGDConfig(epsilon=1.0, samples=0, max_steps=6)
+    whole = train_dpsgd(images, cfg)
+    chunked = train_dpsgd(images, cfg, chunk_steps=2)
+    assert whole.report["steps"] == chunked.report["steps"] == 6
+    assert chunked.report["epsilon_spent"] == whole.report["epsilon_spent"] <= 1.0 + 1e-9
+    assert dataclasses.replace(chunked.event, time=0) == dataclasses.replace(whole.event, time=0)
+    state = start_dpsgd(len(images), cfg)
+    for k in (2, 4, 6):
+        state = advance_dpsgd(images, state, max_steps=2)
+        assert state.step == k and state.history == [(state.sigma, state.q, k)]  # merged, as one call records
+        assert all(v.device.type == "cpu" for v in state.lora.values())  # can leave a GPU worker process
+    assert epsilon_spent(state) == whole.report["epsilon_spent"]
+    # Adam's moments were carried: a chunk continues the optimiser, it does not restart it.
+    assert state.opt_state["state"] and all(int(v["step"]) == 6 for v in state.opt_state["state"].values())
+
+
+@needs_base
+def test_time_boxed_chunks_make_progress_and_match_the_accounting(monkeypatch):
+    """chunk_seconds (the ZeroGPU setting): every chunk takes at least one step, chunks go through the
+    GPU wrapper one by one, and the run reports what one call would."""
+    import dphyper.dpsgd as dpsgd
+
+    calls = []
+    real = dpsgd._advance_chunk
+    monkeypatch.setattr(dpsgd, "_advance_chunk", lambda *a: calls.append(a[1].step) or real(*a))
+    images = _squares(24)
+    r = train_dpsgd(images, DPSGDConfig(epsilon=1.0, samples=0, max_steps=4, chunk_seconds=1e-6))
+    assert calls == [0, 1, 2, 3]  # one step per chunk: each chunk hit its (tiny) time box
+    whole = train_dpsgd(images, DPSGDConfig(epsilon=1.0, samples=0, max_steps=4))
+    assert r.report["steps"] == 4 and r.report["epsilon_spent"] == whole.report["epsilon_spent"]
