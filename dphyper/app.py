@@ -36,6 +36,7 @@ import gradio as gr
 from .compare import style as method_style
 from .config import EXAMPLES_DIR, REPO_DIR
 from .ledger import LedgerBook, drop_duplicates, total_text
+from .models import shared_models  # the process's public models (base UNet, encoder, H, evaluator)
 
 TEMP_DIR = Path(os.environ.get("DPHYPER_TEMP_DIR", REPO_DIR / ".gradio_tmp"))
 MAX_FILE_MB = 10
@@ -68,15 +69,8 @@ _models: dict[str, object] = {}
 from .gpu import CHUNK_SECONDS, gpu  # noqa: E402  (spaces.GPU on ZeroGPU, a no-op elsewhere)
 
 
-def _public():
-    """The process's public models (``dphyper.models``): base UNet, encoder, H, evaluator, loaded once."""
-    from .models import shared_models
-
-    return shared_models()
-
-
 def _evaluator():
-    return _public().evaluator
+    return shared_models().evaluator
 
 
 def example_names() -> list[str]:
@@ -392,31 +386,21 @@ def _require(data: dict | None) -> dict:
 # ---------------------------------------------------------------- one runner for every registered method
 
 
-@gpu
-def _release(name: str, images, cfg):
-    """A one-shot method's GPU part (ZeroGPU may run it in another process): no session state in or out."""
+def _run(name: str, images, cfg, progress=None, cancel=None):
     from .methods import get_method, run_method
-    from .models import shared_models
-
-    return run_method(get_method(name), images, cfg, shared_models())
-
-
-@gpu(duration=600)
-def _train_one_call(name: str, images, cfg, progress, cancel):
-    from .methods import get_method, run_method
-    from .models import shared_models
 
     return run_method(get_method(name), images, cfg, shared_models(), progress=progress, cancel=cancel)
+
+
+# A one-shot method's GPU part (ZeroGPU may run it in another process): no session state in or out.
+_release = gpu(_run)
+_train_one_call = gpu(duration=600)(_run)
 
 
 def _train(name: str, images, cfg, progress, cancel):
     """A training method: in short GPU chunks driven from here when chunking is on (ZeroGPU), else one call."""
     if CHUNK_SECONDS and "chunk_seconds" in {f.name for f in fields(cfg)}:
-        from .methods import get_method, run_method
-        from .models import shared_models
-
-        cfg = replace(cfg, chunk_seconds=CHUNK_SECONDS)
-        return run_method(get_method(name), images, cfg, shared_models(), progress=progress, cancel=cancel)
+        return _run(name, images, replace(cfg, chunk_seconds=CHUNK_SECONDS), progress, cancel)
     return _train_one_call(name, images, cfg, progress, cancel)
 
 
@@ -569,7 +553,7 @@ def run_base(n_samples: int, seed: int):
     from .data import to_uint8_images
     from .diffusion import sample
 
-    x = sample(_public().unet, int(n_samples), seed=int(seed))
+    x = sample(shared_models().unet, int(n_samples), seed=int(seed))
     return list(to_uint8_images(x))
 
 
@@ -888,7 +872,7 @@ def prepare_temp_dir() -> None:
 
 def warm_up() -> None:
     """Load every public model before serving, so the first user does not wait for it."""
-    m = _public()
+    m = shared_models()
     for part in ("unet", "encoder", "hypernet", "evaluator"):
         getattr(m, part)
     _public_map()

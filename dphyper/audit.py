@@ -78,12 +78,7 @@ def epsilon_lower_bound(tp: int, fn: int, fp: int, tn: int, delta: float, confid
     return max(bounds)
 
 
-def _best_threshold(scores: np.ndarray, member: np.ndarray, delta: float) -> float:
-    """Threshold maximising the empirical bound on the selection half."""
-    return _best_threshold_and_value(scores, member, delta)[1]
-
-
-def _best_threshold_and_value(scores: np.ndarray, member: np.ndarray, delta: float) -> tuple[float, float]:
+def _best_threshold(scores: np.ndarray, member: np.ndarray, delta: float) -> tuple[float, float]:
     """(empirical bound, threshold) maximising the bound on the selection half."""
     best, best_t = -1.0, float(np.median(scores))
     for t in np.quantile(scores, np.linspace(0.5, 0.999, 60)):
@@ -260,13 +255,11 @@ def run_audit(cfg: AuditConfig) -> dict:
     else:
         scores = _dpsgd_scores(cfg, member, pda=cfg.method == "pda-dpmd")
     half = np.arange(trials) < trials // 2  # select statistic and threshold on one half, measure on the other
-    if scores.ndim == 2:
-        picks = [_best_threshold_and_value(scores[half, k], member[half], cfg.delta) for k in range(scores.shape[1])]
-        k = int(np.argmax([v for v, _ in picks]))
-        scores, statistic = scores[:, k], k
-    else:
-        statistic = 0
-    thr = _best_threshold(scores[half], member[half], cfg.delta)
+    if scores.ndim == 1:  # one statistic, or several to choose from (one column each)
+        scores = scores[:, None]
+    picks = [_best_threshold(scores[half, k], member[half], cfg.delta) for k in range(scores.shape[1])]
+    statistic = int(np.argmax([v for v, _ in picks]))
+    scores, thr = scores[:, statistic], picks[statistic][1]
     pred, mem = scores[~half] > thr, member[~half]
     tp, fp = int((pred & mem).sum()), int((pred & ~mem).sum())
     fn, tn = int((~pred & mem).sum()), int((~pred & ~mem).sum())

@@ -155,13 +155,6 @@ def class_agreement(pred: torch.Tensor, reference_hist: torch.Tensor) -> float:
 # ---------------------------------------------------------------- one cell
 
 
-def _set_models():
-    """The process's public models (base UNet, encoder, H, evaluator): one place, no method."""
-    from .models import shared_models
-
-    return shared_models()
-
-
 def method_id(name: str, overrides: dict | None = None) -> str:
     """What a stored cell of this method depends on: its shipped defaults/checkpoints and the overrides."""
     from .floor import floor_id
@@ -305,7 +298,9 @@ def run_sweep(methods: tuple[str, ...], out: Path, *, sets: tuple[BenchSet, ...]
     res.update({"delta": DELTA, "samples": samples, "steps": steps, "seed": seed, "compute_cap": COMPUTE_CAP,
                 "epsilons": list(SWEEP_EPSILONS)})
     res.setdefault("sets", {})
-    models = _set_models()
+    from .models import shared_models
+
+    models = shared_models()  # the process's public models: one place, no method
     done_now = 0
     for s in sets or SWEEP_SETS:
         data = None
@@ -397,7 +392,9 @@ def run_compare(settings: CompareSettings, log=print) -> dict:
     res.setdefault("sets", {})
     res["methods"] = list(st.methods)
     res["method_ids"] = {m: method_id(m, st.overrides.get(m)) for m in (*st.methods, "nonprivate")}
-    models = _set_models()
+    from .models import shared_models
+
+    models = shared_models()  # the process's public models: one place, no method
     t_start = time.perf_counter()
     plan = []
     for name in st.sets:

@@ -76,11 +76,13 @@ def load_unet(path: Path | None = None, device: torch.device | None = None) -> U
 def denoising_loss(model_fn, x0: torch.Tensor, scheduler: DDPMScheduler, generator: torch.Generator | None = None) -> torch.Tensor:
     """The DDPM epsilon-prediction loss; ``model_fn(noisy, t)`` returns predicted noise.
 
-    Used by base training, the hypernetwork's training and the DP-SGD baseline alike.
+    Used by base training, DP-SGD / PDA-DPMD and the non-private floor alike. The draws come from
+    ``generator`` on its own device (a CPU generator works for CUDA images) and move to ``x0``'s.
     """
     b = x0.shape[0]
-    noise = torch.randn(x0.shape, generator=generator, device=x0.device)
-    t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=generator, device=x0.device)
+    where = generator.device if generator is not None else x0.device
+    noise = torch.randn(x0.shape, generator=generator, device=where).to(x0.device)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=generator, device=where).to(x0.device)
     noisy = scheduler.add_noise(x0, noise, t)
     return F.mse_loss(model_fn(noisy, t), noise)
 

@@ -31,7 +31,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from .config import get_device
 from .errors import Cancelled
-from .diffusion import load_unet, make_train_scheduler, sample
+from .diffusion import denoising_loss, load_unet, make_train_scheduler, sample
+from .gpu import ZERO_GPU, gpu
 from .lora import add_lora, lora_model_fn
 from .pipeline import PrivateRunConfig
 from .privacy import PrivacyEvent, check_epsilon_delta, private_generator
@@ -129,16 +130,6 @@ def make_private(engine, module: torch.nn.Module, opt: torch.optim.Optimizer, da
             module=module, optimizer=opt, data_loader=loader, noise_multiplier=sigma,
             max_grad_norm=max_grad_norm, poisson_sampling=True, grad_sample_mode="hooks",
             noise_generator=private_generator(device))  # OS-seeded, never the user's seed
-
-
-def denoising_loss_on(model, x0: torch.Tensor, alphas: torch.Tensor, timesteps: int,
-                      g: torch.Generator) -> torch.Tensor:
-    """The DDPM epsilon-prediction loss with its timesteps and noise from the run's own generator."""
-    noise = torch.randn(x0.shape, generator=g, device=g.device).to(x0.device)
-    t = torch.randint(0, timesteps, (x0.shape[0],), generator=g, device=g.device).to(x0.device)
-    a = alphas[t].sqrt().view(-1, 1, 1, 1)
-    s = (1 - alphas[t]).sqrt().view(-1, 1, 1, 1)
-    return ((model(a * x0 + s * noise, t).sample - noise) ** 2).mean()
 
 
 def public_gradient(model, params: list[torch.Tensor], public: torch.Tensor, batch: int, idx_gen: torch.Generator,
@@ -265,7 +256,6 @@ def advance_dpsgd(images: torch.Tensor, state: TrainState, *, max_steps: int = 0
         if abs(loader.sample_rate - state.q) > 1e-12:
             raise RuntimeError(f"Opacus sample rate {loader.sample_rate} != calibrated {state.q}")
     sched = make_train_scheduler()
-    alphas = sched.alphas_cumprod.to(device)
     # The training randomness (timesteps and noise of the loss, the public batches) comes from
     # generators of this run only, OS-seeded: the global generator would carry hidden state from
     # the Poisson batch sizes into the public draws, and anything in the process can seed it.
@@ -274,7 +264,7 @@ def advance_dpsgd(images: torch.Tensor, state: TrainState, *, max_steps: int = 0
     pub_idx_gen = private_generator()
 
     def diffusion_loss(m, x0: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        return denoising_loss_on(m, x0, alphas, sched.config.num_train_timesteps, g)
+        return denoising_loss(lambda x, t: m(x, t).sample, x0, sched, g)
 
     def step_with(public_grads: list[torch.Tensor] | None, alpha: float) -> None:
         if public_grads is None:
@@ -404,27 +394,23 @@ def train_dpsgd(images: torch.Tensor, cfg: DPSGDConfig, *, progress: Callable[[d
     ``chunk_steps`` runs the same training as a sequence of chunks (``advance_dpsgd``), each
     rebuilding its model, optimiser and accountant from the previous chunk's state.
     """
-    from .gpu import ZERO_GPU
-
     t_all = time.perf_counter()
     state = start_dpsgd(len(images), cfg)
     chunked = bool(chunk_steps or cfg.chunk_seconds)
+    # Across a ZeroGPU process boundary no callback can go in: progress and Cancel are then handled
+    # here, between chunks.
+    inside = not (chunked and ZERO_GPU)
     while not state.done:
         if cancel is not None and cancel.is_set():
             raise Cancelled("DP-SGD run cancelled; nothing was released.")
         before = state.step
-        if chunked:
-            # One short GPU call per chunk; across a ZeroGPU process boundary no callback can go in, so
-            # progress and Cancel are handled here, between chunks.
-            inside = not ZERO_GPU
-            state = _advance_on_gpu(images, state, chunk_steps, cfg.chunk_seconds, progress if inside else None,
-                                    cancel if inside else None, device, public, public_batch)
-            if progress is not None and not inside:
-                progress({"step": state.step, "total": state.total_steps, "epsilon_spent": epsilon_spent(state),
-                          "eta_seconds": state.train_seconds / state.step * (state.total_steps - state.step)})
-        else:
-            state = advance_dpsgd(images, state, progress=progress, cancel=cancel, device=device, public=public,
-                                  public_batch=public_batch)
+        # One short GPU call per chunk when chunked; else one call for the whole run.
+        state = (_advance_on_gpu if chunked else _advance_chunk)(
+            images, state, chunk_steps, cfg.chunk_seconds, progress if inside else None, cancel if inside else None,
+            device, public, public_batch)
+        if progress is not None and not inside:
+            progress({"step": state.step, "total": state.total_steps, "epsilon_spent": epsilon_spent(state),
+                      "eta_seconds": state.train_seconds / state.step * (state.total_steps - state.step)})
         if state.step == before:
             raise RuntimeError("a DP-SGD chunk made no progress")
     return finish_dpsgd(state, device=device, t_all=t_all)
@@ -440,8 +426,7 @@ def _advance_chunk(images, state, chunk_steps, chunk_seconds, progress, cancel, 
                          cancel=cancel, device=device, public=public, public_batch=public_batch)
 
 
+@gpu(duration=_gpu_duration)
 def _advance_on_gpu(*args):
-    from .gpu import ZERO_GPU, gpu
-
-    fn = gpu(duration=_gpu_duration)(_advance_chunk) if ZERO_GPU else _advance_chunk
-    return fn(*args)
+    """One chunk as one GPU call (``spaces.GPU`` on ZeroGPU, decorated once at import; a plain call elsewhere)."""
+    return _advance_chunk(*args)

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .diffusion import load_unet, make_train_scheduler
+from .diffusion import denoising_loss, load_unet, make_train_scheduler
 from .lora import add_lora
 
 
@@ -79,8 +79,6 @@ def train_floor(images: torch.Tensor, heldout: torch.Tensor, cfg: FloorConfig = 
     params = [p for p in unet.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.lr)
     sched = make_train_scheduler()
-    alphas = sched.alphas_cumprod.to(device)
-    T = sched.config.num_train_timesteps
     held = HeldoutLoss(heldout[: cfg.heldout], cfg.draws, cfg.seed + 1, device)
     unet.eval()
     curve = [(0, held(unet))]
@@ -97,10 +95,7 @@ def train_floor(images: torch.Tensor, heldout: torch.Tensor, cfg: FloorConfig = 
                 perm, pos = torch.randperm(n, generator=g), 0
             x0 = images[perm[pos:pos + bs]].to(device)
             pos += bs
-            noise = torch.randn(x0.shape, generator=g).to(device)
-            t = torch.randint(0, T, (bs,), generator=g).to(device)
-            a = alphas[t].view(-1, 1, 1, 1)
-            loss = ((unet(a.sqrt() * x0 + (1 - a).sqrt() * noise, t).sample - noise) ** 2).mean()
+            loss = denoising_loss(lambda x, t: unet(x, t).sample, x0, sched, g)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
