@@ -360,7 +360,10 @@ def _owner_agreement(samples, images) -> float:
 def _caption(method: str, report: dict, seconds: float) -> str:
     eps = report.get("epsilon_spent", report["epsilon"])
     eps_text = "∞ (no privacy)" if eps == "inf" else f"{float(eps):.3g}"
-    return f"**{method}** — {seconds:.1f} s to a LoRA and samples; ε spent {eps_text}, δ {report['delta']:g}"
+    text = f"**{method}** — {seconds:.1f} s to a LoRA and samples; ε spent {eps_text}, δ {report['delta']:g}"
+    if report.get("note"):  # a method's plain-language remark on this release (DP outputs only)
+        text += f" · {report['note']}"
+    return text
 
 
 def _epsilon(log_eps: float, no_privacy: bool) -> float:

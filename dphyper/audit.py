@@ -29,6 +29,11 @@ noise by 10. Those must be caught: ``epsilon_lower_bound > epsilon_claimed``.
   the noisy gradient mixed with a public batch's gradient). Its extra broken variant,
   ``private-as-public``, feeds the private records (canary included) as the "public" batch:
   the bug that would make the public gradient cost privacy.
+* ``qem`` audits the quadratic exponential mechanism's release (``methods.qem.release_gradients``:
+  whitening, clipping and the Gaussian sum-and-count) in a public geometry whose curvature spans
+  four orders of magnitude, with a canary gradient along its flattest direction. Its extra broken
+  variant, ``clip-before-whitening``, clips before whitening (the sensitivity grows by
+  1 / sqrt(lambda_min)). What the method computes after the release is post-processing.
 """
 
 from __future__ import annotations
@@ -45,15 +50,17 @@ import torch
 class AuditConfig:
     """`python -m dphyper audit`: empirical lower bound on epsilon from a canary membership test."""
 
-    method: str = field(default="hypernet", metadata={"help": "hypernet, dpsgd or pda-dpmd"})
+    method: str = field(default="hypernet", metadata={"help": "hypernet, dpsgd, pda-dpmd or qem"})
     epsilon: float = field(default=1.0, metadata={"help": "epsilon the mechanism claims"})
     delta: float = field(default=1e-5, metadata={"help": "delta the mechanism claims"})
-    trials: int = field(default=0, metadata={"help": "runs with and without the canary (0 = 20000 hypernet, 1000 dpsgd)"})
+    trials: int = field(default=0, metadata={"help": "runs with and without the canary (0 = 20000 hypernet and qem, "
+                                                         "1000 dpsgd and pda-dpmd)"})
     confidence: float = field(default=0.95, metadata={"help": "confidence of the lower bound"})
     n: int = field(default=100, metadata={"help": "size of the audited dataset (without the canary)"})
     seed: int = field(default=0, metadata={"help": "seed of the canary coin flips and thresholds (not the DP noise)"})
-    broken: str = field(default="none", metadata={"help": "TEST ONLY: none, no-clip, weak-noise or (pda-dpmd) "
-                                                          "private-as-public (a wrong mechanism)"})
+    broken: str = field(default="none", metadata={"help": "TEST ONLY: none, no-clip, weak-noise, (pda-dpmd) "
+                                                          "private-as-public or (qem) clip-before-whitening "
+                                                          "(a wrong mechanism)"})
 
 
 def clopper_pearson(k: int, n: int, alpha: float) -> tuple[float, float]:
@@ -95,7 +102,8 @@ def _best_threshold(scores: np.ndarray, member: np.ndarray, delta: float) -> tup
 BROKEN_VARIANTS = ("none", "no-clip", "weak-noise")
 # Every registered method has an audit, with the variants it can be broken in (tests check both).
 AUDIT_VARIANTS = {"hypernet": BROKEN_VARIANTS, "dpsgd": BROKEN_VARIANTS,
-                  "pda-dpmd": (*BROKEN_VARIANTS, "private-as-public")}
+                  "pda-dpmd": (*BROKEN_VARIANTS, "private-as-public"),
+                  "qem": (*BROKEN_VARIANTS, "clip-before-whitening")}
 
 
 def _check_broken(kind: str, method: str = "hypernet") -> None:
@@ -152,6 +160,52 @@ def _hypernet_scores(cfg: AuditConfig, member: np.ndarray) -> np.ndarray:
         rel = _audited_release(x, cfg)
         total = rel.mean.double() * max(rel.noisy_count, 1.0)
         scores[i] = float((total - known) @ u) + (rel.noisy_count - cfg.n)  # both coordinates move by 1
+    return scores
+
+
+def _qem_scores(cfg: AuditConfig, member: np.ndarray, k: int = 16) -> np.ndarray:
+    """The quadratic EM's release (``methods.qem.release_gradients``, as shipped) on gradients in a
+    public geometry whose curvature spans four orders of magnitude.
+
+    The per-example gradients are Gaussian rows; the canary's gradient points along the flattest
+    direction of the curvature (where whitening amplifies most) with a huge norm, and the attacker
+    knows every other record. ``clip-before-whitening`` clips the raw gradient and then whitens
+    (sensitivity C / sqrt(lambda_min), not 1): the bug the module docstring warns about.
+    """
+    from .methods.qem import Geometry, QEMConfig, release_gradients, whitened_rows
+    from .privacy import _gaussian_sum_count, calibrate_gaussian, clip_embeddings
+
+    g = torch.Generator().manual_seed(cfg.seed)
+    evecs = torch.linalg.qr(torch.randn(k, k, generator=g, dtype=torch.float64)).Q
+    evals = torch.logspace(-4, 0, k, dtype=torch.float64)
+    geo = Geometry(basis=None, evecs=evecs, evals=evals, dim=k)
+    qcfg = QEMConfig(epsilon=cfg.epsilon, delta=cfg.delta, clip=1.0, damping=0.01, samples=0)
+    data = torch.randn(cfg.n, k, generator=g, dtype=torch.float64) * 0.05
+    canary = evecs[:, 0] * 100.0  # the flattest direction, far outside the clipping ball
+    W = geo.whitener(qcfg.damping)
+    multiplier = calibrate_gaussian(epsilon=cfg.epsilon, delta=cfg.delta)
+
+    def rows_of(x: torch.Tensor) -> torch.Tensor:
+        if cfg.broken == "clip-before-whitening":
+            return clip_embeddings(x / qcfg.clip, max_norm=1.0) @ W
+        if cfg.broken == "no-clip":
+            return whitened_rows(x, geo, qcfg)
+        return clip_embeddings(whitened_rows(x, geo, qcfg), max_norm=1.0)
+
+    known = rows_of(data).sum(0)  # the attacker knows every other record
+    c_row = rows_of(canary[None])[0]
+    u = c_row / c_row.norm()
+    scores = np.empty(len(member))
+    for i, m in enumerate(member):
+        x = torch.cat([data, canary[None]]) if m else data
+        if cfg.broken == "none":
+            rel = release_gradients(x, geo, qcfg)  # OS-seeded noise, as shipped
+        else:
+            mult = multiplier / 10 if cfg.broken == "weak-noise" else multiplier
+            rel = _gaussian_sum_count(rows_of(x), epsilon=cfg.epsilon, delta=cfg.delta, noise_multiplier=mult,
+                                      clip_norm=1.0)
+        total = rel.mean.double() * max(rel.noisy_count, 1.0)
+        scores[i] = float((total - known) @ u) + (rel.noisy_count - cfg.n)
     return scores
 
 
@@ -246,12 +300,14 @@ def run_audit(cfg: AuditConfig) -> dict:
     _check_broken(cfg.broken, cfg.method)
     if not (math.isfinite(cfg.epsilon) and cfg.epsilon > 0):
         raise ValueError(f"the audited epsilon must be finite and > 0, got {cfg.epsilon}")
-    trials = cfg.trials or (20000 if cfg.method == "hypernet" else 1000)
+    trials = cfg.trials or (20000 if cfg.method in ("hypernet", "qem") else 1000)
     rng = np.random.default_rng(cfg.seed + 1)
     member = rng.random(trials) < 0.5
     t0 = time.perf_counter()
     if cfg.method == "hypernet":
         scores = _hypernet_scores(cfg, member)
+    elif cfg.method == "qem":
+        scores = _qem_scores(cfg, member)
     else:
         scores = _dpsgd_scores(cfg, member, pda=cfg.method == "pda-dpmd")
     half = np.arange(trials) < trials // 2  # select statistic and threshold on one half, measure on the other

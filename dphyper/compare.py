@@ -239,8 +239,14 @@ COMPUTE_CAP = 256_000
 SWEEP_EPSILONS = (1.0, 4.0)
 
 
-def run_cost(hp: dict, n: int) -> int:
+def run_cost(hp: dict, n: int, method: str | None = None) -> int:
     """Example-gradient evaluations of a run with these settings (the unit of COMPUTE_CAP)."""
+    if method is not None:
+        from .methods import get_method
+
+        own = get_method(method).cost
+        if own is not None:
+            return own(hp, n)
     batch = min(hp.get("batch_size", 64), n)
     q = 1.0 / math.ceil(n / batch)
     steps = math.ceil(hp.get("epochs", 10.0) / q)
@@ -279,10 +285,24 @@ def sweep_plan(method: str, n: int, done: dict, set_name: str) -> list[tuple[flo
     seen, out = set(), []
     for e, hp in plan:
         k = (e, hp_key(hp))
-        if k not in seen and run_cost(hp, n) <= COMPUTE_CAP:
+        if k not in seen and run_cost(hp, n, method) <= COMPUTE_CAP:
             seen.add(k)
             out.append((e, hp))
     return out
+
+
+def _merge_cell(path: Path, res: dict, key: str, cell: dict, set_name: str) -> dict:
+    """Add one cell to the sweep file under an exclusive lock, keeping cells other processes wrote."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        disk = _load(path)
+        merged = {**res, "cells": {**res["cells"], **disk.get("cells", {}), key: cell},
+                  "sets": {**res.get("sets", {}), **disk.get("sets", {}), set_name: res["sets"][set_name]}}
+        _save(path, merged)
+    return merged
 
 
 def run_sweep(methods: tuple[str, ...], out: Path, *, sets: tuple[BenchSet, ...] = (), samples: int = 128,
@@ -315,14 +335,15 @@ def run_sweep(methods: tuple[str, ...], out: Path, *, sets: tuple[BenchSet, ...]
                     data = build_set(s, Path(out))
                     res["sets"][s.name] = data["info"]
                 cell = run_cell(method, eps, data, models, samples=samples, steps=steps, seed=seed, overrides=hp)
-                cell.update({"set": s.name, "hp": hp, "cost": run_cost(hp, s.n), "epsilon": eps})
-                res["cells"][_sweep_key(method, s.name, eps, hp)] = cell
-                _save(path, res)
+                cell.update({"set": s.name, "hp": hp, "cost": run_cost(hp, s.n, method), "epsilon": eps})
+                # Merge into what is on disk now (another sweep process may have added cells meanwhile).
+                res = _merge_cell(path, res, _sweep_key(method, s.name, eps, hp), cell, s.name)
                 done_now += 1
                 log(f"sweep {method} {s.name} eps={eps:g} {hp_key(hp)}: FID {cell['fid']:.1f} "
                     f"agreement {cell['agreement']:.3f} ({cell['seconds_to_lora']:.0f} s)")
-    _save(path, res)
-    return res
+    if not done_now:
+        return res
+    return _load(path)
 
 
 # ---------------------------------------------------------------- the comparison

@@ -9,11 +9,13 @@ from .base import Cancelled, Method, MethodResult, run_method, write_outputs
 from .dpsgd import DPSGD
 from .hypernet import HYPERNET
 from .pda_dpmd import PDA_DPMD
+from .qem import QEM
 
 METHODS: dict[str, Method] = {m.name: m for m in (
     HYPERNET,
     DPSGD,
     PDA_DPMD,
+    QEM,
 )}
 
 

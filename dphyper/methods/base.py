@@ -63,6 +63,9 @@ class Method:
     # The public sweep's staged grid ({"stage1": [hp, ...], "stage2": n -> [changes, ...]}), or None
     # when the method has nothing to tune at run time.
     sweep: dict | None = None
+    # Example-gradient evaluations of one run with settings hp on n images (the unit of
+    # compare.COMPUTE_CAP); None = the DP-SGD formula (epochs, batch and public batch).
+    cost: Callable[[dict, int], int] | None = None
 
 
 def run_method(method: Method, images: torch.Tensor, cfg, models, *, progress: Progress | None = None,

@@ -1,0 +1,129 @@
+"""The quadratic exponential mechanism: sensitivity, calibration, the step it takes, its audit."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dphyper.audit import AuditConfig, run_audit
+from dphyper.methods.qem import Geometry, QEMConfig, release_gradients, step_from_release, whitened_rows
+from dphyper.privacy import PrivacyLedger, calibrate_gaussian, release_mean
+
+from .test_hypernet import needs_models
+from .test_privacy import _pld_epsilon
+
+
+def _geometry(k: int = 8, D: int = 20, seed: int = 0, spread: float = 4.0, basis: bool = True) -> Geometry:
+    g = torch.Generator().manual_seed(seed)
+    evecs = torch.linalg.qr(torch.randn(k, k, generator=g, dtype=torch.float64)).Q
+    evals = torch.logspace(-spread, 0, k, dtype=torch.float64)
+    P = torch.linalg.qr(torch.randn(D, k, generator=g, dtype=torch.float64)).Q if basis else None
+    return Geometry(basis=P, evecs=evecs, evals=evals, dim=k)
+
+
+def _released_sum(rel) -> torch.Tensor:
+    return torch.cat([rel.mean.double() * max(rel.noisy_count, 1.0), torch.tensor([rel.noisy_count])])
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(1, 30), st.floats(1e-3, 10.0), st.floats(1e-4, 10.0), st.floats(-2, 8), st.integers(0, 2**31))
+def test_adding_any_gradient_moves_the_release_by_at_most_sqrt2(n, clip, damping, log_scale, seed):
+    """Whatever the extra gradient (huge, along the flattest direction, NaN), the pre-noise release
+    moves by at most the claimed sensitivity sqrt(1 + 1): clipping happens after whitening."""
+    geo = _geometry(seed=seed)
+    cfg = QEMConfig(epsilon=math.inf, clip=clip, damping=damping, samples=0)
+    g = torch.Generator().manual_seed(seed)
+    grads = torch.randn(n, 20, generator=g, dtype=torch.float64) * 10 ** log_scale
+    flat = geo.basis @ geo.evecs[:, 0]  # the direction whitening amplifies most
+    for extra in (flat * 10 ** log_scale, torch.randn(20, generator=g, dtype=torch.float64) * 1e6,
+                  torch.full((20,), float("nan"), dtype=torch.float64)):
+        a = release_gradients(grads, geo, cfg)
+        b = release_gradients(torch.cat([grads, extra[None]]), geo, cfg)
+        assert (_released_sum(b) - _released_sum(a)).norm() <= math.sqrt(2) * (1 + 1e-6)
+        assert b.event.sensitivity == pytest.approx(math.sqrt(2))
+
+
+@pytest.mark.parametrize("eps", [0.25, 1.0, 4.0])
+def test_noise_is_calibrated_like_an_independent_accountant_says(eps):
+    """The event's multiplier gives exactly (eps, delta) by dp_accounting's PLD accountant, and the
+    noise actually drawn has std multiplier * sqrt(2) (measured on the released count)."""
+    geo = _geometry()
+    cfg = QEMConfig(epsilon=eps, clip=0.5, samples=0)
+    grads = torch.randn(50, 20, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(3)
+    rels = [release_gradients(grads, geo, cfg, generator=gen) for _ in range(2000)]
+    s = rels[0].event.noise_multiplier
+    assert s == calibrate_gaussian(epsilon=eps, delta=cfg.delta)
+    assert _pld_epsilon(s, cfg.delta) == pytest.approx(eps, rel=5e-3)
+    counts = torch.tensor([r.noisy_count for r in rels])
+    assert counts.std().item() == pytest.approx(s * math.sqrt(2), rel=5 / math.sqrt(2 * len(rels)))
+
+
+def test_without_noise_the_step_is_the_newton_step_of_the_quadratic_model():
+    """An independent computation: z = -(G + lambda I)^{-1} P^T mean(g), solved directly."""
+    geo = _geometry(k=6, D=15, spread=2.0)
+    cfg = QEMConfig(epsilon=math.inf, clip=1e6, damping=0.3, step=1.0, samples=0)
+    grads = torch.randn(40, 15, dtype=torch.float64)
+    rel = release_gradients(grads, geo, cfg)
+    z, a = step_from_release(rel.mean, rel.noise_std_mean, geo, cfg)
+    G = geo.evecs @ torch.diag(geo.evals) @ geo.evecs.T
+    M = G + 0.3 * geo.evals.sum() / 6 * torch.eye(6, dtype=torch.float64)
+    expected = -torch.linalg.solve(M, geo.basis.T @ grads.mean(0))
+    assert a == 1.0
+    assert torch.allclose(z, expected, rtol=1e-4, atol=1e-6)
+    W = geo.whitener(cfg.damping)
+    assert torch.allclose(W @ M @ W, torch.eye(6, dtype=torch.float64), atol=1e-8)
+
+
+def test_shrinkage_falls_back_to_the_base_model_when_the_release_is_noise():
+    geo = _geometry(k=64, D=100)
+    cfg = QEMConfig(epsilon=0.25, clip=1.0, samples=0)
+    noise_only = release_gradients(torch.zeros(10, 100, dtype=torch.float64), geo, cfg)
+    _, a = step_from_release(noise_only.mean, noise_only.noise_std_mean, geo, cfg)
+    assert a < 0.2
+    strong = release_gradients(geo.basis[:, :1].T.repeat(100000, 1) * 1e3, geo, QEMConfig(epsilon=4.0, samples=0))
+    _, a = step_from_release(strong.mean, strong.noise_std_mean, geo, cfg)
+    assert a > 0.9
+
+
+def test_qem_and_hypernet_releases_compose_exactly_in_the_ledger():
+    geo = _geometry()
+    a = release_gradients(torch.randn(30, 20, dtype=torch.float64), geo, QEMConfig(epsilon=1.0, samples=0)).event
+    b = release_mean(torch.randn(30, 4), epsilon=1.0).event
+    book = PrivacyLedger()
+    book.record(a)
+    book.record(b)
+    assert book.method() == "exact Gaussian-DP composition"
+    s = (2 * calibrate_gaussian(epsilon=1.0) ** -2) ** -0.5
+    assert book.total(delta=1e-5)[0] == pytest.approx(_pld_epsilon(s, 1e-5), rel=5e-3)
+
+
+def test_bad_settings_are_clear_errors():
+    for bad in ({"clip": 0}, {"damping": -1}, {"basis": "pca"}, {"dim": -1}, {"t_max": 0}, {"step": math.nan}):
+        with pytest.raises(ValueError):
+            QEMConfig(**bad)
+
+
+@pytest.mark.parametrize("broken, expect_caught",
+                         [("none", False), ("no-clip", True), ("weak-noise", True), ("clip-before-whitening", True)])
+def test_qem_audit_catches_the_broken_variants(broken, expect_caught):
+    r = run_audit(AuditConfig(method="qem", epsilon=1.0, trials=4000, broken=broken))
+    assert (r["epsilon_lower_bound"] > 1.0) == expect_caught, r
+    assert r["passed"]
+
+
+@needs_models
+def test_public_geometry_is_deterministic_and_orthonormal():
+    from dphyper.methods.qem import _geometry, geometry
+    from dphyper.models import PublicModels
+
+    models = PublicModels(torch.device("cpu"))
+    cfg = QEMConfig(dim=8, public=16, samples=0)
+    geo = geometry(models, cfg)
+    _geometry.clear()
+    again = geometry(models, cfg)
+    assert torch.allclose(geo.basis, again.basis) and torch.allclose(geo.evals, again.evals)
+    assert torch.allclose(geo.basis.T @ geo.basis, torch.eye(8, dtype=torch.float64), atol=1e-8)
+    assert (geo.evals >= 0).all() and geo.evals.max() > 0
