@@ -164,8 +164,8 @@ def _hypernet_scores(cfg: AuditConfig, member: np.ndarray) -> np.ndarray:
 
 
 def _qem_scores(cfg: AuditConfig, member: np.ndarray, k: int = 16) -> np.ndarray:
-    """The quadratic EM's release (``methods.qem.release_gradients``, as shipped) on gradients in a
-    public geometry whose curvature spans four orders of magnitude.
+    """The quadratic EM's release (``methods.qem.release_gradients``, as shipped) on gradients of 2k
+    weights projected onto a k-dim public subspace whose curvature spans four orders of magnitude.
 
     The per-example gradients are Gaussian rows; the canary's gradient points along the flattest
     direction of the curvature (where whitening amplifies most) with a huge norm, and the attacker
@@ -178,16 +178,17 @@ def _qem_scores(cfg: AuditConfig, member: np.ndarray, k: int = 16) -> np.ndarray
     g = torch.Generator().manual_seed(cfg.seed)
     evecs = torch.linalg.qr(torch.randn(k, k, generator=g, dtype=torch.float64)).Q
     evals = torch.logspace(-4, 0, k, dtype=torch.float64)
-    geo = Geometry(basis=None, evecs=evecs, evals=evals, dim=k)
+    basis = torch.linalg.qr(torch.randn(2 * k, k, generator=g, dtype=torch.float64)).Q  # a k-dim subspace of 2k weights
+    geo = Geometry(basis=basis, evecs=evecs, evals=evals, dim=k)
     qcfg = QEMConfig(epsilon=cfg.epsilon, delta=cfg.delta, clip=1.0, damping=0.01, samples=0)
-    data = torch.randn(cfg.n, k, generator=g, dtype=torch.float64) * 0.05
-    canary = evecs[:, 0] * 100.0  # the flattest direction, far outside the clipping ball
+    data = torch.randn(cfg.n, 2 * k, generator=g, dtype=torch.float64) * 0.05
+    canary = basis @ evecs[:, 0] * 100.0  # the flattest direction, far outside the clipping ball
     W = geo.whitener(qcfg.damping)
     multiplier = calibrate_gaussian(epsilon=cfg.epsilon, delta=cfg.delta)
 
     def rows_of(x: torch.Tensor) -> torch.Tensor:
         if cfg.broken == "clip-before-whitening":
-            return clip_embeddings(x / qcfg.clip, max_norm=1.0) @ W
+            return clip_embeddings(geo.project(x) / qcfg.clip, max_norm=1.0) @ W
         if cfg.broken == "no-clip":
             return whitened_rows(x, geo, qcfg)
         return clip_embeddings(whitened_rows(x, geo, qcfg), max_norm=1.0)

@@ -18,14 +18,14 @@ vec(B) = P z, P (D x k) with orthonormal columns, D = 6,528 LoRA-B weights by de
 * ``dim=0``: every B weight (P = I).
 
 With l_i(z) the denoising loss of image x_i averaged over ``draws`` (timestep, noise) pairs,
-the total loss near z = 0 is  L_D(z) ~ L_D(0) + S^T z + (n/2) z^T G z  with S = sum_i grad l_i(0)
-and G the curvature. G is **public**: the Gauss-Newton matrix of the denoising loss on
+the total loss near z = 0 is  L_D(z) ~ L_D(0) + S^T z + (n/2) z^T G z  with S = P^T sum_i g_i,
+g_i = grad_theta l_i at B = 0, and G the curvature per image. G is **public**: the Gauss-Newton matrix of the denoising loss on
 the public images (estimated without bias by per-example gradients of sqrt(2/d) v^T eps_hat
 with v ~ N(0, I)), plus damping lambda = ``damping`` * trace(G) / k, M = G + lambda I.
 
 The mechanism
 -------------
-Per-example gradients are whitened and clipped, w_i = clip_1(M^{-1/2} g_i / C) (norm <= 1,
+Per-example gradients are whitened and clipped, w_i = clip_1(M^{-1/2} P^T g_i / C) (norm <= 1,
 enforced in code by ``privacy.clip_embeddings``), and released once together with the count
 by the project's Gaussian sum-and-count mechanism (``privacy.release_mean``): one release of
 sum_i [w_i, 1] + N(0, (s * Delta)^2 I), Delta = sqrt(2), s from the exact analytic Gaussian
@@ -33,15 +33,20 @@ calibration. The private LoRA is then
 
     z = -eta * a * C * M^{-1/2} m~,   m~ = released sum / max(n~, 1),
 
-the minimiser of the quadratic model (eta = ``step`` = 1 is the Newton step) with the
-positive-part James-Stein factor a = max(0, 1 - k sigma_m^2 / ||m~||^2), sigma_m = s Delta / max(n~, 1),
-computed from the release and public numbers only (``shrink=False`` sets a = 1).
+the minimiser of the damped quadratic model (eta = ``step`` = 1 is the damped Newton step; once
+clipping is active it is the Newton step of the clipped gradients) times the positive-part
+James-Stein factor a = max(0, 1 - k sigma_m^2 / ||m~||^2), sigma_m = s Delta / max(n~, 1), computed
+from the release and public numbers only (``shrink=False`` sets a = 1). It uses k, not the classic
+k - 2: a little more shrinkage, which only moves the step toward the base model (post-processing).
 
-Why this is the exponential mechanism: given n~, z is Gaussian with mean -eta a M^{-1} S_clip / n~
-and covariance (eta a C sigma_m)^2 M^{-1}: the density is proportional to exp(-beta u(z)) for the
-quadratic utility u(z) = S_clip^T z + (n~ / (2 eta a)) z^T M z with beta = n~ / (eta a C^2 sigma_m^2):
-the exponential mechanism with a quadratic utility *is* a Gaussian, and one sample of it is the
-model. Noise is largest where M is flat, where it costs the loss least.
+Why this is the exponential mechanism (for a = 1, i.e. ``shrink=False``; with shrinkage a depends on
+the same noisy m~ and z is a shrunk sample of it): let S_clip = C M^{1/2} sum_i w_i (the clipped
+gradient sum back in the subspace's coordinates; S_clip = S when nothing is clipped). Given n~, z is
+Gaussian with mean -eta M^{-1} S_clip / n~ and covariance (eta C sigma_m)^2 M^{-1}, so its density is
+proportional to exp(-beta u(z)) for the quadratic utility u(z) = S_clip^T z + (n~ / (2 eta)) z^T M z
+with beta = 1 / (n~ eta C^2 sigma_m^2): the exponential mechanism with a quadratic utility *is* a
+Gaussian, and one sample of it is the model. Noise is largest where M is flat, where it costs the
+loss least.
 
 Privacy (the whole argument)
 ----------------------------
@@ -61,9 +66,12 @@ Privacy (the whole argument)
   composes both exactly in Gaussian DP. The count travels in the sum: n stays private.
 * Everything after the release (the shrinkage, the step, P z, sampling) is post-processing.
 
-Limitations: the guarantee is for the ideal real-valued Gaussian (floating-point noise as in
-``privacy``); per-example gradients are computed in float32 by Opacus' hooks and whitened in
-float64, and the clip is applied to what is released, so rounding cannot break the bound.
+Limitations (the usual ones of DP-SGD implementations too): the guarantee is for the ideal
+real-valued Gaussian (floating-point noise as in ``privacy``). Per-example gradients are computed in
+float32 by Opacus' hooks in batches of several images; adding or removing an image shifts the batch
+boundaries, so the other images' gradients can change in the last bits (a relative 5e-6 was measured
+on CPU; GPU kernels that pick algorithms by batch shape can differ more). The clip itself is applied
+in float64 to exactly what is released.
 """
 
 from __future__ import annotations
@@ -82,6 +90,7 @@ from ..privacy import private_generator, release_mean
 from .base import Method, MethodResult, epsilon_for_report
 
 BASES = ("public", "random")
+PUBLIC_POOL = 4096  # the fixed public pool (Fashion-MNIST train) the basis and curvature come from
 
 
 @dataclass
@@ -114,6 +123,11 @@ class QEMConfig(PrivateRunConfig):
             raise ValueError(f"step must be a finite number >= 0, got {self.step}")
         if not 1 <= self.t_max <= 1000:
             raise ValueError(f"t_max must be in [1, 1000], got {self.t_max}")
+        if self.public > PUBLIC_POOL:
+            raise ValueError(f"public must be at most {PUBLIC_POOL} (the public pool), got {self.public}")
+        if self.basis == "public" and self.dim > self.public:
+            raise ValueError(f"a public basis of dim {self.dim} needs at least as many public images (public = "
+                             f"{self.public})")
 
 
 # ---------------------------------------------------------------- per-example gradients
@@ -222,20 +236,25 @@ class Geometry:
         return rows if self.basis is None else rows @ self.basis
 
 
+# One per process and setting, shared by every session: it holds public numbers only. The lock is
+# held while a geometry is computed, so a second session waits for it instead of computing it again.
 _geometry_lock = threading.Lock()
 _geometry: dict[tuple, Geometry] = {}
-_grads_lock = threading.Lock()
 
 
 def _public_images(count: int) -> torch.Tensor:
     from .pda_dpmd import public_pool
 
-    return public_pool(4096)[:count]
+    return public_pool(PUBLIC_POOL)[:count]
 
 
 def geometry(models, cfg: QEMConfig) -> Geometry:
     """The public subspace and curvature for these settings: computed once per process, seeded."""
-    key = (cfg.dim, cfg.basis, cfg.public, cfg.t_max, str(models.device), id(models))
+    from ..compare import hypernet_id
+
+    # Everything the result depends on: settings, the batch (which seeded draw each public image gets),
+    # the device and the shipped checkpoints (the A and the base UNet behind hypernet_id).
+    key = (cfg.dim, cfg.basis, cfg.public, cfg.t_max, cfg.batch, str(models.device), hypernet_id())
     with _geometry_lock:
         if key in _geometry:
             return _geometry[key]
