@@ -305,8 +305,9 @@ LEDGER_RULES = (
     "file names, order or other images (identical pixels after decoding = the same image). The total is "
     "for the most-used image of the current data, composed by an accountant, not a plain sum. The ledger "
     "lives in this browser tab's session on the server: a page reload starts a new, empty ledger, but the "
-    "people in your images have still spent what earlier runs spent. DP-SGD, as in Opacus, treats n as "
-    "public (its sampling rate and steps follow from n); the hypernetwork releases n with noise; the total "
+    "people in your images have still spent what earlier runs spent. DP-SGD and PDA-DPMD, as in Opacus, treat "
+    "n as public (their sampling rate and steps follow from n); the one-shot methods (hypernetwork, quadratic "
+    "EM) release n with noise inside their one release; the total "
     "is an (ε, δ) bound under add/remove-one with those schedules fixed.")
 
 
@@ -722,7 +723,7 @@ def build_demo():
                         c = cols[m.name] = {"col": col}
                         gr.Markdown(f"**{m.label}** · noise {m.noise}")
                         with gr.Row():
-                            c["go"] = gr.Button(f"{m.label} ({'seconds' if m.one_shot else 'minutes on CPU'})",
+                            c["go"] = gr.Button(f"{m.label} ({m.duration or ('seconds' if m.one_shot else 'minutes on CPU')})",
                                                 variant="primary" if m.one_shot else "secondary")
                             if not m.one_shot:
                                 c["stop"] = gr.Button(f"Cancel {m.label}", variant="stop")

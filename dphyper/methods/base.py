@@ -66,6 +66,8 @@ class Method:
     # Example-gradient evaluations of one run with settings hp on n images (the unit of
     # compare.COMPUTE_CAP); None = the DP-SGD formula (epochs, batch and public batch).
     cost: Callable[[dict, int], int] | None = None
+    # How long a click takes, for the app's button ("" = "seconds" for one-shot, "minutes on CPU" otherwise).
+    duration: str = ""
 
 
 def run_method(method: Method, images: torch.Tensor, cfg, models, *, progress: Progress | None = None,
