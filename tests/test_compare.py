@@ -44,6 +44,7 @@ def test_sets_are_disjoint_from_their_reference_and_of_the_same_definition(tmp_p
     assert torch.equal(build_set(spec, tmp_path)["private"], d["private"])
 
 
+@pytest.mark.slow  # 100 s on 2 cores; the grid, cache and sweep logic have fast tests below
 @needs_fmnist
 def test_tiny_benchmark_grid_end_to_end(tmp_path):
     """One set, one epsilon, few samples: every method scored, summary, targets, plots, curves."""

@@ -50,6 +50,7 @@ def test_two_step_run_is_loadable_and_within_budget(tmp_path):
     assert res.samples.shape == (2, 1, 32, 32)
 
 
+@pytest.mark.slow  # 39 s: trains 40 DP-SGD steps; the contract and chunking tests cover the loop
 @needs_base
 def test_negligible_noise_lowers_loss_and_changes_lora():
     x = _squares(64)
