@@ -118,6 +118,27 @@ def epsilon_for_report(epsilon: float) -> float | str:
     return epsilon if math.isfinite(epsilon) else "inf"
 
 
+def gaussian_release_report(name: str, rel, epsilon: float, detail: str = "") -> dict:
+    """The report of a method whose one access to the data is a ``privacy.release_mean`` sum-and-count
+    release (hypernet, qem): the event's DP facts, the noisy count and the noise level of the mean."""
+    ev = rel.event
+    report = {
+        "method": name,
+        "private": ev.private,
+        "epsilon": epsilon_for_report(ev.epsilon),
+        "delta": ev.delta,
+        "noise_multiplier": ev.noise_multiplier,
+        "sensitivity": ev.sensitivity,
+        "mechanism": f"{ev.mechanism} ({detail})" if detail else ev.mechanism,
+        "accountant": ev.accountant,
+        "noisy_count": round(rel.noisy_count, 2),
+        "noise_std_of_mean": rel.noise_std_mean,
+    }
+    if not math.isfinite(epsilon):
+        report["warning"] = "epsilon = inf: NO privacy (non-private reference)"
+    return report
+
+
 def run_cli(method: Method, cfg) -> dict:
     """`python -m dphyper run METHOD`: folder -> method -> the common output layout, with a progress bar."""
     import sys

@@ -11,7 +11,6 @@ post-processing. One ``gaussian_sum_count`` event.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 
@@ -19,7 +18,7 @@ import torch
 
 from ..pipeline import PrivateRunConfig
 from ..privacy import clipped_mean, release_mean
-from .base import Method, MethodResult, epsilon_for_report
+from .base import Method, MethodResult, gaussian_release_report
 
 
 @dataclass
@@ -42,22 +41,8 @@ def train(images: torch.Tensor, cfg: HypernetConfig, models, *, progress=None, c
     t = time.perf_counter()
     lora = models.hypernet.generate(rel.mean.to(models.device), rel.noise_std_mean)
     timings["generate_lora"] = time.perf_counter() - t
-    ev = rel.event
-    report = {
-        "method": "hypernet",
-        "private": ev.private,
-        "epsilon": epsilon_for_report(ev.epsilon),
-        "delta": ev.delta,
-        "noise_multiplier": ev.noise_multiplier,
-        "sensitivity": ev.sensitivity,
-        "mechanism": ev.mechanism,
-        "accountant": ev.accountant,
-        "noisy_count": round(rel.noisy_count, 2),
-        "noise_std_of_mean": rel.noise_std_mean,
-    }
-    if not math.isfinite(cfg.epsilon):
-        report["warning"] = "epsilon = inf: NO privacy (non-private reference)"
-    return MethodResult(adapter=lora, report=report, events=(ev,), owner={"clean_mean": clean, "release": rel},
+    report = gaussian_release_report("hypernet", rel, cfg.epsilon)
+    return MethodResult(adapter=lora, report=report, events=(rel.event,), owner={"clean_mean": clean, "release": rel},
                         timings=timings)
 
 

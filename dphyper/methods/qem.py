@@ -87,7 +87,7 @@ import torch
 
 from ..pipeline import PrivateRunConfig
 from ..privacy import private_generator, release_mean
-from .base import Method, MethodResult, epsilon_for_report
+from .base import Method, MethodResult, gaussian_release_report
 
 # Opacus' hooks on a model whose inputs need no gradient (only the B weights do) make torch warn on
 # every backward pass. A process-wide filter: warnings.catch_warnings around the call is not
@@ -251,8 +251,11 @@ def _public_images(count: int) -> torch.Tensor:
     return public_pool(PUBLIC_POOL)[:count]
 
 
-def geometry(models, cfg: QEMConfig) -> Geometry:
-    """The public subspace and curvature for these settings: computed once per process, seeded."""
+def geometry(models, cfg: QEMConfig, grads: "_Grads | None" = None) -> Geometry:
+    """The public subspace and curvature for these settings: computed once per process, seeded.
+
+    ``grads``: a caller's own ``_Grads`` to compute with on a cache miss (it is left at B = 0 with no
+    per-sample state, so the caller can use it afterwards); a fresh one when None."""
     from ..compare import hypernet_id
 
     # Everything the result depends on: settings, the batch (which seeded draw each public image gets),
@@ -261,7 +264,7 @@ def geometry(models, cfg: QEMConfig) -> Geometry:
     with _geometry_lock:
         if key in _geometry:
             return _geometry[key]
-        grads = _Grads(models)
+        grads = grads or _Grads(models)
         pub = _public_images(cfg.public)
         D = grads.dim
         k = D if cfg.dim == 0 or cfg.dim >= D else cfg.dim
@@ -319,11 +322,11 @@ def adapter_from(z: torch.Tensor, geo: Geometry, grads: _Grads) -> dict[str, tor
 
 def train(images: torch.Tensor, cfg: QEMConfig, models, *, progress=None, cancel=None) -> MethodResult:
     timings: dict[str, float] = {}
+    grads = _Grads(models)  # this run's own copy of the base UNet
     t = time.perf_counter()
-    geo = geometry(models, cfg)  # public; cached after the first call
+    geo = geometry(models, cfg, grads)  # public; cached after the first call
     timings["public_geometry"] = time.perf_counter() - t
     t = time.perf_counter()
-    grads = _Grads(models)
     g = grads.loss_gradients(images, draws=cfg.draws, t_max=cfg.t_max, gen=private_generator(), batch=cfg.batch,
                              cancel=cancel)
     timings["per_example_gradients"] = time.perf_counter() - t
@@ -333,18 +336,9 @@ def train(images: torch.Tensor, cfg: QEMConfig, models, *, progress=None, cancel
     z, a = step_from_release(rel.mean, rel.noise_std_mean, geo, cfg)
     lora = adapter_from(z, geo, grads)
     timings["release_and_step"] = time.perf_counter() - t
-    ev = rel.event
     report = {
-        "method": "qem",
-        "private": ev.private,
-        "epsilon": epsilon_for_report(ev.epsilon),
-        "delta": ev.delta,
-        "noise_multiplier": ev.noise_multiplier,
-        "sensitivity": ev.sensitivity,
-        "mechanism": ev.mechanism + " (whitened, clipped per-example gradients + count)",
-        "accountant": ev.accountant,
-        "noisy_count": round(rel.noisy_count, 2),
-        "noise_std_of_mean": rel.noise_std_mean,
+        **gaussian_release_report("qem", rel, cfg.epsilon,
+                                  detail="whitened, clipped per-example gradients + count"),
         "shrinkage": round(a, 4),
         "step_norm": float(z.norm()),
         "dim": geo.dim, "basis": cfg.basis if geo.basis is not None else "all LoRA-B weights",
@@ -357,9 +351,7 @@ def train(images: torch.Tensor, cfg: QEMConfig, models, *, progress=None, cancel
     elif a < 0.999:
         report["note"] = (f"noise was about {1 - a:.0%} of the released signal, so the model took only "
                           f"{a:.0%} of the step the data asked for")
-    if not math.isfinite(cfg.epsilon):
-        report["warning"] = "epsilon = inf: NO privacy (non-private reference)"
-    return MethodResult(adapter=lora, report=report, events=(ev,), timings=timings)
+    return MethodResult(adapter=lora, report=report, events=(rel.event,), timings=timings)
 
 
 TUNABLE = ("dim", "basis", "clip", "damping", "step", "draws", "t_max", "public")
