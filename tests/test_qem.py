@@ -86,9 +86,15 @@ def test_without_noise_the_step_is_the_newton_step_of_the_quadratic_model():
 def test_shrinkage_falls_back_to_the_base_model_when_the_release_is_noise():
     geo = _geometry(k=64, D=100)
     cfg = QEMConfig(epsilon=0.25, clip=1.0, samples=0)
-    noise_only = release_gradients(torch.zeros(10, 100, dtype=torch.float64), geo, cfg)
-    _, a = step_from_release(noise_only.mean, noise_only.noise_std_mean, geo, cfg)
-    assert a < 0.2
+    # One pure-noise release can leave a > 0 (||m||^2 / (k sigma^2) is chi^2_64 / 64, sd 0.18), so
+    # judge the rule over many seeded releases: it must keep almost nothing of pure noise.
+    shrink = []
+    for seed in range(200):
+        noise_only = release_gradients(torch.zeros(10, 100, dtype=torch.float64), geo, cfg,
+                                       generator=torch.Generator().manual_seed(seed))
+        shrink.append(step_from_release(noise_only.mean, noise_only.noise_std_mean, geo, cfg)[1])
+    shrink = torch.tensor(shrink)
+    assert shrink.mean() < 0.1 and (shrink == 0).float().mean() > 0.4 and shrink.max() < 0.5
     strong = release_gradients(geo.basis[:, :1].T.repeat(100000, 1) * 1e3, geo, QEMConfig(epsilon=4.0, samples=0))
     _, a = step_from_release(strong.mean, strong.noise_std_mean, geo, cfg)
     assert a > 0.9
