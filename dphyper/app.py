@@ -296,6 +296,8 @@ def _ledger_method(method: str, e) -> str:
     label = METHODS[method].label if method in METHODS else method
     if e.mechanism == "gaussian_sum_count":
         return f"{label} (one Gaussian release)"
+    if e.mechanism == "gaussian_sliced_rows":
+        return f"{label} (one Gaussian release of padded slices)"
     if e.mechanism == "dpsgd_poisson_gaussian":
         return f"{label} ({e.steps} steps, q = {e.sample_rate:.3g})"
     return f"{label} ({e.mechanism.replace('_', ' ')})"
@@ -307,7 +309,8 @@ LEDGER_RULES = (
     "lives in this browser tab's session on the server: a page reload starts a new, empty ledger, but the "
     "people in your images have still spent what earlier runs spent. DP-SGD and PDA-DPMD, as in Opacus, treat "
     "n as public (their sampling rate and steps follow from n); the one-shot methods (hypernetwork, quadratic "
-    "EM) release n with noise inside their one release; the total "
+    "EM) release n with noise inside their one release; slicing hides n by padding its release to a public "
+    "number of rows; the total "
     "is an (ε, δ) bound under add/remove-one with those schedules fixed.")
 
 
@@ -500,7 +503,11 @@ def training_runner(name: str):
             while worker.is_alive():
                 worker.join(0.5)
                 p = state["p"]
-                if p is not None:
+                if p is not None and p.get("desc"):  # a method's own words (slicing's free fit)
+                    status = f"{p['desc']} · ETA {p['eta_seconds']:.0f} s"
+                    if progress is not None:
+                        progress((p["step"], p["total"]), desc=status)
+                elif p is not None:
                     spent = "∞ (no privacy)" if math.isinf(p["epsilon_spent"]) else f"{p['epsilon_spent']:.3g}"
                     status = (f"{method.label} step {p['step']} / {p['total']} · ε spent so far {spent} · "
                               f"ETA {p['eta_seconds']:.0f} s")

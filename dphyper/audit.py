@@ -34,6 +34,11 @@ noise by 10. Those must be caught: ``epsilon_lower_bound > epsilon_claimed``.
   four orders of magnitude, with a canary gradient along its flattest direction. Its extra broken
   variant, ``clip-before-whitening``, clips before whitening (the sensitivity grows by
   1 / sqrt(lambda_min)). What the method computes after the release is post-processing.
+* ``slicing`` audits the slicing release (``methods.slicing.release_slices``: clipping, padding
+  to N rows, the random order, the Gaussian noise). The other records are rows of norm C
+  orthogonal to the canary's direction; the attacker knows them. Its extra broken variants:
+  ``no-padding`` (one row per image: the row count is n) and ``no-shuffle`` (rows in folder
+  order with the canary first, so every other row moves by one place).
 """
 
 from __future__ import annotations
@@ -50,16 +55,17 @@ import torch
 class AuditConfig:
     """`python -m dphyper audit`: empirical lower bound on epsilon from a canary membership test."""
 
-    method: str = field(default="hypernet", metadata={"help": "hypernet, dpsgd, pda-dpmd or qem"})
+    method: str = field(default="hypernet", metadata={"help": "hypernet, dpsgd, pda-dpmd, qem or slicing"})
     epsilon: float = field(default=1.0, metadata={"help": "epsilon the mechanism claims"})
     delta: float = field(default=1e-5, metadata={"help": "delta the mechanism claims"})
-    trials: int = field(default=0, metadata={"help": "runs with and without the canary (0 = 20000 hypernet and qem, "
+    trials: int = field(default=0, metadata={"help": "runs with and without the canary (0 = 20000 hypernet, qem, slicing; "
                                                          "1000 dpsgd and pda-dpmd)"})
     confidence: float = field(default=0.95, metadata={"help": "confidence of the lower bound"})
     n: int = field(default=100, metadata={"help": "size of the audited dataset (without the canary)"})
     seed: int = field(default=0, metadata={"help": "seed of the canary coin flips and thresholds (not the DP noise)"})
     broken: str = field(default="none", metadata={"help": "TEST ONLY: none, no-clip, weak-noise, (pda-dpmd) "
-                                                          "private-as-public or (qem) clip-before-whitening "
+                                                          "private-as-public, (qem) clip-before-whitening, "
+                                                          "(slicing) no-padding or no-shuffle "
                                                           "(a wrong mechanism)"})
 
 
@@ -88,7 +94,11 @@ def epsilon_lower_bound(tp: int, fn: int, fp: int, tn: int, delta: float, confid
 def _best_threshold(scores: np.ndarray, member: np.ndarray, delta: float) -> tuple[float, float]:
     """(empirical bound, threshold) maximising the bound on the selection half."""
     best, best_t = -1.0, float(np.median(scores))
-    for t in np.quantile(scores, np.linspace(0.5, 0.999, 60)):
+    candidates = np.quantile(scores, np.linspace(0.5, 0.999, 60))
+    distinct = np.unique(scores)
+    if len(distinct) <= 60:  # a statistic with few values (a row count): every value is a threshold
+        candidates = np.concatenate([candidates, distinct])
+    for t in candidates:
         pred = scores > t
         tp, fp = int((pred & member).sum()), int((pred & ~member).sum())
         fn, tn = int((~pred & member).sum()), int((~pred & ~member).sum())
@@ -103,7 +113,8 @@ BROKEN_VARIANTS = ("none", "no-clip", "weak-noise")
 # Every registered method has an audit, with the variants it can be broken in (tests check both).
 AUDIT_VARIANTS = {"hypernet": BROKEN_VARIANTS, "dpsgd": BROKEN_VARIANTS,
                   "pda-dpmd": (*BROKEN_VARIANTS, "private-as-public"),
-                  "qem": (*BROKEN_VARIANTS, "clip-before-whitening")}
+                  "qem": (*BROKEN_VARIANTS, "clip-before-whitening"),
+                  "slicing": (*BROKEN_VARIANTS, "no-padding", "no-shuffle")}
 
 
 def _check_broken(kind: str, method: str = "hypernet") -> None:
@@ -210,6 +221,55 @@ def _qem_scores(cfg: AuditConfig, member: np.ndarray, k: int = 16) -> np.ndarray
     return scores
 
 
+def _slicing_scores(cfg: AuditConfig, member: np.ndarray, k: int = 8, spare: int = 8) -> np.ndarray:
+    """The slicing release (``methods.slicing.release_slices``, as shipped) with N = n + ``spare`` rows.
+
+    The n known records are rows of norm C = 1 in random directions orthogonal to the canary's
+    direction u; the canary is 100 u (far outside the clipping ball). Statistics (the audit picks
+    one on half the trials): the largest u-coordinate of a released row; the log-sum-exp likelihood
+    ratio of "one row has C u added" at the claimed noise; the number of rows; the likelihood ratio
+    of the one-place shift that an unshuffled release with the canary first would show.
+    """
+    from .methods.slicing import _gaussian_rows, release_slices
+    from .privacy import calibrate_gaussian, clip_embeddings
+
+    g = torch.Generator().manual_seed(cfg.seed)
+    u = torch.zeros(k, dtype=torch.float64)
+    u[0] = 1.0
+    data = torch.randn(cfg.n, k, generator=g, dtype=torch.float64)
+    data[:, 0] = 0.0
+    data = data / data.norm(dim=1, keepdim=True)  # norm C = 1, orthogonal to u
+    canary = 100.0 * u
+    rows = cfg.n + spare
+    multiplier = calibrate_gaussian(epsilon=cfg.epsilon, delta=cfg.delta)
+    mu = 1.0 / multiplier  # the canary's clipped row over the claimed noise
+    # The unshuffled release's expected rows without and with the canary first (padding rows are 0).
+    m0 = torch.zeros(rows, k, dtype=torch.float64)
+    m0[:cfg.n] = data
+    m1 = torch.zeros(rows, k, dtype=torch.float64)
+    m1[0] = u
+    m1[1:cfg.n + 1] = data
+    shift = m1 - m0
+    scores = np.empty((len(member), 4))
+    for i, m in enumerate(member):
+        x = torch.cat([canary[None], data]) if m else data  # canary first: only an unshuffled release sees order
+        if cfg.broken == "none":
+            rel = release_slices(x, rows=rows, clip=1.0, epsilon=cfg.epsilon, delta=cfg.delta)  # OS-seeded
+        else:
+            clipped = x if cfg.broken == "no-clip" else clip_embeddings(x, max_norm=1.0)
+            mult = multiplier / 10 if cfg.broken == "weak-noise" else multiplier
+            rel = _gaussian_rows(clipped, rows=rows, clip=1.0, epsilon=cfg.epsilon, delta=cfg.delta,
+                                 noise_multiplier=mult, pad=cfg.broken != "no-padding",
+                                 shuffle=cfg.broken != "no-shuffle")
+        y = rel.rows
+        along = y[:, 0] / multiplier  # in units of the claimed noise
+        scores[i, 0] = float(along.max())
+        scores[i, 1] = float(torch.logsumexp(mu * along - mu ** 2 / 2, 0))
+        scores[i, 2] = float(len(y))
+        scores[i, 3] = float(((y - m0[:len(y)]) * shift[:len(y)]).sum())
+    return scores
+
+
 def _dpsgd_scores(cfg: AuditConfig, member: np.ndarray, steps: int = 20, batches: int = 10,
                   pda: bool = False) -> np.ndarray:
     """Opacus DP-SGD (as the baseline sets it up) on a linear model with a Dirac canary.
@@ -301,7 +361,7 @@ def run_audit(cfg: AuditConfig) -> dict:
     _check_broken(cfg.broken, cfg.method)
     if not (math.isfinite(cfg.epsilon) and cfg.epsilon > 0):
         raise ValueError(f"the audited epsilon must be finite and > 0, got {cfg.epsilon}")
-    trials = cfg.trials or (20000 if cfg.method in ("hypernet", "qem") else 1000)
+    trials = cfg.trials or (20000 if cfg.method in ("hypernet", "qem", "slicing") else 1000)
     rng = np.random.default_rng(cfg.seed + 1)
     member = rng.random(trials) < 0.5
     t0 = time.perf_counter()
@@ -309,6 +369,8 @@ def run_audit(cfg: AuditConfig) -> dict:
         scores = _hypernet_scores(cfg, member)
     elif cfg.method == "qem":
         scores = _qem_scores(cfg, member)
+    elif cfg.method == "slicing":
+        scores = _slicing_scores(cfg, member)
     else:
         scores = _dpsgd_scores(cfg, member, pda=cfg.method == "pda-dpmd")
     half = np.arange(trials) < trials // 2  # select statistic and threshold on one half, measure on the other

@@ -121,7 +121,7 @@ def check_epsilon_delta(epsilon: float, delta: float) -> None:
 class PrivacyEvent:
     """What happened, once: one mechanism applied to one dataset (immutable)."""
 
-    mechanism: str  # "gaussian_sum_count" (hypernet) or "dpsgd_poisson_gaussian"
+    mechanism: str  # "gaussian_sum_count" (hypernet, qem), "gaussian_sliced_rows" (slicing), "dpsgd_poisson_gaussian"
     epsilon: float
     delta: float
     noise_multiplier: float  # sigma / sensitivity
@@ -163,7 +163,7 @@ class PrivacyLedger:
         events = self.events
         if any(not e.private for e in events):
             return "no accountant: a non-private run has no bound (ε = ∞)"
-        if all(e.mechanism == "gaussian_sum_count" for e in events):
+        if all(_one_gaussian(e) for e in events):
             return "exact Gaussian-DP composition"
         return "the PLD accountant (dp_accounting)"
 
@@ -175,10 +175,20 @@ class PrivacyLedger:
         delta = delta if delta is not None else max(e.delta for e in events)
         if any(not e.private for e in events):
             return math.inf, delta
-        if all(e.mechanism == "gaussian_sum_count" for e in events):
+        if all(_one_gaussian(e) for e in events):
             s_total = sum(e.noise_multiplier ** -2 for e in events) ** -0.5
             return analytic_gaussian_epsilon(noise_multiplier=s_total, delta=delta), delta
         return _pld_epsilon(list(events), delta), delta
+
+
+# One-shot releases whose privacy is exactly (or dominated by) one Gaussian mechanism with the
+# event's multiplier: they compose exactly in Gaussian DP (slicing's padded, shuffled rows: see
+# methods/slicing.py for the dominance argument).
+ONE_GAUSSIAN = ("gaussian_sum_count", "gaussian_sliced_rows")
+
+
+def _one_gaussian(e: PrivacyEvent) -> bool:
+    return e.mechanism in ONE_GAUSSIAN and e.steps == 1 and e.sample_rate == 1.0
 
 
 def _pld_epsilon(events: list[PrivacyEvent], delta: float) -> float:

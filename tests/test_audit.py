@@ -66,7 +66,8 @@ def test_every_registered_method_has_an_audit():
         run_audit(AuditConfig(method="dpsgd", trials=10, broken="private-as-public"))
 
 
-@pytest.mark.parametrize("broken, expect_caught", [("none", False), ("no-clip", True), ("private-as-public", True)])
+@pytest.mark.parametrize("broken, expect_caught", [("none", False), pytest.param("no-clip", True, marks=pytest.mark.slow),
+                                                  ("private-as-public", True)])
 def test_pda_dpmd_audit_runs_the_shipped_mixed_step(broken, expect_caught):
     """PDA-DPMD's public gradient costs nothing only if it is public: private records fed in as the
     'public' batch (canary included) must be caught; the shipped step must not be."""

@@ -13,6 +13,7 @@ def _toy_images(n=256):
     return toy_squares(n, 4, 20)
 
 
+@pytest.mark.slow  # 54 s on 2 cores; base training, which no user runs
 def test_tiny_training_lowers_loss(tmp_path):
     cfg = BaseTrainConfig(out=tmp_path / "out", work_dir=tmp_path / "work", max_steps=80, batch_size=16,
                           block_out_channels=(16, 16, 16), lr=2e-3, warmup_steps=5, save_every=40,

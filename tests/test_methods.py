@@ -15,7 +15,9 @@ from .test_hypernet import needs_models
 
 FAST = {"dpsgd": {"max_steps": 3}, "pda-dpmd": {"max_steps": 3, "public_batch_size": 8, "public_pool": 64},
         # No shrinkage: at n = 24 and epsilon = 1 the James-Stein factor can be 0 (the base model).
-        "qem": {"dim": 8, "public": 32, "draws": 1, "shrink": False}}
+        "qem": {"dim": 8, "public": 32, "draws": 1, "shrink": False},
+        "slicing": {"slices": 4, "pool": 64, "directions": 4, "fit_iters": 20, "fit_steps": 3, "batch": 4,
+                    "rows": 40}}
 
 
 def _cfg(name: str, **kw):
@@ -92,7 +94,8 @@ def test_trained_methods_can_be_cancelled(name, models):
             cancel.set()
 
     with pytest.raises(Cancelled):
-        run_method(get_method(name), images, _cfg(name, max_steps=50), models, progress=progress, cancel=cancel)
+        long = {"fit_steps": 50} if name == "slicing" else {"max_steps": 50}
+        run_method(get_method(name), images, _cfg(name, **long), models, progress=progress, cancel=cancel)
     assert max(steps) == 2
 
 

@@ -23,6 +23,7 @@ def test_evaluator_accuracy(fmnist_test):
 
 @needs_fmnist
 @needs_eval
+@pytest.mark.slow  # 41 s: a check of the shipped evaluator, not of anything a run changes
 def test_fid_sanity(fmnist_test):
     """real-vs-real small, real-vs-blurred in between, real-vs-noise large."""
     import torchvision.transforms.functional as TF
@@ -56,6 +57,7 @@ def test_encoder_is_normalised_and_separates_classes(fmnist_test):
 
 @needs_eval
 @pytest.mark.skipif(not (BASE_UNET_DIR / "config.json").exists(), reason="no shipped base UNet")
+@pytest.mark.slow  # 33 s: a check of the shipped base model
 def test_base_samples_cover_many_classes():
     from dphyper.diffusion import load_unet, sample
     from dphyper.evaluator import class_histogram

@@ -77,10 +77,31 @@ def test_every_cli_option_is_documented():
         assert cmd in seen, cmd
 
 
-@pytest.mark.parametrize("args", [["--help"], ["train", "hypernet", "--help"], ["generate", "--help"]])
+@pytest.mark.parametrize("args", [["--help"], pytest.param(["train", "hypernet", "--help"], marks=pytest.mark.slow),
+                                  pytest.param(["generate", "--help"], marks=pytest.mark.slow)])
 def test_cli_help_runs(args):
+    """As a user runs it (a fresh process each, ~15 s of imports on 2 cores): the top level in the default
+    run; every subcommand's help is also built in-process by test_every_subcommand_has_help."""
     out = subprocess.run([sys.executable, "-m", "dphyper", *args], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0 and "usage" in out.stdout
+
+
+def test_every_subcommand_has_help():
+    import argparse
+
+    from dphyper.__main__ import build_parser
+
+    def walk(parser, path):
+        assert "usage" in parser.format_help(), path
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    walk(sub, path + [name])
+                    seen.append(" ".join(path + [name]))
+
+    seen: list[str] = []
+    walk(build_parser(), [])
+    assert {"train hypernet", "generate", "run"} <= set(seen), seen
 
 
 def test_cli_reports_bad_input_without_traceback(tmp_path):

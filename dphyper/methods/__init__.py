@@ -10,12 +10,14 @@ from .dpsgd import DPSGD
 from .hypernet import HYPERNET
 from .pda_dpmd import PDA_DPMD
 from .qem import QEM
+from .slicing import SLICING
 
 METHODS: dict[str, Method] = {m.name: m for m in (
     HYPERNET,
     DPSGD,
     PDA_DPMD,
     QEM,
+    SLICING,
 )}
 
 

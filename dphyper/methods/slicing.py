@@ -1,0 +1,494 @@
+"""slicing: one noisy release of random low-dimensional projections ("slices") of the private
+images, then a fit that only post-processes it (Greenewald et al., "Privacy without Noisy
+Gradients: Slicing Mechanism for Generative Model Training", NeurIPS 2024; the smoothing of the
+generated side follows DP-SWD, Rakotomamonjy & Ralaivola 2021). Our derivation, since no
+reference code is public:
+
+The release (the only access to the private images)
+----------------------------------------------------
+* **Features.** f(x) is either the public encoder's 64-d unit embedding (``space=embedding``,
+  the default: chosen by measurement on the public sets, docs/BENCHMARKS.md) or the 1,024 pixels
+  (``space=pixels``). A public centre mu (the mean feature of the public pool) is subtracted.
+* **Projection.** V (d x k, orthonormal columns) is drawn from a *public* seed
+  (``projection_seed``) and shipped in the report's settings. The paper's analysis can also
+  use the randomness of a *secret* V (privacy amplification by random projection); we do not
+  claim any of it, so V may be public and re-used, and the fit may use it.
+* **Clipping, in code.** Each row r_i = clip((f(x_i) - mu) V, C) has ||r_i|| <= C
+  (``privacy.clip_embeddings``; a non-finite row becomes 0).
+* **Hiding the count.** One row per image would reveal n. The release always has N rows
+  (``rows``, public, e.g. 1,000): the n rows of the folder and N - n zero rows, placed in a
+  uniformly random order (an OS-seeded permutation). A folder with n > N is refused before
+  anything is computed on it (the uploader's own error message; nothing is released).
+* **Noise.** Y = R + sigma Z, Z with N x k i.i.d. N(0, 1) entries, sigma = s C, s from the
+  project's exact analytic Gaussian calibration (``privacy.calibrate_gaussian``) for
+  (epsilon, delta). The noise generator is seeded by the operating system.
+
+Privacy. Adjacency: add/remove-one image (the app's). Let D' = D + {x}. A uniformly random
+arrangement of D's padded multiset (n rows, N - n zeros), followed by replacing a uniformly
+random zero row with x's row, is a uniformly random arrangement of D''s padded multiset
+(n + 1 rows, N - n - 1 zeros). This couples the two permutations so that every coupled pair of
+padded matrices differs in exactly one row, by at most ||r_x - 0|| <= C in Frobenius norm. For
+each coupled pair the Gaussian mechanism with multiplier s is (epsilon, delta)-DP (its L2
+sensitivity is C), and the hockey-stick divergence is jointly convex, so the mixtures over the
+coupling (the actual output distributions) are (epsilon, delta)-indistinguishable in both
+directions; in fact the Gaussian mechanism with multiplier s dominates the pair, so the ledger
+composes the event exactly like the other one-shot Gaussian releases. Without the shuffle
+(rows in folder order) adding one image could shift every later row: the audit's
+``no-shuffle`` variant shows it; without the padding the number of rows is n: ``no-padding``.
+Everything after Y (the fit, the LoRA training on public images, sampling, the report) reads
+only Y, public data and public settings: post-processing, free of privacy cost, so the fit may
+be re-run, longer or with another seed, as often as wanted (the app's "Re-fit" does).
+
+Float caveat as in ``privacy``: noise is drawn in float64 with torch (ideal real-valued mechanism).
+
+The fit (post-processing)
+-------------------------
+The model of one released row is the mixture
+    q_w = w_0 N(0, sigma^2 I) + sum_j w_j N(F_j, sigma^2 I),
+where F_j = clip((f(p_j) - mu) V, C) are the public pool's rows (the same map as the private
+ones) and w lies on the simplex (w_0 stands for the padding rows, so n/N is estimated too). The
+generated side gets the *same* Gaussian smoothing as the release: that is what makes the
+divergence consistent (it is zero at the true mixture in expectation), and ``smooth=False``
+is the ablation. The divergence is a smoothed sliced MMD: L public random unit directions u_l
+in R^k, a Gaussian kernel of width h on each slice, and the MMD between the empirical
+distribution of the released u_l^T Y_i and u_l^T q_w. With Gaussian kernels and Gaussian
+smoothing every expectation is closed-form (the kernel estimator, no adversary, no sampling):
+E k_h(a + sigma Z, b) = h / sqrt(h^2 + sigma^2) exp(-(a - b)^2 / (2 (h^2 + sigma^2))), so the
+objective is a quadratic w^T K w - 2 w^T c, minimised over the simplex by accelerated projected
+gradient (FISTA) from the uniform public pool, with an optional pull towards it (``reg``). The generator (the same
+LoRA as every method) is then trained without noise, by the denoising loss, on public images
+drawn with the weights w: the diffusion model's own way of fitting a distribution, instead of
+differentiating through a 25-step sampler on a CPU (minutes instead of hours). Its cost is
+``fit_steps`` x ``batch`` example gradients, none of them on private data.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from ..data import DataError
+from ..errors import Cancelled
+from ..pipeline import PrivateRunConfig
+from ..privacy import PrivacyEvent, calibrate_gaussian, check_epsilon_delta, clip_embeddings, private_generator
+from .base import Method, MethodResult, epsilon_for_report
+
+SPACES = ("embedding", "pixels")
+PUBLIC_POOL = 4096  # the fixed public pool (Fashion-MNIST train), as in qem and pda-dpmd
+MECHANISM = "gaussian_sliced_rows"
+
+
+@dataclass
+class SlicingConfig(PrivateRunConfig):
+    """`python -m dphyper run slicing`: one noisy release of random slices, then a free fit (minutes)."""
+
+    space: str = field(default="embedding", metadata={"help": "what is projected: embedding (public encoder) or pixels"})
+    slices: int = field(default=16, metadata={"help": "k, number of random projections (slices) per image"})
+    clip: float = field(default=0.5, metadata={"help": "C, bound on each image's projected row (after centring)"})
+    rows: int = field(default=1000, metadata={"help": "N, public maximum number of images: the release always has "
+                                                      "N rows (zero rows pad the folder), so n stays private"})
+    projection_seed: int = field(default=0, metadata={"help": "public seed of the projection V"})
+    directions: int = field(default=32, metadata={"help": "L, random 1-d directions of the sliced divergence"})
+    bandwidth: float = field(default=1.0, metadata={"help": "kernel width h, relative to the smoothed spread"})
+    smooth: bool = field(default=True, metadata={"help": "smooth the generated side with the release's noise "
+                                                         "(off only for the ablation)"})
+    reg: float = field(default=0.0, metadata={"help": "pull of the fitted weights towards the uniform public pool"})
+    fit_iters: int = field(default=500, metadata={"help": "FISTA iterations of the weight fit"})
+    pool: int = field(default=2048, metadata={"help": "public images the fit may weight"})
+    fit_steps: int = field(default=100, metadata={"help": "LoRA training steps on the weighted public images"})
+    lr: float = field(default=3e-3, metadata={"help": "Adam learning rate of the LoRA fit"})
+    batch: int = field(default=32, metadata={"help": "images per LoRA training step"})
+    fit_seed: int | None = field(default=None, metadata={"help": "seed of the fit (public randomness; none = drawn)"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.space not in SPACES:
+            raise ValueError(f"space must be one of {', '.join(SPACES)}, got {self.space!r}")
+        if self.slices < 1 or self.rows < 1 or self.directions < 0 or self.fit_iters < 0 or self.fit_steps < 0:
+            raise ValueError("slices and rows must be >= 1; directions, fit_iters and fit_steps >= 0")
+        if not 1 <= self.pool <= PUBLIC_POOL:
+            raise ValueError(f"pool must be in [1, {PUBLIC_POOL}] (the public pool), got {self.pool}")
+        if self.batch < 1:
+            raise ValueError("batch must be >= 1")
+        for name in ("clip", "bandwidth", "lr"):
+            v = getattr(self, name)
+            if not (v > 0 and math.isfinite(v)):
+                raise ValueError(f"{name} must be a finite number > 0, got {v}")
+        if not (self.reg >= 0 and math.isfinite(self.reg)):
+            raise ValueError(f"reg must be a finite number >= 0, got {self.reg}")
+
+
+# ---------------------------------------------------------------- the release
+
+
+@dataclass(frozen=True)
+class SlicedRelease:
+    """The DP output: everything here is safe to show, keep and fit again."""
+
+    rows: torch.Tensor  # (N, k) float64: the noisy, shuffled, padded projected rows
+    noise_std: float  # sigma = s * C, per entry
+    clip: float
+    event: PrivacyEvent
+
+
+def projection(d: int, k: int, seed: int) -> torch.Tensor:
+    """V (d, k) with orthonormal columns from a public seed (k <= d)."""
+    if k > d:
+        raise ValueError(f"slices = {k} is more than the feature dimension {d}")
+    g = torch.Generator().manual_seed(seed)
+    return torch.linalg.qr(torch.randn(d, k, generator=g, dtype=torch.float64)).Q
+
+
+def release_slices(projected: torch.Tensor, *, rows: int, clip: float, epsilon: float, delta: float,
+                   generator: torch.Generator | None = None) -> SlicedRelease:
+    """The mechanism: clip every projected row to C, pad to N rows, shuffle, add N(0, (sC)^2).
+
+    ``projected`` (n, k) is private. ``generator`` is for tests and public-data tuning only; the
+    private path leaves it None (OS-seeded permutation and noise). The audit runs this function.
+    """
+    check_epsilon_delta(epsilon, delta)
+    if projected.ndim != 2 or projected.shape[0] == 0:
+        raise ValueError("projected must be a non-empty (n, k) tensor")
+    if projected.shape[0] > rows:
+        raise DataError(f"the folder has more images than the slicing release's public maximum of {rows} rows; "
+                        "raise --rows (a public setting) or use fewer images.")
+    clipped = clip_embeddings(projected, max_norm=clip)
+    return _gaussian_rows(clipped, rows=rows, clip=clip, epsilon=epsilon, delta=delta,
+                          noise_multiplier=calibrate_gaussian(epsilon=epsilon, delta=delta), generator=generator)
+
+
+def _gaussian_rows(clipped: torch.Tensor, *, rows: int, clip: float, epsilon: float, delta: float,
+                   noise_multiplier: float, generator: torch.Generator | None = None,
+                   pad: bool = True, shuffle: bool = True) -> SlicedRelease:
+    """Padding, shuffle and noise with every privacy parameter explicit.
+
+    ``release_slices`` is the only caller in the private path. The audit calls this directly with
+    deliberately wrong arguments (unclipped rows, a tenth of the noise, no padding, no shuffle) to
+    show that it catches them: an explicit argument of a separate path, never a patch of this
+    module (which every session of the server shares).
+    """
+    n, k = clipped.shape
+    gen = generator if generator is not None else private_generator()
+    total = rows if pad else n
+    padded = torch.zeros(total, k, dtype=torch.float64)
+    where = torch.randperm(total, generator=gen)[:n] if shuffle else torch.arange(n)
+    padded[where] = clipped.to(torch.float64)
+    sigma = float(noise_multiplier) * clip
+    if sigma > 0:
+        padded = padded + torch.randn(total, k, generator=gen, dtype=torch.float64) * sigma
+    event = PrivacyEvent(mechanism=MECHANISM, epsilon=epsilon, delta=delta, noise_multiplier=float(noise_multiplier),
+                         sensitivity=clip, accountant="analytic_gaussian" if sigma > 0 else "none (non-private)")
+    return SlicedRelease(rows=padded, noise_std=sigma, clip=clip, event=event)
+
+
+# ---------------------------------------------------------------- public side (cached)
+
+
+@dataclass(frozen=True)
+class PublicSlices:
+    V: torch.Tensor  # (d, k)
+    center: torch.Tensor  # (d,)
+    F: torch.Tensor  # (P, k) clipped public rows, the candidates of the fit
+    labels: torch.Tensor  # (P,) public class labels (for the report)
+
+
+_public_lock = threading.Lock()
+_public: dict[tuple, PublicSlices] = {}
+
+
+def features(images: torch.Tensor, space: str, models) -> torch.Tensor:
+    """f(x): the public encoder's embedding or the flattened pixels, float64 on the CPU."""
+    if space == "pixels":
+        return images.reshape(len(images), -1).to(torch.float64).cpu()
+    from ..encoder import embed
+
+    return embed(images, models.encoder).to(torch.float64)
+
+
+def public_pool_labelled(size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same seeded public pool as ``pda_dpmd.public_pool`` with its labels."""
+    from ..data import load_fashion_mnist_uint8
+    from .pda_dpmd import public_pool
+
+    images = public_pool(PUBLIC_POOL)
+    _, labels = load_fashion_mnist_uint8("train")
+    idx = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))[:PUBLIC_POOL]
+    return images[:size], torch.as_tensor(labels[idx.numpy()][:size]).long()
+
+
+def public_slices(cfg: SlicingConfig, models) -> PublicSlices:
+    """V, the public centre and the public candidates' rows: computed once per process and setting."""
+    from ..compare import hypernet_id
+
+    key = (cfg.space, cfg.slices, cfg.clip, cfg.pool, cfg.projection_seed,
+           hypernet_id() if cfg.space == "embedding" else "")
+    with _public_lock:
+        if key not in _public:
+            images, labels = public_pool_labelled(cfg.pool)
+            feats = features(images, cfg.space, models)
+            center = feats.mean(0)
+            V = projection(feats.shape[1], cfg.slices, cfg.projection_seed)
+            F = clip_embeddings((feats - center) @ V, max_norm=cfg.clip)
+            _public[key] = PublicSlices(V=V, center=center, F=F, labels=labels)
+        return _public[key]
+
+
+def project_private(images: torch.Tensor, cfg: SlicingConfig, pub: PublicSlices, models) -> torch.Tensor:
+    return (features(images, cfg.space, models) - pub.center) @ pub.V
+
+
+# ---------------------------------------------------------------- the fit (post-processing)
+
+
+def directions(k: int, count: int, seed: int) -> torch.Tensor:
+    """U (k, L): public random unit directions in the release's k-dim space (count 0: the k axes)."""
+    if count == 0:
+        return torch.eye(k, dtype=torch.float64)
+    g = torch.Generator().manual_seed(seed + 1)
+    u = torch.randn(k, count, generator=g, dtype=torch.float64)
+    return u / u.norm(dim=0, keepdim=True)
+
+
+def _gauss(diff: torch.Tensor, h2: float, var: float) -> torch.Tensor:
+    """E k_h(a, b) for a - b = diff + N(0, var): h / sqrt(h^2 + var) exp(-diff^2 / (2 (h^2 + var)))."""
+    v = h2 + var
+    return math.sqrt(h2 / v) * torch.exp(-diff.square() / (2 * v))
+
+
+def divergence_terms(released: torch.Tensor, candidates: torch.Tensor, sigma: float, cfg: SlicingConfig,
+                     seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, float, float]:
+    """K (C, C), c (C,), the constant term and h^2 of the smoothed sliced MMD^2(release, q_w) = w^T K w - 2 w^T c + const.
+
+    ``candidates`` (C, k) are the mixture's component centres (row 0 the padding rows' 0).
+    """
+    U = directions(released.shape[1], cfg.directions, cfg.projection_seed + seed)
+    r, m = released @ U, candidates @ U  # (N, L), (C, L)
+    var = sigma ** 2 if cfg.smooth else 0.0
+    spread2 = float(m[1:].var(0).mean()) if len(m) > 2 else 0.0
+    h2 = cfg.bandwidth ** 2 * (spread2 + sigma ** 2) if (spread2 + sigma ** 2) > 0 else cfg.bandwidth ** 2
+    L = r.shape[1]
+    K = torch.zeros(len(m), len(m), dtype=torch.float64)
+    c = torch.zeros(len(m), dtype=torch.float64)
+    const = 0.0
+    for lo in range(0, L, 8):
+        sl = slice(lo, lo + 8)
+        K += _gauss(m[:, None, sl] - m[None, :, sl], h2, 2 * var).sum(-1)
+        c += _gauss(r[:, None, sl] - m[None, :, sl], h2, var).sum(-1).mean(0)
+        const += float(_gauss(r[:, None, sl] - r[None, :, sl], h2, 0.0).sum(-1).mean())
+    return K / L, c / L, const / L, h2
+
+
+def _project_simplex(v: torch.Tensor) -> torch.Tensor:
+    """Euclidean projection onto the probability simplex (sort-based; Duchi et al. 2008)."""
+    u, _ = torch.sort(v, descending=True)
+    css = torch.cumsum(u, 0) - 1
+    ind = torch.arange(1, len(v) + 1, dtype=v.dtype)
+    rho = int(torch.nonzero(u - css / ind > 0).max())
+    return (v - css[rho] / (rho + 1)).clamp_min(0)
+
+
+def fit_weights(K: torch.Tensor, c: torch.Tensor, cfg: SlicingConfig, start: torch.Tensor) -> torch.Tensor:
+    """argmin over the simplex of w^T K w - 2 w^T c + reg C ||w - start||^2 (C components), by FISTA.
+
+    ``start`` (the uniform public pool mixed with the best padding weight) is the first iterate and
+    the centre of the pull, so the fit moves away from the base model's own data only as far as
+    the release asks. The step uses the curvature of K on the simplex's tangent space (K's
+    constant part does not move a sum-to-one w), found by power iteration."""
+    C = len(c)
+    pull = cfg.reg * C
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(C, generator=g, dtype=torch.float64)
+    for _ in range(50):
+        x = x - x.mean()
+        x = K @ x
+        x = x / x.norm().clamp_min(1e-300)
+    x = x - x.mean()
+    lip = 2 * (float(x @ K @ x) / max(float(x @ x), 1e-300) + pull) * 1.05 + 1e-12
+    w = y = start.clone()
+    t = 1.0
+    for _ in range(cfg.fit_iters):
+        grad = 2 * (K @ y - c) + 2 * pull * (y - start)
+        w_next = _project_simplex(y - grad / lip)
+        t_next = (1 + math.sqrt(1 + 4 * t * t)) / 2
+        y = w_next + ((t - 1) / t_next) * (w_next - w)
+        w, t = w_next, t_next
+    return w
+
+
+def mmd2(K: torch.Tensor, c: torch.Tensor, const: float, w: torch.Tensor) -> float:
+    return float(w @ K @ w - 2 * w @ c + const)
+
+
+@dataclass(frozen=True)
+class Fit:
+    weights: torch.Tensor  # (P,) over the public pool, sums to 1
+    padding: float  # fitted weight of the padding rows: n is estimated as (1 - padding) N
+    divergence: float  # smoothed sliced MMD^2 at the fit
+    divergence_uniform: float  # ... at the uniform public pool (the base model's own data)
+    effective_size: float  # 1 / sum w^2
+
+
+def fit_release(rel: SlicedRelease, pub: PublicSlices, cfg: SlicingConfig) -> Fit:
+    cand = torch.cat([torch.zeros(1, pub.F.shape[1], dtype=torch.float64), pub.F])
+    K, c, const, _ = divergence_terms(rel.rows, cand, rel.noise_std, cfg)
+    # The reference: the uniform public pool with the padding weight that fits best (a 1-d quadratic).
+    u = torch.full((len(pub.F),), 1.0 / len(pub.F), dtype=torch.float64)
+    base = _best_padding_mix(K, c, u)
+    w = fit_weights(K, c, cfg, base)
+    pub_w = w[1:] / w[1:].sum().clamp_min(1e-300)
+    return Fit(weights=pub_w, padding=float(w[0]), divergence=mmd2(K, c, const, w),
+               divergence_uniform=mmd2(K, c, const, base), effective_size=float(1 / (pub_w ** 2).sum()))
+
+
+def _best_padding_mix(K: torch.Tensor, c: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    e0 = torch.zeros(len(c), dtype=torch.float64)
+    e0[0] = 1.0
+    b = torch.cat([torch.zeros(1, dtype=torch.float64), u])
+    d = b - e0  # w(t) = e0 + t d, t in [0, 1]
+    a2, a1 = float(d @ K @ d), float(2 * (e0 @ K @ d) - 2 * (d @ c))
+    t = min(max(-a1 / (2 * a2), 0.0), 1.0) if a2 > 0 else 1.0
+    return e0 + t * d
+
+
+def train_lora_on(weights: torch.Tensor, images: torch.Tensor, cfg: SlicingConfig, models, gen: torch.Generator, *,
+                  progress=None, cancel=None) -> tuple[dict[str, torch.Tensor], list[float]]:
+    """The generator's fit: the LoRA trained by the denoising loss on public images drawn with ``weights``."""
+    import copy
+
+    from ..diffusion import denoising_loss, make_train_scheduler
+    from ..lora import lora_parameter_names
+
+    # This run's own copy of the served UNet (which carries a zero-effect LoRA and is never written).
+    # The LoRA starts from the hypernetwork's public A and B = 0, so the same fit seed gives the same LoRA.
+    unet = copy.deepcopy(models.unet).requires_grad_(False)
+    named = dict(unet.named_parameters())
+    h = models.hypernet
+    with torch.no_grad():
+        for n in lora_parameter_names(unet):
+            named[n].zero_()
+        for n, a in zip(h.a_names, h.lora_a):
+            named[n].copy_(a)
+    names = lora_parameter_names(unet)
+    params = [named[n].requires_grad_(True) for n in names]
+    opt = torch.optim.Adam(params, lr=cfg.lr)
+    sched = make_train_scheduler()
+    device = next(unet.parameters()).device
+    unet.train()
+    losses = []
+    t0 = time.perf_counter()
+    for step in range(cfg.fit_steps):
+        if cancel is not None and cancel.is_set():
+            raise Cancelled("Slicing cancelled; the release is kept, nothing else was released.")
+        idx = torch.multinomial(weights, cfg.batch, replacement=True, generator=gen)
+        loss = denoising_loss(lambda x, t: unet(x, t).sample, images[idx].to(device), sched, gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        if progress is not None:
+            per_step = (time.perf_counter() - t0) / (step + 1)
+            progress({"stage": "fit", "step": step + 1, "total": cfg.fit_steps, "loss": losses[-1],
+                      "eta_seconds": per_step * (cfg.fit_steps - step - 1),
+                      "desc": f"Slicing: fitting the LoRA to the release, step {step + 1} / {cfg.fit_steps} "
+                              "(post-processing: no further ε)"})
+    lora = {n: p.detach().clone() for n, p in zip(names, params)}
+    return lora, losses
+
+
+def refit(rel: SlicedRelease, cfg: SlicingConfig, models, *, progress=None, cancel=None) -> MethodResult:
+    """Everything after the release: reads only the release, public data and settings (no privacy cost)."""
+    from ..data import CLASS_NAMES
+
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    pub = public_slices(cfg, models)
+    if rel.rows.shape[1] != pub.V.shape[1] or abs(rel.clip - cfg.clip) > 0:
+        raise ValueError("this release was made with other slices or clip; re-fit it with its own settings")
+    fit = fit_release(rel, pub, cfg)
+    timings["fit_weights"] = time.perf_counter() - t
+    seed = cfg.fit_seed if cfg.fit_seed is not None else secrets.randbits(31)
+    gen = torch.Generator().manual_seed(seed)
+    t = time.perf_counter()
+    from .pda_dpmd import public_pool
+
+    images = public_pool(PUBLIC_POOL)[:cfg.pool]
+    lora, losses = train_lora_on(fit.weights, images, cfg, models, gen, progress=progress, cancel=cancel)
+    timings["fit_lora"] = time.perf_counter() - t
+    share = torch.zeros(10, dtype=torch.float64).index_add_(0, pub.labels, fit.weights)
+    top = torch.argsort(share, descending=True)[:3]
+    report = {
+        "method": "slicing",
+        "private": rel.event.private,
+        "epsilon": epsilon_for_report(rel.event.epsilon),
+        "delta": rel.event.delta,
+        "noise_multiplier": rel.event.noise_multiplier,
+        "sensitivity": rel.event.sensitivity,
+        "mechanism": f"{MECHANISM} ({len(rel.rows)} padded, shuffled rows x {rel.rows.shape[1]} slices "
+                     f"of the {cfg.space}, each row clipped to {cfg.clip})",
+        "accountant": rel.event.accountant,
+        "noise_std": rel.noise_std,
+        "space": cfg.space, "slices": cfg.slices, "rows": cfg.rows, "clip": cfg.clip,
+        "projection_seed": cfg.projection_seed, "directions": cfg.directions, "bandwidth": cfg.bandwidth,
+        "smooth": cfg.smooth, "reg": cfg.reg, "pool": cfg.pool, "fit_steps": cfg.fit_steps, "lr": cfg.lr,
+        "fit_seed": seed,
+        "estimated_count": round((1 - fit.padding) * len(rel.rows), 1),
+        "divergence": fit.divergence, "divergence_uniform": fit.divergence_uniform,
+        "effective_public_images": round(fit.effective_size, 1),
+        "public_class_shares": {CLASS_NAMES[int(i)]: round(float(share[i]), 3) for i in top},
+        "note": (f"the fit weighted the public images towards {CLASS_NAMES[int(top[0])]} "
+                 f"({float(share[top[0]]):.0%}); re-fitting costs no ε"),
+    }
+    if not rel.event.private:
+        report["warning"] = "epsilon = inf: NO privacy (non-private reference)"
+    return MethodResult(adapter=lora, report=report, events=(), timings=timings, losses=losses,
+                        owner={"release": rel})
+
+
+def train(images: torch.Tensor, cfg: SlicingConfig, models, *, progress=None, cancel=None) -> MethodResult:
+    t = time.perf_counter()
+    if len(images) > cfg.rows:  # before any computation on the images (the uploader's own error)
+        raise DataError(f"the folder has {len(images)} images, more than the slicing release's public maximum "
+                        f"of {cfg.rows} rows; raise --rows (a public setting) or use fewer images.")
+    pub = public_slices(cfg, models)
+    public_seconds = time.perf_counter() - t
+    t = time.perf_counter()
+    projected = project_private(images, cfg, pub, models)
+    rel = release_slices(projected, rows=cfg.rows, clip=cfg.clip, epsilon=cfg.epsilon, delta=cfg.delta)
+    del projected  # private; nothing below sees it
+    release_seconds = time.perf_counter() - t
+    result = refit(rel, cfg, models, progress=progress, cancel=cancel)
+    result.events = (rel.event,)
+    result.timings.update({"public_slices": public_seconds, "release": release_seconds})
+    return result
+
+
+TUNABLE = ("space", "slices", "clip", "rows", "directions", "bandwidth", "smooth", "reg", "fit_iters", "pool",
+           "fit_steps", "lr", "batch")
+
+
+def identity() -> dict:
+    from ..compare import hypernet_id
+
+    d = SlicingConfig()
+    return {"defaults": {k: getattr(d, k) for k in TUNABLE}, "encoder": hypernet_id()}
+
+
+def cost(hp: dict, n: int) -> int:
+    """Example-gradient evaluations: the LoRA fit on public images (the release itself is a forward pass)."""
+    d = SlicingConfig()
+    return int(hp.get("fit_steps", d.fit_steps) * hp.get("batch", d.batch))
+
+
+SWEEP = {"stage1": [{"space": sp, "slices": k, "clip": c}
+                    for sp in ("embedding", "pixels") for k in (4, 16) for c in (0.25, 1.0)],
+         "stage2": lambda n: [{"reg": 0.0}, {"reg": 0.1}, {"fit_steps": 400}, {"bandwidth": 0.5},
+                              {"smooth": False}]}
+
+SLICING = Method(name="slicing", label="Slicing", config_cls=SlicingConfig, train=train, one_shot=False,
+                 noise="once, into N padded random projections of the images (then a free fit)",
+                 identity=identity, sweep=SWEEP, cost=cost, duration="a few minutes on CPU")
