@@ -442,8 +442,11 @@ def _finish(method, result, data: dict, epsilon: float, seconds: float, book: Le
 
 def _config(method, epsilon: float, delta: float, n_samples: int, max_steps: int = 0):
     kw = {"epsilon": epsilon, "delta": delta, "samples": int(n_samples)}
-    if "max_steps" in {f.name for f in fields(method.config_cls)}:
+    names = {f.name for f in fields(method.config_cls)}
+    if "max_steps" in names:
         kw["max_steps"] = int(max_steps or 0)
+    elif "fit_steps" in names and max_steps:  # slicing: the budget of its (free) fit
+        kw["fit_steps"] = int(max_steps)
     try:
         return method.config_cls(**kw)
     except ValueError as exc:
@@ -473,10 +476,49 @@ def one_shot_runner(name: str):
     return run
 
 
+def _drive(method, job, progress, preparing: str):
+    """Run ``job(progress_cb, cancel)`` in a worker thread; yield status lines while it runs, then return
+    its result. Cancel (or closing the page) sets the event and the worker stops before releasing."""
+    from .errors import Cancelled
+
+    state: dict = {"p": None, "result": None, "error": None}
+    cancel = threading.Event()
+
+    def work() -> None:
+        try:
+            state["result"] = job(lambda p: state.__setitem__("p", p), cancel)
+        except Exception as exc:  # noqa: BLE001 - reported to the page below, never a traceback
+            state["error"] = exc
+
+    worker = threading.Thread(target=work, daemon=True, name=f"{method.name}-worker")
+    worker.start()
+    try:
+        while worker.is_alive():
+            worker.join(0.5)
+            p = state["p"]
+            if p is not None and p.get("desc"):  # a method's own words (slicing's free fit)
+                status = f"{p['desc']} · ETA {p['eta_seconds']:.0f} s"
+            elif p is not None:
+                spent = "∞ (no privacy)" if math.isinf(p["epsilon_spent"]) else f"{p['epsilon_spent']:.3g}"
+                status = (f"{method.label} step {p['step']} / {p['total']} · ε spent so far {spent} · "
+                          f"ETA {p['eta_seconds']:.0f} s")
+            else:
+                status = preparing
+            if p is not None and progress is not None:
+                progress((p["step"], p["total"]), desc=status)
+            yield status
+    finally:
+        cancel.set()  # the page was closed or Cancel was pressed: stop the worker (no-op when done)
+    if isinstance(state["error"], Cancelled):
+        raise gr.Error(f"{method.label} cancelled: nothing was released and no privacy was spent.")
+    if state["error"] is not None:
+        raise gr.Error(f"{method.label} failed: {type(state['error']).__name__}: {public_error(state['error'])}")
+    return state["result"]
+
+
 def training_runner(name: str):
     """The click handler of a training method: a worker thread behind a generator, so the page shows
     progress and Cancel (or closing the page) stops the worker before anything is released."""
-    from .errors import Cancelled
     from .methods import get_method
 
     method = get_method(name)
@@ -486,47 +528,67 @@ def training_runner(name: str):
         data = _require(data)
         epsilon = _epsilon(log_eps, no_privacy)
         cfg = _config(method, epsilon, delta, n_samples, max_steps)
-        state: dict = {"p": None, "result": None, "error": None}
-        cancel = threading.Event()
-
-        def work() -> None:
-            try:
-                state["result"] = _train(name, data["images"], cfg, lambda p: state.__setitem__("p", p), cancel)
-            except Exception as exc:  # noqa: BLE001 - reported to the page below, never a traceback
-                state["error"] = exc
-
         t0 = time.perf_counter()
-        worker = threading.Thread(target=work, daemon=True, name=f"{name}-worker")
-        worker.start()
-        skip = (gr.skip(),) * 7
-        try:
-            while worker.is_alive():
-                worker.join(0.5)
-                p = state["p"]
-                if p is not None and p.get("desc"):  # a method's own words (slicing's free fit)
-                    status = f"{p['desc']} · ETA {p['eta_seconds']:.0f} s"
-                    if progress is not None:
-                        progress((p["step"], p["total"]), desc=status)
-                elif p is not None:
-                    spent = "∞ (no privacy)" if math.isinf(p["epsilon_spent"]) else f"{p['epsilon_spent']:.3g}"
-                    status = (f"{method.label} step {p['step']} / {p['total']} · ε spent so far {spent} · "
-                              f"ETA {p['eta_seconds']:.0f} s")
-                    if progress is not None:
-                        progress((p["step"], p["total"]), desc=status)
-                else:
-                    status = f"{method.label}: preparing (calibrating the noise with the accountant)…"
-                yield (gr.skip(), status, *skip)
-        finally:
-            cancel.set()  # the page was closed or Cancel was pressed: stop the worker (no-op when done)
-        if isinstance(state["error"], Cancelled):
-            raise gr.Error(f"{method.label} cancelled: nothing was released and no privacy was spent.")
-        if state["error"] is not None:
-            raise gr.Error(f"{method.label} failed: {type(state['error']).__name__}: {public_error(state['error'])}")
-        yield _finish(method, state["result"], data, epsilon, time.perf_counter() - t0, book, runs, log_eps,
+        driver = _drive(method, lambda cb, cancel: _train(name, data["images"], cfg, cb, cancel), progress,
+                        f"{method.label}: preparing (calibrating the noise with the accountant)…")
+        result = yield from _relay(driver)
+        if method.refit is not None:  # keep the DP release (and its settings) for a free re-fit in this session
+            data.setdefault("releases", {})[name] = (result.owner["release"], cfg)
+        yield _finish(method, result, data, epsilon, time.perf_counter() - t0, book, runs, log_eps,
                       no_privacy, bench_set)
 
     run.__name__ = f"run_{name.replace('-', '_')}"
     return run
+
+
+def _relay(driver):
+    """A driver's status lines as the column's 9 outputs (status in the caption); returns its result.
+    Closing this generator (the page closed, Cancel) closes the driver, which cancels its worker."""
+    try:
+        while True:
+            try:
+                status = next(driver)
+            except StopIteration as stop:
+                return stop.value
+            yield (gr.skip(), status, *(gr.skip(),) * 7)
+    finally:
+        driver.close()
+
+
+def refit_runner(name: str):
+    """Re-fit a method's last release in this session: post-processing of a DP output, no ledger entry."""
+    from .methods import get_method
+    from .methods.base import sample_into
+
+    method = get_method(name)
+
+    def refit(data: dict | None, n_samples: int, max_steps: int, book: LedgerBook, runs: list,
+              bench_set: str | None, progress=gr.Progress()):
+        data = _require(data)
+        kept = data.get("releases", {}).get(name)
+        if kept is None:
+            raise gr.Error(f"Run {method.label} on these images first: a re-fit re-uses its release.")
+        rel, cfg = kept
+        cfg = replace(cfg, samples=int(n_samples), fit_seed=None,
+                      **({"fit_steps": int(max_steps)} if max_steps else {}))
+        models = shared_models()
+        t0 = time.perf_counter()
+
+        def job(cb, cancel):
+            return sample_into(method, method.refit(rel, cfg, models, progress=cb, cancel=cancel), cfg, models,
+                               cancel=cancel)
+
+        driver = _drive(method, job, progress, f"{method.label}: re-fitting the kept release (no ε)…")
+        result = yield from _relay(driver)
+        result.report["refit"] = "a re-fit of the session's earlier release: no privacy cost, no ledger entry"
+        result.report["note"] = f"re-fit of the same release with {cfg.fit_steps} fit steps: no ε spent"
+        epsilon = rel.event.epsilon
+        log_eps = math.log10(epsilon) if math.isfinite(epsilon) else 0.0
+        yield _finish(method, result, data, epsilon, time.perf_counter() - t0, book, runs, log_eps,
+                      not math.isfinite(epsilon), bench_set)
+
+    refit.__name__ = f"refit_{name.replace('-', '_')}"
+    return refit
 
 
 def runner(name: str):
@@ -721,7 +783,7 @@ def build_demo():
                                           label="Methods side by side", scale=2)
                 n_samples = gr.Slider(4, 64, value=16, step=4, label="Samples per method", scale=1)
                 max_steps = gr.Slider(0, 1000, value=0, step=10, label="Step budget of the training methods "
-                                      "(0 = the tuned schedule)", scale=1)
+                                      "(0 = the tuned schedule; slicing: steps of its free fit)", scale=1)
             plan = gr.Markdown()
             cols: dict[str, dict] = {}
             with gr.Row(equal_height=False):
@@ -734,6 +796,9 @@ def build_demo():
                                                 variant="primary" if m.one_shot else "secondary")
                             if not m.one_shot:
                                 c["stop"] = gr.Button(f"Cancel {m.label}", variant="stop")
+                        if m.refit is not None:
+                            c["refit"] = gr.Button(f"Re-fit {m.label} from the same release (free: no ε, "
+                                                   "no ledger entry)", size="sm")
                         c["gal"] = gr.Gallery(label=m.label, columns=4, height="auto", object_fit="contain")
                         c["cap"] = gr.Markdown()
                         with gr.Accordion("LoRA, grid and report.json", open=False):
@@ -812,8 +877,15 @@ def build_demo():
             ev = c["go"].click(runner(name), ins, outs, concurrency_limit=2 if method.one_shot else 1,
                                concurrency_id=f"run-{name}", api_name=f"run_{name.replace('-', '_')}")
             ev.then(run_base_compare, [n_samples], [gal_b, cap_b], concurrency_limit=2, concurrency_id="base")
+            cancellable = [ev]
+            if "refit" in c:
+                again = c["refit"].click(refit_runner(name), [data, n_samples, max_steps, ledgers, runs, bench_set],
+                                         outs, concurrency_limit=1, concurrency_id=f"run-{name}",
+                                         api_name=f"refit_{name.replace('-', '_')}")
+                again.then(run_base_compare, [n_samples], [gal_b, cap_b], concurrency_limit=2, concurrency_id="base")
+                cancellable.append(again)
             if "stop" in c:
-                c["stop"].click(None, None, None, cancels=[ev])
+                c["stop"].click(None, None, None, cancels=cancellable)
         chosen.change(lambda picked: [gr.update(visible=n in (picked or [])) for n in cols], chosen,
                       [c["col"] for c in cols.values()], queue=False, show_progress="hidden")
         def on_unload(request: gr.Request) -> None:  # the tab was closed or reloaded

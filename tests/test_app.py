@@ -126,9 +126,16 @@ def test_every_registered_method_runs_side_by_side_through_the_api(app_url):
         rows += 1
         assert len(gallery) == 4 and report["method"] == name and method.label in caption
         assert sorted(os.path.basename(f) for f in downloads) == ["grid.png", "lora.safetensors", "report.json"]
-        if not method.one_shot:
+        if method.refit is not None:  # slicing: the step budget is its free fit's
+            assert report["fit_steps"] == 2 and report["epsilon"] == 1.0
+        elif not method.one_shot:
             assert report["steps"] == 2 and report["epsilon_spent"] <= 1.0 + 1e-9
         assert _ledger_rows(ledger) == list(range(1, rows + 1)) and method.label in ledger
+        if method.refit is not None:  # re-fitting the kept release: new samples, no ledger row
+            again = c.predict(4, 3, None, api_name=f"/refit_{name.replace('-', '_')}")
+            assert len(again[0]) == 4 and again[3]["fit_steps"] == 3 and "refit" in again[3]
+            assert again[3]["fit_seed"] != report["fit_seed"] or again[3]["sampling_seed"] != report["sampling_seed"]
+            assert again[4] == ledger, "a re-fit must not touch the ledger"
     assert "PLD accountant" in ledger
 
 

@@ -68,19 +68,28 @@ class Method:
     cost: Callable[[dict, int], int] | None = None
     # How long a click takes, for the app's button ("" = "seconds" for one-shot, "minutes on CPU" otherwise).
     duration: str = ""
+    # Post-processing of a kept release: (release, cfg, models, progress=, cancel=) -> MethodResult with no
+    # events (slicing's fit); None when a method has nothing to re-run without spending privacy.
+    refit: Callable[..., MethodResult] | None = None
 
 
 def run_method(method: Method, images: torch.Tensor, cfg, models, *, progress: Progress | None = None,
                cancel: threading.Event | None = None) -> MethodResult:
     """Run one method on private images and sample with its adapter (post-processing)."""
-    from ..diffusion import sample
-    from ..lora import lora_model_fn
-
     if images.ndim != 4 or images.shape[0] == 0:
         raise ValueError("images must be a non-empty (n, 1, 32, 32) tensor")
     t = time.perf_counter()
     result = method.train(images, cfg, models, progress=progress, cancel=cancel)
     result.timings["to_adapter"] = time.perf_counter() - t
+    return sample_into(method, result, cfg, models, cancel=cancel)
+
+
+def sample_into(method: Method, result: MethodResult, cfg, models, *,
+                cancel: threading.Event | None = None) -> MethodResult:
+    """Sample with a result's adapter (post-processing) and complete its report."""
+    from ..diffusion import sample
+    from ..lora import lora_model_fn
+
     if cancel is not None and cancel.is_set():
         raise Cancelled(f"{method.label} cancelled; nothing was released.")
     # Sampling is post-processing and independent of the data: its seed is drawn when none is given

@@ -491,4 +491,4 @@ SWEEP = {"stage1": [{"space": sp, "slices": k, "clip": c}
 
 SLICING = Method(name="slicing", label="Slicing", config_cls=SlicingConfig, train=train, one_shot=False,
                  noise="once, into N padded random projections of the images (then a free fit)",
-                 identity=identity, sweep=SWEEP, cost=cost, duration="a few minutes on CPU")
+                 identity=identity, sweep=SWEEP, cost=cost, duration="a few minutes on CPU", refit=refit)
