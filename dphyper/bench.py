@@ -589,12 +589,18 @@ def sweep_table(res: dict) -> str:
                 ranked = rank_sweep(cells, method, s, eps)
                 if not ranked:
                     continue
-                rows += [f"**{method}**, `{s}`, ε = {eps:g}:", "",
-                         "| lr | C | epochs | batch | cost | FID | agreement | seconds |", "|---|---|---|---|---|---|---|---|"]
+                rows += [f"**{method}**, `{s}`, ε = {eps:g}:", ""]
+                dpsgd_like = all({"lr", "max_grad_norm", "epochs", "batch_size"} <= set(c["hp"]) for c in ranked)
+                rows += (["| lr | C | epochs | batch | cost | FID | agreement | seconds |", "|---|---|---|---|---|---|---|---|"]
+                         if dpsgd_like else ["| settings | cost | FID | agreement | seconds |", "|---|---|---|---|---|"])
                 for c in ranked:
                     hp = c["hp"]
-                    rows.append(f"| {hp['lr']:g} | {hp['max_grad_norm']:g} | {hp['epochs']:g} | {hp['batch_size']} | "
-                                f"{c['cost']:,} | {c['fid']:.1f} | {c['agreement']:.3f} | {c['seconds_to_lora']:.0f} |")
+                    tail = f"{c['cost']:,} | {c['fid']:.1f} | {c['agreement']:.3f} | {c['seconds_to_lora']:.0f} |"
+                    if dpsgd_like:
+                        rows.append(f"| {hp['lr']:g} | {hp['max_grad_norm']:g} | {hp['epochs']:g} | "
+                                    f"{hp['batch_size']} | " + tail)
+                    else:  # another method's own settings (qem, slicing)
+                        rows.append("| " + ", ".join(f"{k} {v}" for k, v in sorted(hp.items())) + " | " + tail)
                 rows.append("")
     rows += ["Shipped DP-SGD defaults (`dpsgd.TUNED`, PDA-DPMD uses the same): " + "; ".join(
         f"{'n ≤ ' + str(r['n_max']) if r['n_max'] else 'larger n'}: lr {r['lr']:g}, C {r['max_grad_norm']:g}, "

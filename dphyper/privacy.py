@@ -212,8 +212,8 @@ def clip_embeddings(embeddings: torch.Tensor, *, max_norm: float) -> torch.Tenso
     A row with a NaN or infinite entry becomes the zero vector: left alone it would turn
     the whole released sum into NaN and so reveal its presence (unbounded privacy loss).
     """
-    if max_norm <= 0:
-        raise ValueError("max_norm must be > 0")
+    if not (max_norm > 0 and math.isfinite(max_norm)):  # NaN included: never "no clipping"
+        raise ValueError(f"max_norm must be a finite number > 0, got {max_norm}")
     e = embeddings.to(torch.float64)
     e = torch.where(torch.isfinite(e).all(dim=1, keepdim=True), e, torch.zeros_like(e))
     norms = e.norm(dim=1, keepdim=True)

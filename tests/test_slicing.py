@@ -51,6 +51,42 @@ def test_rows_land_in_uniformly_random_places():
     assert ((freq - 0.25).abs() < 5 * math.sqrt(0.25 * 0.75 / trials)).all(), freq
 
 
+def test_the_private_placement_is_a_uniform_arrangement_of_distinct_rows():
+    """The private path (no generator): every (image, place) pair has frequency 1 / N and each pair of
+    images is in either order half the time (an order-keeping placement would pass a per-place count)."""
+    x = torch.eye(3, dtype=torch.float64)
+    trials, N = 3000, 6
+    pair = torch.zeros(3, N)
+    first_before_second = 0
+    for _ in range(trials):
+        rel = release_slices(x, rows=N, clip=1.0, epsilon=math.inf, delta=1e-5)
+        place = rel.rows.argmax(0)  # where image j's row went (rows are distinct unit vectors)
+        assert sorted((rel.rows.norm(dim=1) > 0).nonzero().flatten().tolist()) == sorted(place.tolist())
+        pair[torch.arange(3), place] += 1
+        first_before_second += int(place[0] < place[1])
+    p = 1 / N
+    assert ((pair / trials - p).abs() < 5 * math.sqrt(p * (1 - p) / trials)).all(), pair / trials
+    assert abs(first_before_second / trials - 0.5) < 5 * math.sqrt(0.25 / trials)
+
+
+def test_the_noise_is_independent_across_the_entries_of_a_row():
+    """Not one noise value per row (differences between coordinates would then be noise-free):
+    the empirical covariance of the noise over N rows is sigma^2 I."""
+    rel = release_slices(torch.zeros(1, 5, dtype=torch.float64), rows=4000, clip=1.0, epsilon=1.0, delta=1e-5,
+                         generator=torch.Generator().manual_seed(5))
+    cov = rel.rows.T @ rel.rows / len(rel.rows) / rel.noise_std ** 2
+    assert (cov - torch.eye(5, dtype=torch.float64)).abs().max() < 0.1, cov
+
+
+def test_a_nan_or_bad_clip_or_noise_never_means_no_noise():
+    with pytest.raises(ValueError, match="finite number > 0"):
+        release_slices(torch.zeros(2, 2), rows=5, clip=float("nan"), epsilon=1.0, delta=1e-5)
+    from dphyper.methods.slicing import _gaussian_rows
+
+    with pytest.raises(ValueError, match="noise std"):
+        _gaussian_rows(torch.zeros(2, 2), rows=5, clip=1.0, epsilon=1.0, delta=1e-5, noise_multiplier=float("nan"))
+
+
 def test_more_images_than_rows_is_refused_before_any_release():
     with pytest.raises(DataError, match="public maximum of 5 rows"):
         release_slices(torch.zeros(6, 2), rows=5, clip=1.0, epsilon=1.0, delta=1e-5)
@@ -166,5 +202,14 @@ def test_refitting_the_same_release_is_free_and_reproducible():
     assert any(float(v.abs().max()) > 0 for k, v in first.adapter.items() if "lora_B" in k)
     assert all(torch.equal(before[n], p) for n, p in models.unet.named_parameters())
     assert 0 <= first.report["estimated_count"] <= 20
+    # The projection is a per-image map with public ingredients: an image's row does not depend on the others.
+    from dphyper.methods.slicing import project_private, public_slices
+
+    pub = public_slices(cfg, models)
+    both = project_private(imgs, cfg, pub, models)
+    assert torch.allclose(both[:5], project_private(imgs[:5], cfg, pub, models), atol=1e-6)
+    # A release re-fitted under another projection is refused.
+    with pytest.raises(ValueError, match="another projection"):
+        refit(first.owner["release"], SlicingConfig(**{**cfg.__dict__, "projection_seed": 9}), models)
     with pytest.raises(DataError, match="more than the slicing release's public maximum"):
         train(torch.zeros(21, 1, 32, 32), cfg, models)

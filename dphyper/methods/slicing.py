@@ -31,8 +31,12 @@ padded matrices differs in exactly one row, by at most ||r_x - 0|| <= C in Frobe
 each coupled pair the Gaussian mechanism with multiplier s is (epsilon, delta)-DP (its L2
 sensitivity is C), and the hockey-stick divergence is jointly convex, so the mixtures over the
 coupling (the actual output distributions) are (epsilon, delta)-indistinguishable in both
-directions; in fact the Gaussian mechanism with multiplier s dominates the pair, so the ledger
-composes the event exactly like the other one-shot Gaussian releases. Without the shuffle
+directions. The bound holds for every order of the hockey-stick divergence at once, and a shift
+of at most C is dominated by a shift of exactly C, so (N(0, 1), N(1/s, 1)) is a dominating pair
+of the mechanism (Zhu, Dong & Wang 2022, Def. 7), i.e. it is 1/s-GDP (Dong, Roth & Su 2022):
+the ledger composes it as that Gaussian mechanism, an upper bound, like the other one-shot
+Gaussian releases. The guarantee is over folders with 1 <= n <= N; the refusal of n > N is
+seen only by the uploader, who knows n. Without the shuffle
 (rows in folder order) adding one image could shift every later row: the audit's
 ``no-shuffle`` variant shows it; without the padding the number of rows is n: ``no-padding``.
 Everything after Y (the fit, the LoRA training on public images, sampling, the report) reads
@@ -40,6 +44,8 @@ only Y, public data and public settings: post-processing, free of privacy cost, 
 be re-run, longer or with another seed, as often as wanted (the app's "Re-fit" does).
 
 Float caveat as in ``privacy``: noise is drawn in float64 with torch (ideal real-valued mechanism).
+The private path draws the placement with ``random.SystemRandom().sample`` (exactly uniform from
+the OS); torch's CPU ``randperm`` (tests and public tuning only) uses 32-bit modular draws.
 
 The fit (post-processing)
 -------------------------
@@ -65,9 +71,12 @@ differentiating through a 25-step sampler on a CPU (minutes instead of hours). I
 from __future__ import annotations
 
 import math
+import random
 import secrets
 import threading
+import dataclasses
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -75,7 +84,7 @@ import torch
 from ..data import DataError
 from ..errors import Cancelled
 from ..pipeline import PrivateRunConfig
-from ..privacy import PrivacyEvent, calibrate_gaussian, check_epsilon_delta, clip_embeddings, private_generator
+from ..privacy import PrivacyEvent, PrivacyWarning, calibrate_gaussian, check_epsilon_delta, clip_embeddings, private_generator
 from .base import Method, MethodResult, epsilon_for_report
 
 SPACES = ("embedding", "pixels")
@@ -134,6 +143,7 @@ class SlicedRelease:
     noise_std: float  # sigma = s * C, per entry
     clip: float
     event: PrivacyEvent
+    settings: tuple = ()  # the public map it was made with (space, slices, clip, projection seed, encoder)
 
 
 def projection(d: int, k: int, seed: int) -> torch.Tensor:
@@ -155,8 +165,8 @@ def release_slices(projected: torch.Tensor, *, rows: int, clip: float, epsilon: 
     if projected.ndim != 2 or projected.shape[0] == 0:
         raise ValueError("projected must be a non-empty (n, k) tensor")
     if projected.shape[0] > rows:
-        raise DataError(f"the folder has more images than the slicing release's public maximum of {rows} rows; "
-                        "raise --rows (a public setting) or use fewer images.")
+        raise DataError(f"the folder has more images than the slicing release's public maximum of {rows} rows "
+                        "(its rows setting); use at most that many images for slicing.")
     clipped = clip_embeddings(projected, max_norm=clip)
     return _gaussian_rows(clipped, rows=rows, clip=clip, epsilon=epsilon, delta=delta,
                           noise_multiplier=calibrate_gaussian(epsilon=epsilon, delta=delta), generator=generator)
@@ -173,12 +183,22 @@ def _gaussian_rows(clipped: torch.Tensor, *, rows: int, clip: float, epsilon: fl
     module (which every session of the server shares).
     """
     n, k = clipped.shape
+    sigma = float(noise_multiplier) * clip
+    if not (math.isfinite(sigma) and sigma >= 0 and (sigma > 0 or noise_multiplier == 0)):
+        raise ValueError(f"the noise std must be a finite number >= 0, got {sigma}")  # never "no noise" by NaN
     gen = generator if generator is not None else private_generator()
     total = rows if pad else n
     padded = torch.zeros(total, k, dtype=torch.float64)
-    where = torch.randperm(total, generator=gen)[:n] if shuffle else torch.arange(n)
+    if not shuffle:
+        where = torch.arange(n)
+    elif generator is None:  # the private path: an exactly uniform placement from the OS
+        where = torch.tensor(random.SystemRandom().sample(range(total), n), dtype=torch.long)
+    else:  # tests and public tuning: reproducible
+        where = torch.randperm(total, generator=gen)[:n]
     padded[where] = clipped.to(torch.float64)
-    sigma = float(noise_multiplier) * clip
+    if math.isfinite(epsilon) and delta >= 1.0 / total:
+        warnings.warn(f"delta = {delta:g} is not below 1/N (N = {total} rows): the guarantee is weak; use a smaller "
+                      "delta.", PrivacyWarning, stacklevel=3)
     if sigma > 0:
         padded = padded + torch.randn(total, k, generator=gen, dtype=torch.float64) * sigma
     event = PrivacyEvent(mechanism=MECHANISM, epsilon=epsilon, delta=delta, noise_multiplier=float(noise_multiplier),
@@ -221,12 +241,17 @@ def public_pool_labelled(size: int) -> tuple[torch.Tensor, torch.Tensor]:
     return images[:size], torch.as_tensor(labels[idx.numpy()][:size]).long()
 
 
-def public_slices(cfg: SlicingConfig, models) -> PublicSlices:
-    """V, the public centre and the public candidates' rows: computed once per process and setting."""
+def _map_id(cfg: SlicingConfig) -> tuple:
+    """The public settings that define the projection map (a release is re-fitted only under the same map)."""
     from ..compare import hypernet_id
 
-    key = (cfg.space, cfg.slices, cfg.clip, cfg.pool, cfg.projection_seed,
-           hypernet_id() if cfg.space == "embedding" else "")
+    return (cfg.space, cfg.slices, cfg.clip, cfg.pool, cfg.projection_seed,
+            hypernet_id() if cfg.space == "embedding" else "")
+
+
+def public_slices(cfg: SlicingConfig, models) -> PublicSlices:
+    """V, the public centre and the public candidates' rows: computed once per process and setting."""
+    key = _map_id(cfg)
     with _public_lock:
         if key not in _public:
             images, labels = public_pool_labelled(cfg.pool)
@@ -340,7 +365,9 @@ def fit_release(rel: SlicedRelease, pub: PublicSlices, cfg: SlicingConfig) -> Fi
     u = torch.full((len(pub.F),), 1.0 / len(pub.F), dtype=torch.float64)
     base = _best_padding_mix(K, c, u)
     w = fit_weights(K, c, cfg, base)
-    pub_w = w[1:] / w[1:].sum().clamp_min(1e-300)
+    if float(w[1:].sum()) <= 0:  # the release read as all padding: fall back to the public pool (never an error)
+        w = base if float(base[1:].sum()) > 0 else torch.cat([torch.zeros(1, dtype=torch.float64), u])
+    pub_w = w[1:] / w[1:].sum()
     return Fit(weights=pub_w, padding=float(w[0]), divergence=mmd2(K, c, const, w),
                divergence_uniform=mmd2(K, c, const, base), effective_size=float(1 / (pub_w ** 2).sum()))
 
@@ -383,7 +410,7 @@ def train_lora_on(weights: torch.Tensor, images: torch.Tensor, cfg: SlicingConfi
     t0 = time.perf_counter()
     for step in range(cfg.fit_steps):
         if cancel is not None and cancel.is_set():
-            raise Cancelled("Slicing cancelled; the release is kept, nothing else was released.")
+            raise Cancelled("Slicing cancelled; nothing was released.")
         idx = torch.multinomial(weights, cfg.batch, replacement=True, generator=gen)
         loss = denoising_loss(lambda x, t: unet(x, t).sample, images[idx].to(device), sched, gen)
         opt.zero_grad(set_to_none=True)
@@ -407,8 +434,9 @@ def refit(rel: SlicedRelease, cfg: SlicingConfig, models, *, progress=None, canc
     timings: dict[str, float] = {}
     t = time.perf_counter()
     pub = public_slices(cfg, models)
-    if rel.rows.shape[1] != pub.V.shape[1] or abs(rel.clip - cfg.clip) > 0:
-        raise ValueError("this release was made with other slices or clip; re-fit it with its own settings")
+    if rel.rows.shape[1] != pub.V.shape[1] or rel.clip != cfg.clip or (rel.settings and rel.settings != _map_id(cfg)):
+        raise ValueError("this release was made with another projection (space, slices, clip or seed); "
+                         "re-fit it with its own settings")
     fit = fit_release(rel, pub, cfg)
     timings["fit_weights"] = time.perf_counter() - t
     seed = cfg.fit_seed if cfg.fit_seed is not None else secrets.randbits(31)
@@ -432,7 +460,7 @@ def refit(rel: SlicedRelease, cfg: SlicingConfig, models, *, progress=None, canc
                      f"of the {cfg.space}, each row clipped to {cfg.clip})",
         "accountant": rel.event.accountant,
         "noise_std": rel.noise_std,
-        "space": cfg.space, "slices": cfg.slices, "rows": cfg.rows, "clip": cfg.clip,
+        "space": cfg.space, "slices": cfg.slices, "rows": len(rel.rows), "clip": cfg.clip,
         "projection_seed": cfg.projection_seed, "directions": cfg.directions, "bandwidth": cfg.bandwidth,
         "smooth": cfg.smooth, "reg": cfg.reg, "pool": cfg.pool, "fit_steps": cfg.fit_steps, "lr": cfg.lr,
         "fit_seed": seed,
@@ -453,12 +481,13 @@ def train(images: torch.Tensor, cfg: SlicingConfig, models, *, progress=None, ca
     t = time.perf_counter()
     if len(images) > cfg.rows:  # before any computation on the images (the uploader's own error)
         raise DataError(f"the folder has {len(images)} images, more than the slicing release's public maximum "
-                        f"of {cfg.rows} rows; raise --rows (a public setting) or use fewer images.")
+                        f"of {cfg.rows} rows (its rows setting); use at most that many images for slicing.")
     pub = public_slices(cfg, models)
     public_seconds = time.perf_counter() - t
     t = time.perf_counter()
     projected = project_private(images, cfg, pub, models)
     rel = release_slices(projected, rows=cfg.rows, clip=cfg.clip, epsilon=cfg.epsilon, delta=cfg.delta)
+    rel = dataclasses.replace(rel, settings=_map_id(cfg))  # public settings, kept with the release for a re-fit
     del projected  # private; nothing below sees it
     release_seconds = time.perf_counter() - t
     result = refit(rel, cfg, models, progress=progress, cancel=cancel)
@@ -486,7 +515,9 @@ def cost(hp: dict, n: int) -> int:
 
 SWEEP = {"stage1": [{"space": sp, "slices": k, "clip": c}
                     for sp in ("embedding", "pixels") for k in (4, 16) for c in (0.25, 1.0)],
-         "stage2": lambda n: [{"reg": 0.0}, {"reg": 0.1}, {"fit_steps": 400}, {"bandwidth": 0.5},
+         # reg 1e6 pins the weights to the uniform public pool: the public-only control (what the LoRA fit on
+         # public data does without the release), so a gain can be told from "more training on public data".
+         "stage2": lambda n: [{"reg": 1e6}, {"reg": 0.01}, {"fit_steps": 300}, {"bandwidth": 0.5},
                               {"smooth": False}]}
 
 SLICING = Method(name="slicing", label="Slicing", config_cls=SlicingConfig, train=train, one_shot=False,
