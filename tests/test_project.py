@@ -30,6 +30,8 @@ def test_front_matter_and_space_yaml_agree():
     assert fm["sdk"] == "gradio" and (ROOT / fm["app_file"]).exists()
     pins = dict(line.split("==") for line in _requirements())
     assert fm["sdk_version"] == pins["gradio"]
+    # ZeroGPU Spaces run only Python 3.10.13 or 3.12.12; a CPU Space accepts either too.
+    assert str(fm["python_version"]) in ("3.10", "3.12"), fm["python_version"]
 
 
 def _requirements() -> list[str]:
