@@ -106,7 +106,7 @@ class SlicingConfig(PrivateRunConfig):
     bandwidth: float = field(default=1.0, metadata={"help": "kernel width h, relative to the smoothed spread"})
     smooth: bool = field(default=True, metadata={"help": "smooth the generated side with the release's noise "
                                                          "(off only for the ablation)"})
-    reg: float = field(default=0.0, metadata={"help": "pull of the fitted weights towards the uniform public pool"})
+    reg: float = field(default=0.001, metadata={"help": "pull of the fitted weights towards the uniform public pool"})
     fit_iters: int = field(default=500, metadata={"help": "FISTA iterations of the weight fit"})
     pool: int = field(default=2048, metadata={"help": "public images the fit may weight"})
     fit_steps: int = field(default=100, metadata={"help": "LoRA training steps on the weighted public images"})
@@ -517,7 +517,7 @@ SWEEP = {"stage1": [{"space": sp, "slices": k, "clip": c}
                     for sp in ("embedding", "pixels") for k in (4, 16) for c in (0.25, 1.0)],
          # reg 1e6 pins the weights to the uniform public pool: the public-only control (what the LoRA fit on
          # public data does without the release), so a gain can be told from "more training on public data".
-         "stage2": lambda n: [{"reg": 1e6}, {"reg": 0.01}, {"fit_steps": 300}, {"bandwidth": 0.5},
+         "stage2": lambda n: [{"reg": 1e6}, {"reg": 0.0}, {"reg": 0.01}, {"fit_steps": 300}, {"bandwidth": 0.5},
                               {"smooth": False}]}
 
 SLICING = Method(name="slicing", label="Slicing", config_cls=SlicingConfig, train=train, one_shot=False,
