@@ -33,10 +33,17 @@ from pathlib import Path
 
 import gradio as gr
 
+
 from .compare import style as method_style
 from .config import EXAMPLES_DIR, REPO_DIR
 from .ledger import LedgerBook, drop_duplicates, total_text
 from .models import shared_models  # the process's public models (base UNet, encoder, H, evaluator)
+
+
+def UserError(message: str) -> gr.Error:  # noqa: N802 - used like the exception class it returns
+    """A message for the person at the page only: Gradio prints a gr.Error's traceback and message to the
+    server log by default, and these messages can name private files or the folder's size."""
+    return gr.Error(message, print_exception=False)
 
 TEMP_DIR = Path(os.environ.get("DPHYPER_TEMP_DIR", REPO_DIR / ".gradio_tmp"))
 MAX_FILE_MB = 10
@@ -109,10 +116,10 @@ def load_data(example: str | None, files: list | None = None, folder: list | Non
     uploaded = [Path(getattr(f, "name", f)) for f in (files or []) + (folder or [])]
     if uploaded and hosted_mode() == "examples":  # the API too, not only the hidden components
         _delete_uploads(uploaded)
-        raise gr.Error("Uploads are switched off on this hosted demo: choose an example set.")
+        raise UserError("Uploads are switched off on this hosted demo: choose an example set.")
     if len(uploaded) > MAX_IMAGES:  # refuse before decoding anything
         _delete_uploads(uploaded)
-        raise gr.Error(f"{len(uploaded)} files is over the limit of {MAX_IMAGES} images per upload: "
+        raise UserError(f"{len(uploaded)} files is over the limit of {MAX_IMAGES} images per upload: "
                        "nothing was decoded and the files were deleted.")
     try:
         if uploaded:
@@ -124,7 +131,7 @@ def load_data(example: str | None, files: list | None = None, folder: list | Non
         else:
             raise DataError("Choose an example set or upload images first.")
     except DataError as exc:
-        raise gr.Error(public_error(exc)) from None
+        raise UserError(public_error(exc)) from None
     finally:
         _delete_uploads(uploaded)
     # "The same data" for the ledger is per image (dphyper.ledger): order, names and other images don't matter.
@@ -364,6 +371,9 @@ def _owner_agreement(samples, images) -> float:
 def _caption(method: str, report: dict, seconds: float) -> str:
     eps = report.get("epsilon_spent", report["epsilon"])
     eps_text = "∞ (no privacy)" if eps == "inf" else f"{float(eps):.3g}"
+    if report.get("refit"):  # post-processing of an earlier release
+        return (f"**{method}** — {seconds:.1f} s to a LoRA and samples; no ε spent (re-uses the release that "
+                f"cost ε {eps_text}, δ {report['delta']:g}) · {report.get('note', '')}")
     text = f"**{method}** — {seconds:.1f} s to a LoRA and samples; ε spent {eps_text}, δ {report['delta']:g}"
     if report.get("note"):  # a method's plain-language remark on this release (DP outputs only)
         text += f" · {report['note']}"
@@ -377,16 +387,16 @@ def _epsilon(log_eps: float, no_privacy: bool) -> float:
     try:
         log_eps = float(log_eps)
     except (TypeError, ValueError):
-        raise gr.Error("ε must be a number.") from None
+        raise UserError("ε must be a number.") from None
     if not (-3.0 <= log_eps <= 3.0):  # NaN fails this too
-        raise gr.Error(f"log10 ε must be between −3 and 3, got {log_eps}.")
+        raise UserError(f"log10 ε must be between −3 and 3, got {log_eps}.")
     return 10 ** log_eps
 
 
 def _require(data: dict | None) -> dict:
 
     if not data or "images" not in data:
-        raise gr.Error("Choose an example set or upload images first.")
+        raise UserError("Choose an example set or upload images first.")
     return data
 
 
@@ -450,7 +460,7 @@ def _config(method, epsilon: float, delta: float, n_samples: int, max_steps: int
     try:
         return method.config_cls(**kw)
     except ValueError as exc:
-        raise gr.Error(public_error(exc)) from None
+        raise UserError(public_error(exc)) from None
 
 
 def one_shot_runner(name: str):
@@ -468,7 +478,7 @@ def one_shot_runner(name: str):
         try:
             result = _release(name, data["images"], cfg)
         except ValueError as exc:
-            raise gr.Error(f"{method.label} failed: {public_error(exc)}") from None
+            raise UserError(f"{method.label} failed: {public_error(exc)}") from None
         return _finish(method, result, data, epsilon, time.perf_counter() - t0, book, runs, log_eps, no_privacy,
                        bench_set)
 
@@ -510,9 +520,9 @@ def _drive(method, job, progress, preparing: str):
     finally:
         cancel.set()  # the page was closed or Cancel was pressed: stop the worker (no-op when done)
     if isinstance(state["error"], Cancelled):
-        raise gr.Error(f"{method.label} cancelled: nothing was released and no privacy was spent.")
+        raise UserError(f"{method.label} cancelled: nothing was released and no privacy was spent.")
     if state["error"] is not None:
-        raise gr.Error(f"{method.label} failed: {type(state['error']).__name__}: {public_error(state['error'])}")
+        raise UserError(f"{method.label} failed: {type(state['error']).__name__}: {public_error(state['error'])}")
     return state["result"]
 
 
@@ -567,7 +577,7 @@ def refit_runner(name: str):
         data = _require(data)
         kept = data.get("releases", {}).get(name)
         if kept is None:
-            raise gr.Error(f"Run {method.label} on these images first: a re-fit re-uses its release.")
+            raise UserError(f"Run {method.label} on these images first: a re-fit re-uses its release.")
         rel, cfg = kept
         cfg = replace(cfg, samples=int(n_samples), fit_seed=None,
                       **({"fit_steps": int(max_steps)} if max_steps else {}))
@@ -581,7 +591,8 @@ def refit_runner(name: str):
         driver = _drive(method, job, progress, f"{method.label}: re-fitting the kept release (no ε)…")
         result = yield from _relay(driver)
         result.report["refit"] = "a re-fit of the session's earlier release: no privacy cost, no ledger entry"
-        result.report["note"] = f"re-fit of the same release with {cfg.fit_steps} fit steps: no ε spent"
+        result.report["note"] = (f"{result.report.get('note', '')} · re-fit: the same weights (a deterministic "
+                                 f"function of the release), {cfg.fit_steps} fit steps, a new LoRA seed")
         epsilon = rel.event.epsilon
         log_eps = math.log10(epsilon) if math.isfinite(epsilon) else 0.0
         yield _finish(method, result, data, epsilon, time.perf_counter() - t0, book, runs, log_eps,
@@ -702,7 +713,7 @@ def run_audit_panel(method: str, epsilon: float, broken: str, trials: float):
     try:
         r = run_audit(AuditConfig(method=method, epsilon=float(epsilon), trials=trials, broken=broken))
     except ValueError as exc:
-        raise gr.Error(public_error(exc)) from None
+        raise UserError(public_error(exc)) from None
     verdict = {"consistent": "✅ consistent with the claim",
                "violated": "❌ the claim is **violated**: the mechanism leaks more than it says",
                "inconclusive": "⚠️ **inconclusive**: this many trials cannot detect a leak at the claimed ε "

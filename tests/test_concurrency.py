@@ -354,3 +354,22 @@ def test_duplicate_images_are_dropped_before_any_release():
     y, fingerprints, dropped = drop_duplicates(torch.cat([x, x[:2], x[4:]]))
     assert dropped == 3 and y.shape[0] == 5 and torch.equal(y, x)
     assert fingerprints == image_fingerprints(x)
+
+
+def test_errors_shown_to_the_uploader_never_reach_the_server_log(app_module, tmp_path):
+    """Gradio prints a gr.Error's message to the server log unless told not to; the app's messages can
+    name private files (or, for slicing, the folder's size), so every one is raised without printing."""
+    import gradio as gr
+
+    bad = []
+    for i in range(2):
+        p = tmp_path / f"PRIVATE_X_{i:04d}.png"
+        p.write_bytes(b"not a png")
+        bad.append(str(p))
+    with pytest.raises(gr.Error) as err:
+        app_module.load_data(None, bad)
+    assert "PRIVATE_X" in str(err.value) and err.value.print_exception is False
+    from pathlib import Path
+
+    source = Path(app_module.__file__).read_text()
+    assert source.count("gr.Error(") == 1  # only inside UserError, which sets print_exception=False

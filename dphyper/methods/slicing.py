@@ -365,8 +365,10 @@ def fit_release(rel: SlicedRelease, pub: PublicSlices, cfg: SlicingConfig) -> Fi
     u = torch.full((len(pub.F),), 1.0 / len(pub.F), dtype=torch.float64)
     base = _best_padding_mix(K, c, u)
     w = fit_weights(K, c, cfg, base)
-    if float(w[1:].sum()) <= 0:  # the release read as all padding: fall back to the public pool (never an error)
-        w = base if float(base[1:].sum()) > 0 else torch.cat([torch.zeros(1, dtype=torch.float64), u])
+    # The release read as (nearly) all padding: rescaling a public mass of ~1e-4 would leave a few arbitrary
+    # images, so fall back to the uniform public pool (never an error after the release).
+    if float(w[1:].sum()) < 1e-2:
+        w = torch.cat([w[:1], (1 - w[0]) * u]) if float(w[0]) < 1 else torch.cat([torch.zeros(1, dtype=torch.float64), u])
     pub_w = w[1:] / w[1:].sum()
     return Fit(weights=pub_w, padding=float(w[0]), divergence=mmd2(K, c, const, w),
                divergence_uniform=mmd2(K, c, const, base), effective_size=float(1 / (pub_w ** 2).sum()))
@@ -469,7 +471,9 @@ def refit(rel: SlicedRelease, cfg: SlicingConfig, models, *, progress=None, canc
         "effective_public_images": round(fit.effective_size, 1),
         "public_class_shares": {CLASS_NAMES[int(i)]: round(float(share[i]), 3) for i in top},
         "note": (f"the fit weighted the public images towards {CLASS_NAMES[int(top[0])]} "
-                 f"({float(share[top[0]]):.0%}); re-fitting costs no ε"),
+                 f"({float(share[top[0]]):.0%}); re-fitting costs no ε" if float(share[top[0]]) >= 0.15 else
+                 "at this ε the release was too noisy to move the fit away from the public data (near-uniform "
+                 "weights); re-fitting costs no ε"),
     }
     if not rel.event.private:
         report["warning"] = "epsilon = inf: NO privacy (non-private reference)"
