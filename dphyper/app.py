@@ -33,7 +33,6 @@ from pathlib import Path
 
 import gradio as gr
 
-
 from .compare import style as method_style
 from .config import EXAMPLES_DIR, REPO_DIR
 from .ledger import LedgerBook, drop_duplicates, total_text

@@ -48,6 +48,11 @@ class PDADPMDConfig(DPSGDConfig):
             raise ValueError("public_batch_size and public_pool must be >= 1")
 
 
+def pool_indices(total: int, size: int):
+    """Which train images the public pool holds: a seeded permutation's first ``size`` (a prefix is a smaller pool)."""
+    return torch.randperm(total, generator=torch.Generator().manual_seed(0))[:size].numpy()
+
+
 def public_pool(size: int) -> torch.Tensor:
     """A fixed (seeded, public) sample of the train split, loaded once per process."""
     from ..data import load_fashion_mnist_uint8, uint8_to_tensor
@@ -55,8 +60,7 @@ def public_pool(size: int) -> torch.Tensor:
     with _pool_lock:
         if size not in _pool:
             images, _ = load_fashion_mnist_uint8("train")
-            idx = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:size].numpy()
-            _pool[size] = uint8_to_tensor(images[idx])
+            _pool[size] = uint8_to_tensor(images[pool_indices(len(images), size)])
         return _pool[size]
 
 

@@ -144,6 +144,10 @@ class SlicedRelease:
     clip: float
     event: PrivacyEvent
     settings: tuple = ()  # the public map it was made with (space, slices, clip, projection seed, encoder)
+    # Weight fits already computed from this release (a deterministic function of it and public settings),
+    # so a re-fit with a new LoRA seed or length does not recompute them. Kept with the release, i.e. in
+    # the session that owns it; never shared between sessions.
+    fits: dict = field(default_factory=dict, compare=False, repr=False)
 
 
 def projection(d: int, k: int, seed: int) -> torch.Tensor:
@@ -164,12 +168,17 @@ def release_slices(projected: torch.Tensor, *, rows: int, clip: float, epsilon: 
     check_epsilon_delta(epsilon, delta)
     if projected.ndim != 2 or projected.shape[0] == 0:
         raise ValueError("projected must be a non-empty (n, k) tensor")
-    if projected.shape[0] > rows:
-        raise DataError(f"the folder has more images than the slicing release's public maximum of {rows} rows "
-                        "(its rows setting); use at most that many images for slicing.")
+    _refuse_over(projected.shape[0], rows)
     clipped = clip_embeddings(projected, max_norm=clip)
     return _gaussian_rows(clipped, rows=rows, clip=clip, epsilon=epsilon, delta=delta,
                           noise_multiplier=calibrate_gaussian(epsilon=epsilon, delta=delta), generator=generator)
+
+
+def _refuse_over(n: int, rows: int) -> None:
+    """A folder larger than the public N is the uploader's own error, raised before anything is released."""
+    if n > rows:
+        raise DataError(f"the folder has {n} images, more than the slicing release's public maximum of {rows} "
+                        "rows (its rows setting); use at most that many images for slicing.")
 
 
 def _gaussian_rows(clipped: torch.Tensor, *, rows: int, clip: float, epsilon: float, delta: float,
@@ -215,6 +224,7 @@ class PublicSlices:
     center: torch.Tensor  # (d,)
     F: torch.Tensor  # (P, k) clipped public rows, the candidates of the fit
     labels: torch.Tensor  # (P,) public class labels (for the report)
+    images: torch.Tensor  # (P, 1, 32, 32) the public pool the LoRA fit draws from
 
 
 _public_lock = threading.Lock()
@@ -233,12 +243,10 @@ def features(images: torch.Tensor, space: str, models) -> torch.Tensor:
 def public_pool_labelled(size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The same seeded public pool as ``pda_dpmd.public_pool`` with its labels."""
     from ..data import load_fashion_mnist_uint8
-    from .pda_dpmd import public_pool
+    from .pda_dpmd import pool_indices, public_pool
 
-    images = public_pool(PUBLIC_POOL)
     _, labels = load_fashion_mnist_uint8("train")
-    idx = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))[:PUBLIC_POOL]
-    return images[:size], torch.as_tensor(labels[idx.numpy()][:size]).long()
+    return public_pool(PUBLIC_POOL)[:size], torch.as_tensor(labels[pool_indices(len(labels), size)]).long()
 
 
 def _map_id(cfg: SlicingConfig) -> tuple:
@@ -259,7 +267,7 @@ def public_slices(cfg: SlicingConfig, models) -> PublicSlices:
             center = feats.mean(0)
             V = projection(feats.shape[1], cfg.slices, cfg.projection_seed)
             F = clip_embeddings((feats - center) @ V, max_norm=cfg.clip)
-            _public[key] = PublicSlices(V=V, center=center, F=F, labels=labels)
+            _public[key] = PublicSlices(V=V, center=center, F=F, labels=labels, images=images)
         return _public[key]
 
 
@@ -439,15 +447,15 @@ def refit(rel: SlicedRelease, cfg: SlicingConfig, models, *, progress=None, canc
     if rel.rows.shape[1] != pub.V.shape[1] or rel.clip != cfg.clip or (rel.settings and rel.settings != _map_id(cfg)):
         raise ValueError("this release was made with another projection (space, slices, clip or seed); "
                          "re-fit it with its own settings")
-    fit = fit_release(rel, pub, cfg)
+    fit_key = (_map_id(cfg), cfg.directions, cfg.bandwidth, cfg.smooth, cfg.reg, cfg.fit_iters)
+    if fit_key not in rel.fits:
+        rel.fits[fit_key] = fit_release(rel, pub, cfg)
+    fit = rel.fits[fit_key]
     timings["fit_weights"] = time.perf_counter() - t
     seed = cfg.fit_seed if cfg.fit_seed is not None else secrets.randbits(31)
     gen = torch.Generator().manual_seed(seed)
     t = time.perf_counter()
-    from .pda_dpmd import public_pool
-
-    images = public_pool(PUBLIC_POOL)[:cfg.pool]
-    lora, losses = train_lora_on(fit.weights, images, cfg, models, gen, progress=progress, cancel=cancel)
+    lora, losses = train_lora_on(fit.weights, pub.images, cfg, models, gen, progress=progress, cancel=cancel)
     timings["fit_lora"] = time.perf_counter() - t
     share = torch.zeros(10, dtype=torch.float64).index_add_(0, pub.labels, fit.weights)
     top = torch.argsort(share, descending=True)[:3]
@@ -483,9 +491,7 @@ def refit(rel: SlicedRelease, cfg: SlicingConfig, models, *, progress=None, canc
 
 def train(images: torch.Tensor, cfg: SlicingConfig, models, *, progress=None, cancel=None) -> MethodResult:
     t = time.perf_counter()
-    if len(images) > cfg.rows:  # before any computation on the images (the uploader's own error)
-        raise DataError(f"the folder has {len(images)} images, more than the slicing release's public maximum "
-                        f"of {cfg.rows} rows (its rows setting); use at most that many images for slicing.")
+    _refuse_over(len(images), cfg.rows)  # before any computation on the images
     pub = public_slices(cfg, models)
     public_seconds = time.perf_counter() - t
     t = time.perf_counter()
