@@ -569,7 +569,7 @@ def bench_sweep(cfg: BenchConfig) -> dict:
 
 def sweep_table(res: dict) -> str:
     """Per method, set and epsilon: every configuration tried, best FID first."""
-    from .compare import rank_sweep
+    from .compare import fresh_sweep_cells, rank_sweep
     from .dpsgd import TUNED
 
     rows = ["## Public sweep of every tunable method (`python -m dphyper bench --suite sweep`)", "",
@@ -582,7 +582,11 @@ def sweep_table(res: dict) -> str:
             "n = 100, 256 at n = 1,000). Stage 1: learning rate × length at ε = 1 (batch 64, C = 0.01); stage 2 around "
             "stage 1's best: full batch, C = 1, a longer run; stage 3: the three best at ε = 4. "
             "Cost = example-gradient evaluations of the run.", ""]
-    cells = res.get("cells", {})
+    cells = fresh_sweep_cells(res)
+    stale = len(res.get("cells", {})) - len(cells)
+    if stale:
+        rows += [f"({stale} stored cells are stale — run with settings or checkpoints that are no longer today's — "
+                 "and are left out; the next sweep recomputes them.)", ""]
     for method in sorted({c["method"] for c in cells.values()}):
         for s in res.get("sets", {}):
             for eps in res.get("epsilons", []):

@@ -261,8 +261,36 @@ def _sweep_key(method: str, set_name: str, eps: float, hp: dict) -> str:
     return f"{method}|{set_name}|eps={eps:g}|{hp_key(hp)}"
 
 
+def sweep_stamp(method: str, hp: dict, *, samples: int = 128, steps: int = 25, seed: int = 0) -> str:
+    """What a sweep cell depends on beyond its key: every setting of the run (today's defaults with the
+    cell's ``hp`` on top) and the method's shipped checkpoints. A cell whose stamp differs from today's
+    (a default changed, a checkpoint was rebuilt) is stale: not ranked, recomputed by the next sweep."""
+    from .methods import get_method
+
+    m = get_method(method)
+    cfg = m.config_cls(epsilon=1.0, delta=DELTA, samples=samples, steps=steps, seed=seed, **hp)
+    run = {k: v for k, v in asdict(cfg).items() if k != "epsilon"}  # epsilon is in the key
+    assets = {k: v for k, v in m.identity().items() if k not in ("defaults", "tuned")}  # tuned: the sweep's output
+    blob = json.dumps({"run": run, "assets": assets}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def fresh_sweep_cells(res: dict) -> dict:
+    """The stored sweep cells that are still today's (their stamp matches); the rest are stale."""
+    memo: dict = {}
+
+    def ok(c: dict) -> bool:
+        k = (c["method"], hp_key(c["hp"]))
+        if k not in memo:
+            memo[k] = sweep_stamp(c["method"], c["hp"], samples=res.get("samples", 128), steps=res.get("steps", 25),
+                                  seed=res.get("seed", 0))
+        return c.get("stamp") == memo[k]
+
+    return {key: c for key, c in res.get("cells", {}).items() if ok(c)}
+
+
 def rank_sweep(cells: dict, method: str, set_name: str, eps: float) -> list[dict]:
-    """The sweep's cells of one method, set and epsilon, best FID first."""
+    """The sweep's cells of one method, set and epsilon, best FID first (pass fresh cells only)."""
     rows = [c for c in cells.values() if c["method"] == method and c["set"] == set_name and c["epsilon"] == eps]
     return sorted(rows, key=lambda c: c["fid"])
 
@@ -326,8 +354,9 @@ def run_sweep(methods: tuple[str, ...], out: Path, *, sets: tuple[BenchSet, ...]
         data = None
         for method in methods:
             while True:
-                todo = [(e, hp) for e, hp in sweep_plan(method, s.n, res["cells"], s.name)
-                        if _sweep_key(method, s.name, e, hp) not in res["cells"]]
+                fresh = fresh_sweep_cells(res)
+                todo = [(e, hp) for e, hp in sweep_plan(method, s.n, fresh, s.name)
+                        if _sweep_key(method, s.name, e, hp) not in fresh]
                 if not todo or (max_cells and done_now >= max_cells):
                     break
                 eps, hp = todo[0]
@@ -335,7 +364,8 @@ def run_sweep(methods: tuple[str, ...], out: Path, *, sets: tuple[BenchSet, ...]
                     data = build_set(s, Path(out))
                     res["sets"][s.name] = data["info"]
                 cell = run_cell(method, eps, data, models, samples=samples, steps=steps, seed=seed, overrides=hp)
-                cell.update({"set": s.name, "hp": hp, "cost": run_cost(hp, s.n, method), "epsilon": eps})
+                cell.update({"set": s.name, "hp": hp, "cost": run_cost(hp, s.n, method), "epsilon": eps,
+                             "stamp": sweep_stamp(method, hp, samples=samples, steps=steps, seed=seed)})
                 # Merge into what is on disk now (another sweep process may have added cells meanwhile).
                 res = _merge_cell(path, res, _sweep_key(method, s.name, eps, hp), cell, s.name)
                 done_now += 1

@@ -163,3 +163,31 @@ def test_sweep_cells_resume(tmp_path, monkeypatch):
     assert first == len(res["cells"]) and all(c["cost"] <= res["compute_cap"] for c in res["cells"].values())
     run_sweep(("dpsgd",), tmp_path, sets=small, log=lambda m: pytest.fail(m))
     assert len(calls) == first
+    # A stored cell run with other settings or checkpoints (its stamp is not today's) is stale: recomputed.
+    path = tmp_path / "sweep.json"
+    disk = json.loads(path.read_text())
+    key = next(iter(disk["cells"]))
+    disk["cells"][key]["stamp"] = "yesterday"
+    path.write_text(json.dumps(disk))
+    run_sweep(("dpsgd",), tmp_path, sets=small, log=lambda m: None)
+    assert len(calls) == first + 1 and calls[-1][2] == disk["cells"][key]["hp"]
+
+
+def test_sweep_stamp_follows_every_setting_and_checkpoint(monkeypatch):
+    """A sweep cell's stamp is the run's full settings plus the method's checkpoints, nothing else."""
+    import dphyper.compare as compare
+    from dphyper.compare import fresh_sweep_cells, sweep_stamp
+    from dphyper.methods.slicing import SlicingConfig
+
+    d = SlicingConfig()
+    assert sweep_stamp("slicing", {}) == sweep_stamp("slicing", {"reg": d.reg})  # a default spelled out
+    assert sweep_stamp("slicing", {}) != sweep_stamp("slicing", {"reg": d.reg * 2})  # a default changed
+    assert sweep_stamp("slicing", {}) != sweep_stamp("slicing", {}, samples=64)
+    dpsgd, slicing = sweep_stamp("dpsgd", {"lr": 0.01}), sweep_stamp("slicing", {})
+    monkeypatch.setattr(compare, "hypernet_id", lambda: "rebuilt")  # the shipped encoder/A checkpoint changed
+    assert sweep_stamp("slicing", {}) != slicing and sweep_stamp("dpsgd", {"lr": 0.01}) == dpsgd
+    res = {"samples": 128, "steps": 25, "seed": 0,
+           "cells": {"a": {"method": "dpsgd", "hp": {"lr": 0.01}, "stamp": dpsgd},
+                     "b": {"method": "slicing", "hp": {}, "stamp": slicing},
+                     "c": {"method": "dpsgd", "hp": {"lr": 0.01}}}}  # no stamp: unknown provenance
+    assert set(fresh_sweep_cells(res)) == {"a"}
