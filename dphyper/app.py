@@ -28,6 +28,7 @@ import shutil
 import tempfile
 import threading
 import time
+import uuid
 from dataclasses import fields, replace
 from pathlib import Path
 
@@ -421,8 +422,12 @@ def _train(name: str, images, cfg, progress, cancel):
 
 
 def _finish(method, result, data: dict, epsilon: float, seconds: float, book: LedgerBook, runs: list,
-            log_eps: float, no_privacy: bool, bench_set: str | None) -> tuple:
+            log_eps: float, no_privacy: bool, bench_set: str | None, release_tag: str | None = None,
+            refit: bool = False) -> tuple:
     """Record the release in this session's ledger, write the DP outputs, build the column's outputs.
+
+    ``release_tag`` names a release kept for free re-fits; a re-fit's point on the utility plot
+    replaces that release's earlier point (one ε spent, one point) instead of adding a star.
 
     ``book`` and ``runs`` are this session's own objects, updated in place (never copied and
     returned): a run that finishes later cannot overwrite another run's ledger row.
@@ -435,8 +440,7 @@ def _finish(method, result, data: dict, epsilon: float, seconds: float, book: Le
     out = _run_dir()
     write_outputs(result, out)
     agreement = _owner_agreement(result.samples, data["images"])
-    runs.append({"method": method.name, "epsilon": epsilon if math.isfinite(epsilon) else 16.0,
-                 "agreement": agreement, "label": f"{method.label} ε = {epsilon:.3g}, agreement {agreement:.2f}"})
+    _plot_point(runs, method, epsilon, agreement, release_tag, refit)
     caption = _caption(method.label, result.report, seconds)
     if result.report.get("steps"):
         caption += f" · {result.report['steps']} steps"
@@ -447,6 +451,15 @@ def _finish(method, result, data: dict, epsilon: float, seconds: float, book: Le
             [str(out / "lora.safetensors"), str(out / "grid.png"), str(out / "report.json")], result.report,
             _ledger_markdown(book, data["fingerprints"]), book, runs,
             utility_figure(log_eps, no_privacy, bench_set, runs), noise_fig)
+
+
+def _plot_point(runs: list, method, epsilon: float, agreement: float, release_tag: str | None, refit: bool) -> None:
+    """This session's point of a finished run on the utility plot; a free re-fit replaces its release's point."""
+    if refit:
+        runs[:] = [r for r in runs if r.get("release") != release_tag]
+    runs.append({"method": method.name, "epsilon": epsilon if math.isfinite(epsilon) else 16.0,
+                 "agreement": agreement, "release": release_tag,
+                 "label": f"{method.label}{' (re-fit)' if refit else ''} ε = {epsilon:.3g}, agreement {agreement:.2f}"})
 
 
 def _config(method, epsilon: float, delta: float, n_samples: int, max_steps: int = 0):
@@ -505,8 +518,8 @@ def _drive(method, job, progress, preparing: str):
         while worker.is_alive():
             worker.join(0.5)
             p = state["p"]
-            if p is not None and p.get("desc"):  # a method's own words (slicing's free fit)
-                status = f"{p['desc']} · ETA {p['eta_seconds']:.0f} s"
+            if p is not None and p.get("desc"):  # a method's own words (slicing's stages and free fit)
+                status = p["desc"] + (f" · ETA {p['eta_seconds']:.0f} s" if p.get("eta_seconds") is not None else "…")
             elif p is not None:
                 spent = "∞ (no privacy)" if math.isinf(p["epsilon_spent"]) else f"{p['epsilon_spent']:.3g}"
                 status = (f"{method.label} step {p['step']} / {p['total']} · ε spent so far {spent} · "
@@ -541,10 +554,12 @@ def training_runner(name: str):
         driver = _drive(method, lambda cb, cancel: _train(name, data["images"], cfg, cb, cancel), progress,
                         f"{method.label}: preparing (calibrating the noise with the accountant)…")
         result = yield from _relay(driver)
+        tag = None
         if method.refit is not None:  # keep the DP release (and its settings) for a free re-fit in this session
-            data.setdefault("releases", {})[name] = (result.owner["release"], cfg)
+            tag = uuid.uuid4().hex[:12]
+            data.setdefault("releases", {})[name] = (result.owner["release"], cfg, tag)
         yield _finish(method, result, data, epsilon, time.perf_counter() - t0, book, runs, log_eps,
-                      no_privacy, bench_set)
+                      no_privacy, bench_set, release_tag=tag)
 
     run.__name__ = f"run_{name.replace('-', '_')}"
     return run
@@ -577,9 +592,10 @@ def refit_runner(name: str):
         kept = data.get("releases", {}).get(name)
         if kept is None:
             raise UserError(f"Run {method.label} on these images first: a re-fit re-uses its release.")
-        rel, cfg = kept
-        cfg = replace(cfg, samples=int(n_samples), fit_seed=None,
-                      **({"fit_steps": int(max_steps)} if max_steps else {}))
+        rel, cfg, tag = kept
+        # The step budget means what it means for a run: 0 is the method's default length.
+        default_steps = next(f.default for f in fields(method.config_cls) if f.name == "fit_steps")
+        cfg = replace(cfg, samples=int(n_samples), fit_seed=None, fit_steps=int(max_steps) or default_steps)
         models = shared_models()
         t0 = time.perf_counter()
 
@@ -595,7 +611,7 @@ def refit_runner(name: str):
         epsilon = rel.event.epsilon
         log_eps = math.log10(epsilon) if math.isfinite(epsilon) else 0.0
         yield _finish(method, result, data, epsilon, time.perf_counter() - t0, book, runs, log_eps,
-                      not math.isfinite(epsilon), bench_set)
+                      not math.isfinite(epsilon), bench_set, release_tag=tag, refit=True)
 
     refit.__name__ = f"refit_{name.replace('-', '_')}"
     return refit

@@ -82,6 +82,21 @@ def test_utility_plot_marks_epsilon_and_shows_user_runs():
     assert not utility_figure(0.0, True, bench, []).layout.shapes  # no epsilon marker without privacy
 
 
+def test_a_free_refit_replaces_its_releases_point_instead_of_adding_one():
+    """One ε spent, one point: a re-fit moves its release's point; other runs' points stay."""
+    from dphyper.app import _plot_point
+    from dphyper.methods import get_method
+
+    slicing, dpsgd = get_method("slicing"), get_method("dpsgd")
+    runs: list = []
+    _plot_point(runs, slicing, 1.0, 0.3, "r1", refit=False)
+    _plot_point(runs, dpsgd, 1.0, 0.2, None, refit=False)
+    _plot_point(runs, slicing, 2.0, 0.4, "r2", refit=False)
+    _plot_point(runs, slicing, 1.0, 0.5, "r1", refit=True)
+    assert [(r["release"], r["agreement"]) for r in runs] == [(None, 0.2), ("r2", 0.4), ("r1", 0.5)]
+    assert "re-fit" in runs[-1]["label"] and "re-fit" not in runs[1]["label"]
+
+
 @needs_models
 def test_upload_run_and_session_isolation(app_url, app_module):
     from gradio_client import Client, handle_file

@@ -87,7 +87,7 @@ def test_a_nan_or_bad_clip_or_noise_never_means_no_noise():
 
 
 def test_more_images_than_rows_is_refused_before_any_release():
-    with pytest.raises(DataError, match="public maximum of 5 rows"):
+    with pytest.raises(DataError, match="more than the 5 that slicing takes"):
         release_slices(torch.zeros(6, 2), rows=5, clip=1.0, epsilon=1.0, delta=1e-5)
 
 
@@ -192,7 +192,10 @@ def test_refitting_the_same_release_is_free_and_reproducible():
     assert all(torch.equal(first.adapter[k], again.adapter[k]) for k in first.adapter)
     assert any(float(v.abs().max()) > 0 for k, v in first.adapter.items() if "lora_B" in k)
     assert all(torch.equal(before[n], p) for n, p in models.unet.named_parameters())
-    assert 0 <= first.report["estimated_count"] <= 20
+    # The count read off the release is shown only when the release moved the fit (else it is noise).
+    moved = max(first.report["public_class_shares"].values()) >= 0.15
+    assert ("estimated_count" in first.report) == moved
+    assert not moved or 0 <= first.report["estimated_count"] <= 20
     # The projection is a per-image map with public ingredients: an image's row does not depend on the others.
     from dphyper.methods.slicing import project_private, public_slices
 
@@ -202,5 +205,5 @@ def test_refitting_the_same_release_is_free_and_reproducible():
     # A release re-fitted under another projection is refused.
     with pytest.raises(ValueError, match="another projection"):
         refit(first.owner["release"], SlicingConfig(**{**cfg.__dict__, "projection_seed": 9}), models)
-    with pytest.raises(DataError, match="more than the slicing release's public maximum"):
+    with pytest.raises(DataError, match="more than the 20 that slicing takes"):
         train(torch.zeros(21, 1, 32, 32), cfg, models)

@@ -177,8 +177,8 @@ def release_slices(projected: torch.Tensor, *, rows: int, clip: float, epsilon: 
 def _refuse_over(n: int, rows: int) -> None:
     """A folder larger than the public N is the uploader's own error, raised before anything is released."""
     if n > rows:
-        raise DataError(f"the folder has {n} images, more than the slicing release's public maximum of {rows} "
-                        "rows (its rows setting); use at most that many images for slicing.")
+        raise DataError(f"the folder has {n} images, more than the {rows} that slicing takes: its release hides "
+                        f"how many images it holds by padding them to {rows} rows. Use at most {rows} images.")
 
 
 def _gaussian_rows(clipped: torch.Tensor, *, rows: int, clip: float, epsilon: float, delta: float,
@@ -325,7 +325,7 @@ def _project_simplex(v: torch.Tensor) -> torch.Tensor:
     return (v - css[rho] / (rho + 1)).clamp_min(0)
 
 
-def fit_weights(K: torch.Tensor, c: torch.Tensor, cfg: SlicingConfig, start: torch.Tensor) -> torch.Tensor:
+def fit_weights(K: torch.Tensor, c: torch.Tensor, cfg: SlicingConfig, start: torch.Tensor, cancel=None) -> torch.Tensor:
     """argmin over the simplex of w^T K w - 2 w^T c + reg C ||w - start||^2 (C components), by FISTA.
 
     ``start`` (the uniform public pool mixed with the best padding weight) is the first iterate and
@@ -344,7 +344,9 @@ def fit_weights(K: torch.Tensor, c: torch.Tensor, cfg: SlicingConfig, start: tor
     lip = 2 * (float(x @ K @ x) / max(float(x @ x), 1e-300) + pull) * 1.05 + 1e-12
     w = y = start.clone()
     t = 1.0
-    for _ in range(cfg.fit_iters):
+    for it in range(cfg.fit_iters):
+        if it % 50 == 0:
+            _check(cancel)
         grad = 2 * (K @ y - c) + 2 * pull * (y - start)
         w_next = _project_simplex(y - grad / lip)
         t_next = (1 + math.sqrt(1 + 4 * t * t)) / 2
@@ -366,13 +368,14 @@ class Fit:
     effective_size: float  # 1 / sum w^2
 
 
-def fit_release(rel: SlicedRelease, pub: PublicSlices, cfg: SlicingConfig) -> Fit:
+def fit_release(rel: SlicedRelease, pub: PublicSlices, cfg: SlicingConfig, cancel=None) -> Fit:
     cand = torch.cat([torch.zeros(1, pub.F.shape[1], dtype=torch.float64), pub.F])
     K, c, const, _ = divergence_terms(rel.rows, cand, rel.noise_std, cfg)
+    _check(cancel)
     # The reference: the uniform public pool with the padding weight that fits best (a 1-d quadratic).
     u = torch.full((len(pub.F),), 1.0 / len(pub.F), dtype=torch.float64)
     base = _best_padding_mix(K, c, u)
-    w = fit_weights(K, c, cfg, base)
+    w = fit_weights(K, c, cfg, base, cancel=cancel)
     # The release read as (nearly) all padding: rescaling a public mass of ~1e-4 would leave a few arbitrary
     # images, so fall back to the uniform public pool (never an error after the release).
     if float(w[1:].sum()) < 1e-2:
@@ -390,6 +393,18 @@ def _best_padding_mix(K: torch.Tensor, c: torch.Tensor, u: torch.Tensor) -> torc
     a2, a1 = float(d @ K @ d), float(2 * (e0 @ K @ d) - 2 * (d @ c))
     t = min(max(-a1 / (2 * a2), 0.0), 1.0) if a2 > 0 else 1.0
     return e0 + t * d
+
+
+def _check(cancel) -> None:
+    """Cancel between pieces of work: nothing computed so far leaves the server (the release, if made,
+    is dropped with the run)."""
+    if cancel is not None and cancel.is_set():
+        raise Cancelled("Slicing cancelled; nothing was released.")
+
+
+def _stage(progress, desc: str, total: int) -> None:
+    if progress is not None:
+        progress({"stage": "prepare", "step": 0, "total": total, "eta_seconds": None, "desc": desc})
 
 
 def train_lora_on(weights: torch.Tensor, images: torch.Tensor, cfg: SlicingConfig, models, gen: torch.Generator, *,
@@ -419,8 +434,7 @@ def train_lora_on(weights: torch.Tensor, images: torch.Tensor, cfg: SlicingConfi
     losses = []
     t0 = time.perf_counter()
     for step in range(cfg.fit_steps):
-        if cancel is not None and cancel.is_set():
-            raise Cancelled("Slicing cancelled; nothing was released.")
+        _check(cancel)
         idx = torch.multinomial(weights, cfg.batch, replacement=True, generator=gen)
         loss = denoising_loss(lambda x, t: unet(x, t).sample, images[idx].to(device), sched, gen)
         opt.zero_grad(set_to_none=True)
@@ -449,7 +463,9 @@ def refit(rel: SlicedRelease, cfg: SlicingConfig, models, *, progress=None, canc
                          "re-fit it with its own settings")
     fit_key = (_map_id(cfg), cfg.directions, cfg.bandwidth, cfg.smooth, cfg.reg, cfg.fit_iters)
     if fit_key not in rel.fits:
-        rel.fits[fit_key] = fit_release(rel, pub, cfg)
+        _stage(progress, "Slicing: weighting the public images to match the release (post-processing: no further ε)",
+               cfg.fit_steps)
+        rel.fits[fit_key] = fit_release(rel, pub, cfg, cancel=cancel)
     fit = rel.fits[fit_key]
     timings["fit_weights"] = time.perf_counter() - t
     seed = cfg.fit_seed if cfg.fit_seed is not None else secrets.randbits(31)
@@ -474,7 +490,6 @@ def refit(rel: SlicedRelease, cfg: SlicingConfig, models, *, progress=None, canc
         "projection_seed": cfg.projection_seed, "directions": cfg.directions, "bandwidth": cfg.bandwidth,
         "smooth": cfg.smooth, "reg": cfg.reg, "pool": cfg.pool, "fit_steps": cfg.fit_steps, "lr": cfg.lr,
         "fit_seed": seed,
-        "estimated_count": round((1 - fit.padding) * len(rel.rows), 1),
         "divergence": fit.divergence, "divergence_uniform": fit.divergence_uniform,
         "effective_public_images": round(fit.effective_size, 1),
         "public_class_shares": {CLASS_NAMES[int(i)]: round(float(share[i]), 3) for i in top},
@@ -483,6 +498,10 @@ def refit(rel: SlicedRelease, cfg: SlicingConfig, models, *, progress=None, canc
                  "at this ε the release was too noisy to move the fit away from the public data (near-uniform "
                  "weights); re-fitting costs no ε"),
     }
+    if float(share[top[0]]) >= 0.15:
+        # (1 - padding weight) N read off the release: post-processing, and only shown when the release
+        # moved the fit (when it did not, the padding weight is set by noise and the number means nothing).
+        report["estimated_count"] = round((1 - fit.padding) * len(rel.rows), 1)
     if not rel.event.private:
         report["warning"] = "epsilon = inf: NO privacy (non-private reference)"
     return MethodResult(adapter=lora, report=report, events=(), timings=timings, losses=losses,
@@ -492,8 +511,11 @@ def refit(rel: SlicedRelease, cfg: SlicingConfig, models, *, progress=None, canc
 def train(images: torch.Tensor, cfg: SlicingConfig, models, *, progress=None, cancel=None) -> MethodResult:
     t = time.perf_counter()
     _refuse_over(len(images), cfg.rows)  # before any computation on the images
+    _stage(progress, "Slicing: projecting the public pool (once per server and setting)", cfg.fit_steps)
     pub = public_slices(cfg, models)
     public_seconds = time.perf_counter() - t
+    _check(cancel)  # a cancel before the release: nothing is released
+    _stage(progress, "Slicing: the one noisy release of your images' projections", cfg.fit_steps)
     t = time.perf_counter()
     projected = project_private(images, cfg, pub, models)
     rel = release_slices(projected, rows=cfg.rows, clip=cfg.clip, epsilon=cfg.epsilon, delta=cfg.delta)
