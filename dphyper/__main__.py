@@ -76,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .methods import METHODS
     from .pipeline import GenerateConfig
     from .public_map import PublicMapConfig
+    from .reach import PublicBankConfig
     from .theory import TheoryConfig
     from .train_hypernet import HypernetTrainConfig
 
@@ -95,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     add(tsub, "evaluator", EvaluatorTrainConfig, "the evaluator classifier behind FID/KID")
     add(tsub, "hypernet", HypernetTrainConfig, "the hypernetwork H (noise-aware, public sets only)")
     add(tsub, "public-map", PublicMapConfig, "the app's public embedding map (noise view), a small asset")
+    add(tsub, "public-bank", PublicBankConfig, "the public embeddings behind the hypernetwork's reach check, a small asset")
     run = sub.add_parser("run", help="a private method on a folder: " + ", ".join(METHODS),
                          description="Run one private method on a folder of images. Every method writes the same "
                                      "outputs: lora.safetensors, samples/*.png, grid.png, report.json.")
@@ -133,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
                 from .train_hypernet import train_hypernet as run
             elif ns.what == "public-map":
                 from .public_map import build as run
+            elif ns.what == "public-bank":
+                from .reach import build as run
             else:
                 from .evaluator import train_evaluator as run
             result = run(cfg)

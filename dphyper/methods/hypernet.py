@@ -5,7 +5,8 @@ the private images is ``release_mean``: embed with the public encoder phi, clip 
 embedding to norm <= 1 in code, append a constant 1, release the sum with Gaussian noise
 calibrated exactly (analytic Gaussian) for (epsilon, delta) under add/remove-one
 adjacency; sensitivity sqrt(1 + 1). The count travels inside the sum, so n stays private.
-Everything after the release (the noisy mean, H's forward pass, sampling) is
+Everything after the release (the noisy mean, H's forward pass, sampling, and the reach
+check of ``dphyper.reach``, which reads the release and public constants only) is
 post-processing. One ``gaussian_sum_count`` event.
 """
 
@@ -42,8 +43,23 @@ def train(images: torch.Tensor, cfg: HypernetConfig, models, *, progress=None, c
     lora = models.hypernet.generate(rel.mean.to(models.device), rel.noise_std_mean)
     timings["generate_lora"] = time.perf_counter() - t
     report = gaussian_release_report("hypernet", rel, cfg.epsilon)
+    t = time.perf_counter()
+    report["reach"] = _reach(rel)  # post-processing of the release: is the set within H's public reach?
+    timings["reach_check"] = time.perf_counter() - t
+    if report["reach"]["verdict"] in ("outside", "cannot tell"):
+        report["note"] = ("⚠ " if report["reach"]["verdict"] == "outside" else "") + report["reach"]["message"]
     return MethodResult(adapter=lora, report=report, events=(rel.event,), owner={"clean_mean": clean, "release": rel},
                         timings=timings)
+
+
+def _reach(rel) -> dict:
+    """The reach verdict from the release alone; a missing or stale bank asset never fails a run."""
+    from ..reach import reach_check
+
+    try:
+        return reach_check(rel)
+    except (FileNotFoundError, ValueError) as exc:
+        return {"verdict": "unavailable", "message": f"reach check unavailable: {exc}"}
 
 
 def identity() -> dict:
