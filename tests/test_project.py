@@ -121,3 +121,13 @@ def test_runtime_debian_packages_have_one_source():
     code = [ln for ln in setup.splitlines() if not ln.lstrip().startswith("#")]
     assert any("packages.txt" in ln for ln in code)
     assert not any("dataset-fashion-mnist" in ln for ln in code)  # not a second list of the same packages
+
+
+def test_space_build_check_serves_samples_from_what_a_space_installs():
+    """scripts/space_check.sh: only requirements.txt in a fresh venv and the apt packages of
+    packages.txt (never setup.sh), the committed tree, the front matter's app_file started as a
+    Space starts it, and a visitor's API call that returns samples (issue 17). Minutes: most of it
+    is the pip install; SPACE_VENV=DIR re-uses a venv the script made before."""
+    out = subprocess.run(["bash", "scripts/space_check.sh"], capture_output=True, text=True, cwd=ROOT, timeout=3000)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+    assert "space-check: OK: 4 samples" in out.stdout
