@@ -159,3 +159,26 @@ def test_cli_run_writes_the_common_layout(tmp_path):
     # `sample` writes the same layout, so `evaluate --samples DIR/samples` never reads the grid as a sample.
     assert main(["sample", "--out", str(tmp_path / "base"), "--samples", "2", "--steps", "2"]) == 0
     assert (tmp_path / "base" / "grid.png").exists() and len(list((tmp_path / "base" / "samples").glob("*"))) == 2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@needs_models
+@pytest.mark.parametrize("name", list(METHODS))
+def test_every_method_end_to_end_on_cuda(name, tmp_path):
+    """Issue 17's GPU tests: every registered method's contract on CUDA (finite adapter and samples,
+    the same accounting as on the CPU). Run on a GPU machine with `pytest -m gpu`."""
+    from dphyper.data import load_folder
+    from dphyper.models import PublicModels
+
+    cuda = PublicModels(torch.device("cuda"))
+    images = load_folder(EXAMPLES_DIR / "bags").images[:24]
+    method = get_method(name)
+    res = run_method(method, images, _cfg(name), cuda)
+    assert res.samples.shape == (2, 1, 32, 32) and torch.isfinite(res.samples).all()
+    assert all(torch.isfinite(v).all() for v in res.adapter.values())
+    ledger = PrivacyLedger()
+    for e in res.events:
+        ledger.record(e)
+    assert ledger.total(delta=1e-5)[0] <= 1.0 + 1e-3
+    write_outputs(res, tmp_path / name)
