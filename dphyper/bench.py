@@ -34,7 +34,7 @@ class BenchConfig:
     """`python -m dphyper bench`: measure and record numbers in docs/BENCHMARKS.md."""
 
     suite: str = field(default="compare", metadata={"help": "which suite: compare (every method, the default), "
-                                                   "sweep, app, audit, models, hypernet, p1, reach or theory"})
+                                                   "sweep, fid-noise, app, audit, models, hypernet, p1, reach or theory"})
     methods: str = field(default="", metadata={"help": "compare/sweep/audit: comma-separated method names (default: "
                                                 "all registered; 'floor' = compare only the base model and the "
                                                 "non-private floor)"})
@@ -629,6 +629,37 @@ def bench_sweep(cfg: BenchConfig) -> dict:
     return res
 
 
+FID_NOISE_PATH = REPO_DIR / "bench" / "fid_noise.json"
+
+
+def bench_fid_noise(cfg: BenchConfig) -> dict:
+    """How much a cell's FID moves with the sampling seed alone: the base model on the first sweep set,
+    5 seeds, the sweep's protocol (128 samples, 25 DDIM steps). Differences between single cells
+    smaller than this spread are not evidence."""
+    from .compare import SWEEP_SETS, build_set, run_cell
+    from .models import shared_models
+
+    s = SWEEP_SETS[0]
+    data = build_set(s, REPO_DIR / "bench")
+    cells = [run_cell("base", 1.0, data, shared_models(), samples=128, steps=cfg.steps, seed=k) for k in range(5)]
+    fids = [c["fid"] for c in cells]
+    res = {"machine": machine(), "set": s.name, "samples": 128, "steps": cfg.steps, "fids": fids,
+           "agreements": [c["agreement"] for c in cells], "mean": float(np.mean(fids)), "sd": float(np.std(fids, ddof=1))}
+    FID_NOISE_PATH.write_text(json.dumps(res, indent=1))
+    write_section(cfg.doc, "fid-noise", fid_noise_text(res))
+    return res
+
+
+def fid_noise_text(res: dict) -> str:
+    return (f"**How much of a FID difference is noise** (`python -m dphyper bench --suite fid-noise`): the base "
+            f"model on `{res['set']}` under the sweep's protocol ({res['samples']} samples, {res['steps']} DDIM "
+            f"steps) with 5 sampling seeds gives FID {', '.join(f'{f:.1f}' for f in res['fids'])} (mean "
+            f"{res['mean']:.1f}, sd {res['sd']:.1f}) and agreement {min(res['agreements']):.3f}–"
+            f"{max(res['agreements']):.3f}. The sampling seed alone moves a cell's FID by about "
+            f"±{2 * res['sd']:.0f} (2 sd), before any privacy noise or training seed: single-cell differences smaller "
+            "than that rank nothing, and a sweep's winner by less is a tie.")
+
+
 def sweep_table(res: dict) -> str:
     """Per method, set and epsilon: every configuration tried, best FID first."""
     from .compare import fresh_sweep_cells, rank_sweep
@@ -644,6 +675,8 @@ def sweep_table(res: dict) -> str:
             "n = 100, 256 at n = 1,000). Stage 1: learning rate × length at ε = 1 (batch 64, C = 0.01); stage 2 around "
             "stage 1's best: full batch, C = 1, a longer run; stage 3: the three best at ε = 4. "
             "Cost = example-gradient evaluations of the run.", ""]
+    if FID_NOISE_PATH.exists():
+        rows += [fid_noise_text(json.loads(FID_NOISE_PATH.read_text())), ""]
     cells = fresh_sweep_cells(res)
     stale = len(res.get("cells", {})) - len(cells)
     if stale:
@@ -677,9 +710,9 @@ def sweep_table(res: dict) -> str:
 def run_bench(cfg: BenchConfig) -> dict:
     fn = {"models": bench_models, "hypernet": bench_hypernet, "theory": bench_theory, "p1": bench_p1,
           "sweep": bench_sweep, "dpsgd-sweep": bench_sweep, "compare": bench_compare, "app": bench_app,
-          "audit": bench_audit, "reach": bench_reach}.get(cfg.suite)
+          "audit": bench_audit, "reach": bench_reach, "fid-noise": bench_fid_noise}.get(cfg.suite)
     if fn is None:
-        raise ValueError(f"unknown suite {cfg.suite!r}: choose compare, sweep, app, audit, models, hypernet, p1, reach or theory")
+        raise ValueError(f"unknown suite {cfg.suite!r}: choose compare, sweep, fid-noise, app, audit, models, hypernet, p1, reach or theory")
     res = fn(cfg)
     if cfg.suite in ("compare", "sweep", "dpsgd-sweep"):
         return res  # these write their own resumable files under bench/
