@@ -266,6 +266,12 @@ def bench_reach(cfg: BenchConfig) -> dict:
     te = embed(x, enc)
     groups: dict[str, list[tuple[int, torch.Tensor]]] = {"public: one class": [], "public: k-NN": [],
                                                          "public: uniform mix": []}
+    # 2,000 of one class (more than the bank holds of a class): train images outside the bank's sample.
+    xtr, ytr = load_fashion_mnist("train")
+    held = torch.ones(len(xtr), dtype=torch.bool)
+    held[torch.randperm(len(xtr), generator=torch.Generator().manual_seed(0))[:len(bank.E)]] = False
+    for c in (1, 5, 8):
+        groups["public: one class"].append((2000, embed(xtr[held & (ytr == c)][:2000], enc)))
     for n in (100, 1000):
         for c in range(10):
             groups["public: one class"].append((n, te[y == c][:n]))
@@ -275,7 +281,7 @@ def bench_reach(cfg: BenchConfig) -> dict:
             groups["public: uniform mix"].append((n, te[torch.randperm(len(te), generator=g)[:n]]))
         for kind in OOD_KINDS:
             groups.setdefault(f"drawn: {kind}", []).append((n, embed(synthetic_set(kind, n, seed=cfg.seed), enc)))
-    epsilons, draws = (0.5, 1.0, 4.0, 8.0, math.inf), 3
+    epsilons, draws = (0.5, 1.0, 2.0, 3.0, 4.0, 8.0, math.inf), 3
     cells: dict = {}
     t0 = time.perf_counter()
     checks = 0
@@ -296,8 +302,9 @@ def bench_reach(cfg: BenchConfig) -> dict:
     rows = ["## Reach check: is the private set within reach of the public data? (`python -m dphyper bench --suite reach`)",
             "", f"Machine: {res['machine']}. The hypernetwork's release only (post-processing, no ε): D = distance of the "
             "noisy mean to the means of n̂ public images (10,000-image public bank); *outside* when D > τ0 + c·d·s² "
-            f"(τ0 = {TAU0}, c = {NOISE_FACTOR}), *cannot tell* when that bound exceeds {DETECTABLE}. Public sets: test "
-            "split (never the bank's train images); 10 single-class sets, 5 k-NN and 5 uniform mixtures per n. Drawn "
+            f"(τ0 = {TAU0}, c = {NOISE_FACTOR}), *cannot tell* when that bound exceeds {DETECTABLE} or n̂ < 50. Public sets: "
+            "test split (never the bank's train images); 10 single-class sets, 5 k-NN and 5 uniform mixtures per n; "
+            "at n = 2,000, three single classes of train images outside the bank. Drawn "
             "sets: `reach.synthetic_set` (typed digits and letters, pixel noise, blurred blobs, solid shapes; "
             f"inverted = test images with black and white swapped). Each cell: verdicts over the sets × {draws} noise "
             "draws (1 at ε = ∞), written **within / outside / cannot tell**, then the median D. "

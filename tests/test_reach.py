@@ -27,15 +27,19 @@ def _bisect_projection(v: np.ndarray, cap: float) -> np.ndarray:
 
 
 @settings(max_examples=60, deadline=None)
-@given(n=st.integers(2, 300), inv_cap=st.integers(1, 300), scale=st.floats(1e-3, 10.0), seed=st.integers(0, 10**6))
-def test_capped_simplex_projection_matches_an_independent_bisection(n, inv_cap, scale, seed):
+@given(n=st.integers(2, 300), inv_cap=st.integers(1, 300), scale=st.floats(1e-3, 1e4), seed=st.integers(0, 10**6),
+       nudge=st.floats(-1.0, 1.0))
+def test_capped_simplex_projection_matches_an_independent_bisection(n, inv_cap, scale, seed, nudge):
     inv_cap = min(inv_cap, n)  # the set is empty when cap * n < 1
     v = np.random.default_rng(seed).normal(size=n) * scale
-    w, _ = project_capped_simplex(torch.tensor(v), 1.0 / inv_cap)
+    w, t = project_capped_simplex(torch.tensor(v), 1.0 / inv_cap)
     ref = _bisect_projection(v, 1.0 / inv_cap)
     assert w.sum().item() == pytest.approx(1.0, abs=1e-9)
     assert float(w.min()) >= 0 and float(w.max()) <= 1.0 / inv_cap + 1e-12
-    assert np.abs(w.numpy() - ref).max() < 1e-8
+    assert np.abs(w.numpy() - ref).max() < 1e-8 * max(1.0, scale)
+    # Started from a guess (as FISTA's next iteration does), good or off, the result is the same.
+    w2, _ = project_capped_simplex(torch.tensor(v), 1.0 / inv_cap, guess=t + nudge * scale)
+    assert np.abs(w2.numpy() - ref).max() < 1e-8 * max(1.0, scale)
 
 
 def test_capped_simplex_refuses_an_empty_set():
@@ -102,9 +106,33 @@ def test_verdicts_on_public_sets_and_on_sets_the_project_draws_itself(fmnist_tes
             r = reach_check(_release(imgs, eps, seed), bank)
             assert r["verdict"] == "outside" and r["distance"] > r["bound"], (kind, r)
         r = reach_check(_release(imgs, 0.5, 4), bank)
-        assert r["verdict"] in ("cannot tell", "outside") and (r["verdict"] == "outside" or r["bound"] > DETECTABLE)
+        assert r["verdict"] != "within" and (r["verdict"] == "outside" or r["bound"] > DETECTABLE)
     r = reach_check(_release(x[y == 4][:100], 0.5, 5), bank)
-    assert r["verdict"] == "cannot tell" and "too noisy" in r["message"]
+    assert r["verdict"] == "cannot tell" and "too noisy" in r["message"] and r["bound"] > DETECTABLE
+
+
+@needs_models
+def test_a_large_tight_public_set_is_within_reach():
+    """2,000 trousers (more than the bank holds of one class): the cap at 500 keeps it reachable."""
+    from dphyper.data import load_fashion_mnist
+
+    x, y = load_fashion_mnist("train")
+    held_out = torch.ones(len(x), dtype=torch.bool)
+    held_out[torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:10000]] = False  # the bank's images
+    imgs = x[held_out & (y == 1)][:2000]
+    assert len(imgs) == 2000
+    assert reach_check(_release(imgs, math.inf, 0))["verdict"] == "within"
+
+
+def test_too_few_images_or_overflowing_numbers_cannot_tell():
+    from dphyper.privacy import ReleasedMean
+
+    ev = None
+    few = ReleasedMean(mean=torch.zeros(64), noisy_count=12.0, noise_std_mean=0.0, event=ev)
+    inf = ReleasedMean(mean=torch.full((64,), math.inf), noisy_count=500.0, noise_std_mean=1e40, event=ev)
+    for rel in (few, inf):
+        r = reach_check(rel, bank=_bank(torch.eye(64)))
+        assert r["verdict"] == "cannot tell" and r["distance"] is None
 
 
 @needs_models
@@ -114,11 +142,17 @@ def test_the_hypernetwork_reports_the_verdict_from_its_release_alone():
     from dphyper.methods import get_method, run_method
     from dphyper.models import shared_models
 
+    from dphyper.reach import distance_to_public
+
     m = get_method("hypernet")
-    cfg = m.config_cls(epsilon=math.inf, samples=0)
-    r = run_method(m, synthetic_set("digits", 60, seed=7), cfg, shared_models())
-    assert r.report["reach"] == reach_check(r.owner["release"])
+    cfg = m.config_cls(epsilon=8.0, samples=0)
+    r = run_method(m, synthetic_set("digits", 300, seed=7), cfg, shared_models())
+    rel = r.owner["release"]
+    assert r.report["reach"] == reach_check(rel)
     assert r.report["reach"]["verdict"] == "outside" and r.report["note"].startswith("⚠")
+    # The exact (owner-only) mean would give another distance: the report did not use it.
+    exact = distance_to_public(r.owner["clean_mean"], rel.noisy_count, load_bank())
+    assert abs(exact - r.report["reach"]["distance"]) > 1e-4
     assert r.events and len(r.events) == 1  # the check adds no privacy event
     assert "reach_check" in r.timings
 
