@@ -20,7 +20,7 @@ by FISTA with an exact projection (a convex problem, so no local minima). D = 0 
 public images have the released mean. Measured on the shipped encoder at epsilon = inf (no noise;
 docs/BENCHMARKS.md, ``bench --suite reach``): every public test-split set (single-class,
 k-NN, two-neighbourhood, uniform mixture) has D <= 2e-4; sets the project draws itself that are
-unlike the public data have D >= 0.02 at n = 100 and more at n = 1,000 (typed digits, letters,
+unlike the public data have D >= 0.03 at n = 100 and more at n = 1,000 (typed digits, letters,
 pixel noise, blurred blobs, inverted clothes), so these are told apart. Solid shapes stay
 within reach at n = 100 (D ~ 2e-3: phi maps them near bags) and are flagged at n = 1,000
 (D ~ 0.018): the check is about what phi can see.
