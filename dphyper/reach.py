@@ -130,8 +130,13 @@ class Bank:
     E: torch.Tensor  # (P, d) float64
     lip: float  # Lipschitz constant of the gradient of ||E^T w - m||^2
 
+    @classmethod
+    def of(cls, E: torch.Tensor) -> "Bank":
+        E = E.to(torch.float64)
+        return cls(E=E, lip=2 * float(torch.linalg.eigvalsh(E.T @ E).max()))
 
-_bank: dict[str, Bank] = {}
+
+_bank: dict[tuple, Bank] = {}
 _bank_lock = threading.Lock()
 
 
@@ -139,10 +144,14 @@ def load_bank(path: Path = BANK_PATH) -> Bank:
     """The shipped bank (cached per process); a clear error when missing or made with another encoder."""
     from safetensors import safe_open
 
+    from .config import ENCODER_PATH
     from .public_map import encoder_hash
 
     path = Path(path)
-    key = (str(path), encoder_hash())  # a rebuilt encoder in the same process is not served a stale bank
+    # A rebuilt encoder in the same process is not served a stale bank; the file's stat, not its hash,
+    # so a run does not re-read the encoder (the hash is checked when the bank loads).
+    enc = ENCODER_PATH.stat() if ENCODER_PATH.exists() else None
+    key = (str(path), enc.st_mtime_ns if enc else None, enc.st_size if enc else None)
     with _bank_lock:
         if key not in _bank:
             if not path.exists():
@@ -153,8 +162,7 @@ def load_bank(path: Path = BANK_PATH) -> Bank:
             if meta.get("encoder") != encoder_hash():
                 raise ValueError("The public bank was built with another encoder: run "
                                  "`python -m dphyper train public-bank`.")
-            lip = 2 * float(torch.linalg.eigvalsh(E.T @ E).max())
-            _bank[key] = Bank(E=E, lip=lip)
+            _bank[key] = Bank.of(E)
         return _bank[key]
 
 

@@ -6,12 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv="${1:-.venv}"
-need=()
-while read -r pkg; do
-  pkg="${pkg%%#*}"; pkg="${pkg// /}"
-  [ -n "$pkg" ] || continue
-  dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
-done < packages.txt
+mapfile -t need < <(bash scripts/missing_packages.sh packages.txt)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
   sudo_cmd=""

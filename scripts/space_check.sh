@@ -19,19 +19,13 @@ work="$(mktemp -d)"
 server=""
 cleanup() {
   [ -n "$server" ] && kill "$server" 2>/dev/null || true
-  rm -rf "$work/repo"
-  [ -n "${SPACE_VENV:-}" ] || rm -rf "$work"
+  rm -rf "$work"  # the copy, the log and (unless SPACE_VENV put it elsewhere) the venv
 }
 trap cleanup EXIT
 
 step() { echo "space-check: $*"; }
 
-missing=()
-while read -r pkg; do
-  pkg="${pkg%%#*}"; pkg="${pkg// /}"
-  [ -n "$pkg" ] || continue
-  dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
-done < packages.txt
+mapfile -t missing < <(bash scripts/missing_packages.sh packages.txt)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "space-check: FAIL: apt packages of packages.txt not installed: ${missing[*]}" >&2
   exit 1

@@ -47,15 +47,10 @@ def test_capped_simplex_refuses_an_empty_set():
         project_capped_simplex(torch.zeros(3), 0.2)
 
 
-def _bank(E: torch.Tensor) -> Bank:
-    E = E.to(torch.float64)
-    return Bank(E=E, lip=2 * float(torch.linalg.eigvalsh(E.T @ E).max()))
-
-
 def test_distance_is_zero_for_a_public_subset_and_exact_where_it_is_known():
     g = torch.Generator().manual_seed(0)
     E = torch.nn.functional.normalize(torch.randn(400, 8, generator=g, dtype=torch.float64), dim=1)
-    bank = _bank(E)
+    bank = Bank.of(E)
     # The mean of 40 bank points is reachable with n = 40 (and with any smaller n).
     m = E[torch.randperm(400, generator=g)[:40]].mean(0)
     assert distance_to_public(m, 40, bank, iters=800) < 1e-6
@@ -131,7 +126,7 @@ def test_too_few_images_or_overflowing_numbers_cannot_tell():
     few = ReleasedMean(mean=torch.zeros(64), noisy_count=12.0, noise_std_mean=0.0, event=ev)
     inf = ReleasedMean(mean=torch.full((64,), math.inf), noisy_count=500.0, noise_std_mean=1e40, event=ev)
     for rel in (few, inf):
-        r = reach_check(rel, bank=_bank(torch.eye(64)))
+        r = reach_check(rel, bank=Bank.of(torch.eye(64)))
         assert r["verdict"] == "cannot tell" and r["distance"] is None
 
 
