@@ -368,13 +368,20 @@ def _owner_agreement(samples, images) -> float:
     return class_agreement(classify(samples, ev), ref / ref.sum())
 
 
+def _weights_word(report: dict) -> str:
+    return "a sparse delta of the UNet" if report.get("method") == "sparse" else "a LoRA"
+
+
 def _caption(method: str, report: dict, seconds: float) -> str:
     eps = report.get("epsilon_spent", report["epsilon"])
     eps_text = "∞ (no privacy)" if eps == "inf" else f"{float(eps):.3g}"
     if report.get("refit"):  # post-processing of an earlier release
-        return (f"**{method}** — {seconds:.1f} s to a LoRA and samples; no ε spent (re-uses the release that "
+        return (f"**{method}** — {seconds:.1f} s to {_weights_word(report)} and samples; no ε spent (re-uses the release that "
                 f"cost ε {eps_text}, δ {report['delta']:g}) · {report.get('note', '')}")
-    text = f"**{method}** — {seconds:.1f} s to a LoRA and samples; ε spent {eps_text}, δ {report['delta']:g}"
+    text = f"**{method}** — {seconds:.1f} s to {_weights_word(report)} and samples; ε spent {eps_text}, δ {report['delta']:g}"
+    if report.get("epsilon_selection") not in (None, "inf") and report.get("mask") == "private":
+        text += (f" (selection ε {float(report['epsilon_selection']):.3g} + DP-SGD, composed) · "
+                 f"{report['groups']} of {report['groups_total']} rows trained")
     if report.get("note"):  # a method's plain-language remark on this release (DP outputs only)
         text += f" · {report['note']}"
     return text
@@ -437,6 +444,8 @@ def _finish(method, result, data: dict, epsilon: float, seconds: float, book: Le
 
     for event in result.events:
         book.record(data["fingerprints"], event, method.name)
+    from .methods import ADAPTER_FILES
+
     out = _run_dir()
     write_outputs(result, out)
     agreement = _owner_agreement(result.samples, data["images"])
@@ -448,7 +457,8 @@ def _finish(method, result, data: dict, epsilon: float, seconds: float, book: Le
     if "clean_mean" in result.owner:  # a method that releases a mean embedding: show what the noise did
         noise_fig = noise_figure(result.owner["clean_mean"], result.owner["release"].mean, epsilon)
     return (list(to_uint8_images(result.samples)), caption,
-            [str(out / "lora.safetensors"), str(out / "grid.png"), str(out / "report.json")], result.report,
+            [str(out / ADAPTER_FILES[result.adapter_format]), str(out / "grid.png"), str(out / "report.json")],
+            result.report,
             _ledger_markdown(book, data["fingerprints"]), book, runs,
             utility_figure(log_eps, no_privacy, bench_set, runs), noise_fig)
 
@@ -827,7 +837,7 @@ def build_demo():
                                                    "no ledger entry)", size="sm")
                         c["gal"] = gr.Gallery(label=m.label, columns=4, height="auto", object_fit="contain")
                         c["cap"] = gr.Markdown()
-                        with gr.Accordion("LoRA, grid and report.json", open=False):
+                        with gr.Accordion("weights, grid and report.json", open=False):
                             c["dl"] = gr.File(label=f"{m.label}: downloads", file_count="multiple")
                             c["rep"] = gr.JSON(label=f"{m.label} report.json")
                 with gr.Column(min_width=220):

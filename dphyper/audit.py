@@ -39,6 +39,14 @@ noise by 10. Those must be caught: ``epsilon_lower_bound > epsilon_claimed``.
   orthogonal to the canary's direction; the attacker knows them. Its extra broken variants:
   ``no-padding`` (one row per image: the row count is n) and ``no-shuffle`` (rows in folder
   order with the canary first, so every other row moves by one place).
+* ``sparse`` audits the selection of DP sparse fine-tuning (``methods.sparse.release_scores``, as
+  shipped: unit-norm score vectors, their Gaussian sum, then ``top_groups``) on 32 groups: the
+  other records put their score on three groups and a trace on the rest; the canary's raw score
+  vector is 100 times a group nobody else uses. The attacker sees the noisy scores and the mask.
+  Its extra broken variant, ``exact-selection``, picks the rows from the scores without noise
+  (releasing only the mask): the bug of treating "which weights" as free. Phase 2 is DP-SGD with
+  ``dpsgd.masked_step`` (Opacus' clipping and noise, masks before and after): ``dpsgd``'s audit
+  set-up, and a test checks that the mask bounds what the clip sees.
 """
 
 from __future__ import annotations
@@ -55,17 +63,17 @@ import torch
 class AuditConfig:
     """`python -m dphyper audit`: empirical lower bound on epsilon from a canary membership test."""
 
-    method: str = field(default="hypernet", metadata={"help": "hypernet, dpsgd, pda-dpmd, qem or slicing"})
+    method: str = field(default="hypernet", metadata={"help": "hypernet, dpsgd, pda-dpmd, qem, slicing or sparse"})
     epsilon: float = field(default=1.0, metadata={"help": "epsilon the mechanism claims"})
     delta: float = field(default=1e-5, metadata={"help": "delta the mechanism claims"})
-    trials: int = field(default=0, metadata={"help": "runs with and without the canary (0 = 20000 hypernet, qem, slicing; "
+    trials: int = field(default=0, metadata={"help": "runs with and without the canary (0 = 20000 hypernet, qem, slicing, sparse; "
                                                          "1000 dpsgd and pda-dpmd)"})
     confidence: float = field(default=0.95, metadata={"help": "confidence of the lower bound"})
     n: int = field(default=100, metadata={"help": "size of the audited dataset (without the canary)"})
     seed: int = field(default=0, metadata={"help": "seed of the canary coin flips and thresholds (not the DP noise)"})
     broken: str = field(default="none", metadata={"help": "TEST ONLY: none, no-clip, weak-noise, (pda-dpmd) "
                                                           "private-as-public, (qem) clip-before-whitening, "
-                                                          "(slicing) no-padding or no-shuffle "
+                                                          "(slicing) no-padding or no-shuffle, (sparse) exact-selection "
                                                           "(a wrong mechanism)"})
 
 
@@ -114,7 +122,8 @@ BROKEN_VARIANTS = ("none", "no-clip", "weak-noise")
 AUDIT_VARIANTS = {"hypernet": BROKEN_VARIANTS, "dpsgd": BROKEN_VARIANTS,
                   "pda-dpmd": (*BROKEN_VARIANTS, "private-as-public"),
                   "qem": (*BROKEN_VARIANTS, "clip-before-whitening"),
-                  "slicing": (*BROKEN_VARIANTS, "no-padding", "no-shuffle")}
+                  "slicing": (*BROKEN_VARIANTS, "no-padding", "no-shuffle"),
+                  "sparse": (*BROKEN_VARIANTS, "exact-selection")}
 
 
 def _check_broken(kind: str, method: str = "hypernet") -> None:
@@ -270,6 +279,40 @@ def _slicing_scores(cfg: AuditConfig, member: np.ndarray, k: int = 8, spare: int
     return scores
 
 
+def _sparse_scores(cfg: AuditConfig, member: np.ndarray, groups: int = 32, k: int = 4) -> np.ndarray:
+    """The sparse method's selection (``methods.sparse.release_scores`` + ``top_groups``, as shipped).
+
+    Statistics: the noisy score of the canary's group 0 beyond what the known records put there, and
+    whether group 0 is in the top k (the mask the rest of the run sees).
+    """
+    from .methods.sparse import release_scores, top_groups, unit_rows
+    from .privacy import calibrate_gaussian
+
+    g = torch.Generator().manual_seed(cfg.seed)
+    data = torch.rand(cfg.n, groups, generator=g, dtype=torch.float64) * 1e-3  # a trace everywhere but group 0
+    data[:, 0] = 0.0
+    data[:, 1:4] += 1.0  # the records' weight is on groups 1-3
+    canary = torch.zeros(1, groups, dtype=torch.float64)
+    canary[0, 0] = 100.0  # far outside the unit ball, on a group nobody else touches
+    multiplier = calibrate_gaussian(epsilon=cfg.epsilon, delta=cfg.delta)
+    known = unit_rows(data).sum(0)[0]
+    scores = np.empty((len(member), 2))
+    for i, m in enumerate(member):
+        x = torch.cat([data, canary]) if m else data
+        if cfg.broken == "none":
+            noisy = release_scores(x, epsilon=cfg.epsilon, delta=cfg.delta, noise_multiplier=multiplier).scores
+        elif cfg.broken == "no-clip":  # raw scores summed, the noise still sized for unit-norm rows
+            noisy = x.sum(0) + torch.randn(groups, dtype=torch.float64) * multiplier
+        elif cfg.broken == "weak-noise":
+            noisy = release_scores(x, epsilon=cfg.epsilon, delta=cfg.delta, noise_multiplier=multiplier / 10).scores
+        else:  # exact-selection: the mask from the noiseless sum; only the mask is released
+            noisy = release_scores(x, epsilon=math.inf, delta=cfg.delta, noise_multiplier=0.0).scores
+        chosen = top_groups(noisy, k)
+        scores[i, 0] = 0.0 if cfg.broken == "exact-selection" else float(noisy[0] - known)
+        scores[i, 1] = float((chosen == 0).any())
+    return scores
+
+
 def _dpsgd_scores(cfg: AuditConfig, member: np.ndarray, steps: int = 20, batches: int = 10,
                   pda: bool = False) -> np.ndarray:
     """Opacus DP-SGD (as the baseline sets it up) on a linear model with a Dirac canary.
@@ -361,7 +404,7 @@ def run_audit(cfg: AuditConfig) -> dict:
     _check_broken(cfg.broken, cfg.method)
     if not (math.isfinite(cfg.epsilon) and cfg.epsilon > 0):
         raise ValueError(f"the audited epsilon must be finite and > 0, got {cfg.epsilon}")
-    trials = cfg.trials or (20000 if cfg.method in ("hypernet", "qem", "slicing") else 1000)
+    trials = cfg.trials or (20000 if cfg.method in ("hypernet", "qem", "slicing", "sparse") else 1000)
     rng = np.random.default_rng(cfg.seed + 1)
     member = rng.random(trials) < 0.5
     t0 = time.perf_counter()
@@ -371,6 +414,8 @@ def run_audit(cfg: AuditConfig) -> dict:
         scores = _qem_scores(cfg, member)
     elif cfg.method == "slicing":
         scores = _slicing_scores(cfg, member)
+    elif cfg.method == "sparse":
+        scores = _sparse_scores(cfg, member)
     else:
         scores = _dpsgd_scores(cfg, member, pda=cfg.method == "pda-dpmd")
     half = np.arange(trials) < trials // 2  # select statistic and threshold on one half, measure on the other

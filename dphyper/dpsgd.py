@@ -164,6 +164,29 @@ def pda_step(opt, params: list[torch.Tensor], public_grads: list[torch.Tensor], 
         (opt.original_optimizer if private else opt).step()
 
 
+def masked_step(opt, params: list[torch.Tensor], masks: list[torch.Tensor], *, private: bool) -> None:
+    """One sparse DP-SGD update (the shipped step; the audit runs this same function).
+
+    Each parameter trains only its rows (dim 0) where ``mask`` is true. Before Opacus clips, the
+    per-sample gradients are zeroed outside the mask, so the clip norm C bounds exactly the part of
+    each example's gradient that is used; ``pre_step`` then clips, adds the noise (to every
+    coordinate) and counts the step. Zeroing the noisy gradient outside the mask afterwards is
+    post-processing of that step's release, and keeps Adam from ever moving an unselected row.
+    """
+    views = [m.view(-1, *([1] * (p.ndim - 1))).to(p.dtype) for p, m in zip(params, masks)]
+    if private:
+        for p, v in zip(params, views):
+            gs = getattr(p, "grad_sample", None)
+            if gs is not None:
+                gs = torch.cat(gs) if isinstance(gs, list) else gs
+                p.grad_sample = gs * v.unsqueeze(0)
+    if not private or opt.pre_step():
+        for p, v in zip(params, views):
+            if p.grad is not None:
+                p.grad.mul_(v)
+        (opt.original_optimizer if private else opt).step()
+
+
 def pda_alpha(step: int, total_steps: int) -> float:
     """The authors' schedule: weight of the private gradient, cos(pi t / 2T), from 1 down to 0."""
     return math.cos(math.pi * step / (2 * total_steps))
@@ -191,6 +214,9 @@ class TrainState:
     history: list = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
     train_seconds: float = 0.0
+    # Sparse DP-SGD (``methods/sparse.py``): base-UNet parameter name -> boolean mask of its trained rows
+    # (dim 0). None = the LoRA (DP-SGD, PDA-DPMD). The mask is public or a DP output (post-processing).
+    mask: dict[str, torch.Tensor] | None = None
 
     @property
     def private(self) -> bool:
@@ -235,10 +261,16 @@ def advance_dpsgd(images: torch.Tensor, state: TrainState, *, max_steps: int = 0
 
     device = device or get_device()
     cfg, n = state.cfg, len(images)
-    unet = add_lora(load_unet(device=device))
+    if state.mask is None:
+        unet = add_lora(load_unet(device=device))  # the LoRA trains (peft freezes the base)
+    else:  # sparse: the base UNet's tensors that hold a selected row train, masked to those rows
+        unet = load_unet(device=device)
+        for name in state.mask:
+            unet.get_parameter(name).requires_grad_(True)
     unet.train()
     names = [name for name, p in unet.named_parameters() if p.requires_grad]
     params = [p for p in unet.parameters() if p.requires_grad]
+    masks = [state.mask[name].to(device) for name in names] if state.mask is not None else None
     if state.lora is not None:
         with torch.no_grad():
             for name, p in zip(names, params):
@@ -267,7 +299,9 @@ def advance_dpsgd(images: torch.Tensor, state: TrainState, *, max_steps: int = 0
         return denoising_loss(lambda x, t: m(x, t).sample, x0, sched, g)
 
     def step_with(public_grads: list[torch.Tensor] | None, alpha: float) -> None:
-        if public_grads is None:
+        if masks is not None:
+            masked_step(opt, params, masks, private=engine is not None)
+        elif public_grads is None:
             opt.step()
         else:
             pda_step(opt, params, public_grads, alpha, private=engine is not None)
@@ -384,7 +418,8 @@ def finish_dpsgd(state: TrainState, *, device: torch.device | None = None, t_all
 
 def train_dpsgd(images: torch.Tensor, cfg: DPSGDConfig, *, progress: Callable[[dict], None] | None = None,
                 cancel: threading.Event | None = None, device: torch.device | None = None,
-                public: torch.Tensor | None = None, public_batch: int = 64, chunk_steps: int = 0) -> DPSGDResult:
+                public: torch.Tensor | None = None, public_batch: int = 64, chunk_steps: int = 0,
+                state: TrainState | None = None) -> DPSGDResult:
     """DP-SGD on LoRA parameters; images (n, 1, 32, 32) are private.
 
     ``public`` (public images, e.g. the Fashion-MNIST train split) turns the run into PDA-DPMD
@@ -392,10 +427,11 @@ def train_dpsgd(images: torch.Tensor, cfg: DPSGDConfig, *, progress: Callable[[d
     the same loss on a public batch of ``public_batch`` images, weight cos(pi t / 2T) on the
     private part. The public gradient costs no privacy; the accounting is unchanged.
     ``chunk_steps`` runs the same training as a sequence of chunks (``advance_dpsgd``), each
-    rebuilding its model, optimiser and accountant from the previous chunk's state.
+    rebuilding its model, optimiser and accountant from the previous chunk's state. ``state`` is a
+    run already set up by the caller (sparse DP-SGD: its own sigma and mask); None = ``start_dpsgd``.
     """
     t_all = time.perf_counter()
-    state = start_dpsgd(len(images), cfg)
+    state = state if state is not None else start_dpsgd(len(images), cfg)
     chunked = bool(chunk_steps or cfg.chunk_seconds)
     # Across a ZeroGPU process boundary no callback can go in: progress and Cancel are then handled
     # here, between chunks.

@@ -183,8 +183,8 @@ class PrivacyLedger:
 
 # One-shot releases whose privacy is exactly (or dominated by) one Gaussian mechanism with the
 # event's multiplier: they compose exactly in Gaussian DP (slicing's padded, shuffled rows: see
-# methods/slicing.py for the dominance argument).
-ONE_GAUSSIAN = ("gaussian_sum_count", "gaussian_sliced_rows")
+# methods/slicing.py for the dominance argument; sparse's unit-norm row scores: methods/sparse.py).
+ONE_GAUSSIAN = ("gaussian_sum_count", "gaussian_sliced_rows", "gaussian_row_scores")
 
 
 def _one_gaussian(e: PrivacyEvent) -> bool:

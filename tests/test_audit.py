@@ -76,10 +76,11 @@ def test_pda_dpmd_audit_runs_the_shipped_mixed_step(broken, expect_caught):
     assert r["verdict"] == ("violated" if expect_caught else "consistent")
 
 
-# The one-shot releases of the quadratic EM and slicing: every variant the audit knows, the shipped one
+# The one-shot releases of the quadratic EM, slicing and sparse's selection: every variant the audit knows, the shipped one
 # consistent and each broken one caught (4,000 trials each; 20,000-trial results are in docs/BENCHMARKS.md).
 _RELEASE_AUDITS = [("qem", v) for v in ("none", "no-clip", "weak-noise", "clip-before-whitening")] + \
-                  [("slicing", v) for v in ("none", "no-clip", "weak-noise", "no-padding", "no-shuffle")]
+                  [("slicing", v) for v in ("none", "no-clip", "weak-noise", "no-padding", "no-shuffle")] + \
+                  [("sparse", v) for v in ("none", "no-clip", "weak-noise", "exact-selection")]
 
 
 @pytest.mark.parametrize("method, broken", _RELEASE_AUDITS)

@@ -17,7 +17,8 @@ FAST = {"dpsgd": {"max_steps": 3}, "pda-dpmd": {"max_steps": 3, "public_batch_si
         # No shrinkage: at n = 24 and epsilon = 1 the James-Stein factor can be 0 (the base model).
         "qem": {"dim": 8, "public": 32, "draws": 1, "shrink": False},
         "slicing": {"slices": 4, "pool": 64, "directions": 4, "fit_iters": 20, "fit_steps": 3, "batch": 4,
-                    "rows": 40}}
+                    "rows": 40},
+        "sparse": {"max_steps": 3, "draws": 1, "groups": 64}}
 
 
 def _cfg(name: str, **kw):
@@ -47,8 +48,8 @@ def test_registry_lists_the_methods_in_order_and_the_cli_knows_them():
 @needs_models
 @pytest.mark.parametrize("name", list(METHODS))
 def test_contract(name, models, tmp_path):
-    from dphyper.lora import load_lora_into
     from dphyper.data import load_folder
+    from dphyper.methods import ADAPTER_FILES, load_adapter_into
 
     images = load_folder(EXAMPLES_DIR / "bags").images[:24]
     method = get_method(name)
@@ -66,14 +67,16 @@ def test_contract(name, models, tmp_path):
     # The same files for every method, nothing private in them.
     out = write_outputs(res, tmp_path / name)
     files = sorted(p.relative_to(tmp_path / name).as_posix() for p in (tmp_path / name).rglob("*") if p.is_file())
-    assert files == ["grid.png", "lora.safetensors", "report.json", "samples/sample_00000.png",
-                     "samples/sample_00001.png"], files
+    assert res.adapter_format == method.adapter_format
+    adapter_file = ADAPTER_FILES[res.adapter_format]
+    assert files == sorted(["grid.png", adapter_file, "report.json", "samples/sample_00000.png",
+                            "samples/sample_00001.png"]), files
     text = (tmp_path / name / "report.json").read_text()
     assert json.loads(text) == out
     assert "test_" not in text and "second" not in text and '"n"' not in text
     # The adapter loads back the documented way and changes the model.
     from dphyper.diffusion import load_unet
-    unet = load_lora_into(load_unet(device=torch.device("cpu")), tmp_path / name / "lora.safetensors")
+    unet = load_adapter_into(load_unet(device=torch.device("cpu")), tmp_path / name / adapter_file)
     x, t = torch.randn(2, 1, 32, 32), torch.tensor([10, 500])
     with torch.no_grad():
         assert not torch.allclose(unet(x, t).sample, models.unet(x, t).sample, atol=1e-6)

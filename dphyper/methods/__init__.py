@@ -5,12 +5,13 @@ app's comparison, the benchmark and the audit iterate over ``METHODS``. Adding a
 one file here plus one line below (and its tests).
 """
 
-from .base import Cancelled, Method, MethodResult, run_method, write_outputs
+from .base import ADAPTER_FILES, Cancelled, Method, MethodResult, load_adapter_into, run_method, write_outputs
 from .dpsgd import DPSGD
 from .hypernet import HYPERNET
 from .pda_dpmd import PDA_DPMD
 from .qem import QEM
 from .slicing import SLICING
+from .sparse import SPARSE
 
 METHODS: dict[str, Method] = {m.name: m for m in (
     HYPERNET,
@@ -18,6 +19,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     PDA_DPMD,
     QEM,
     SLICING,
+    SPARSE,
 )}
 
 
@@ -28,4 +30,4 @@ def get_method(name: str) -> Method:
         raise ValueError(f"unknown method {name!r}: one of {', '.join(METHODS)}") from None
 
 
-__all__ = ["METHODS", "Cancelled", "Method", "MethodResult", "get_method", "run_method", "write_outputs"]
+__all__ = ["ADAPTER_FILES", "METHODS", "load_adapter_into", "Cancelled", "Method", "MethodResult", "get_method", "run_method", "write_outputs"]

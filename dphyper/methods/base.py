@@ -4,9 +4,12 @@ In: private images (n, 1, 32, 32) in [-1, 1], the method's config dataclass (a
 ``PrivateRunConfig``), the public models, and optionally ``progress(dict)`` and a
 ``cancel`` event. Out: a ``MethodResult``:
 
-* ``adapter``: the weights the method learned for the base UNet: LoRA tensors keyed by
-  UNet parameter names, saved as peft keys (``lora.save_lora``) and loaded back with
-  ``lora.load_lora_into``;
+* ``adapter``: the weights the method learned for the base UNet, in one of two formats
+  (``adapter_format``): ``lora``, LoRA tensors keyed by UNet parameter names, saved as peft
+  keys in lora.safetensors (``lora.save_lora``) and loaded back with ``lora.load_lora_into``;
+  or ``sparse``, rows of the base UNet's own tensors (NAME.rows, NAME.delta), saved in
+  sparse_delta.safetensors and loaded back with ``sparse.load_sparse_delta_into``
+  (``load_adapter_into`` reads either);
 * ``report``: DP outputs and public settings only (written as report.json);
 * ``events``: what the run did to the private data, as immutable ``PrivacyEvent``s that a
   ledger composes;
@@ -45,6 +48,40 @@ class MethodResult:
     owner: dict = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     losses: list[float] = field(default_factory=list)
+    adapter_format: str = "lora"  # "lora" or "sparse" (ADAPTER_FILES)
+
+
+# The adapter file of each format, in the common output layout.
+ADAPTER_FILES = {"lora": "lora.safetensors", "sparse": "sparse_delta.safetensors"}
+
+
+def adapter_params(result: MethodResult, unet) -> dict[str, torch.Tensor]:
+    """The tensors ``torch.func.functional_call`` swaps into ``unet`` to run it with the result's adapter."""
+    if result.adapter_format == "sparse":
+        from .sparse import delta_params
+
+        return delta_params(unet, result.adapter)
+    return result.adapter
+
+
+def save_adapter(result: MethodResult, out: Path, metadata: dict[str, str]) -> Path:
+    from ..lora import save_lora
+    from .sparse import save_sparse_delta
+
+    path = Path(out) / ADAPTER_FILES[result.adapter_format]
+    (save_sparse_delta if result.adapter_format == "sparse" else save_lora)(result.adapter, path, metadata=metadata)
+    return path
+
+
+def load_adapter_into(unet, path: Path):
+    """Load either adapter file into a base UNet (in place), by its file name: the documented way."""
+    from ..lora import load_lora_into
+    from .sparse import load_sparse_delta_into
+
+    path = Path(path)
+    if path.name == ADAPTER_FILES["sparse"]:
+        return load_sparse_delta_into(unet, path)
+    return load_lora_into(unet, path)
 
 
 @dataclass(frozen=True)
@@ -71,6 +108,8 @@ class Method:
     # Post-processing of a kept release: (release, cfg, models, progress=, cancel=) -> MethodResult with no
     # events (slicing's fit); None when a method has nothing to re-run without spending privacy.
     refit: Callable[..., MethodResult] | None = None
+    # What its adapter is: "lora" (lora.safetensors) or "sparse" (sparse_delta.safetensors); ADAPTER_FILES.
+    adapter_format: str = "lora"
 
 
 def run_method(method: Method, images: torch.Tensor, cfg, models, *, progress: Progress | None = None,
@@ -98,7 +137,7 @@ def sample_into(method: Method, result: MethodResult, cfg, models, *,
     t = time.perf_counter()
     if cfg.samples:
         result.samples = sample(models.unet, cfg.samples, steps=cfg.steps, seed=seed,
-                                model_fn=lora_model_fn(models.unet, result.adapter))
+                                model_fn=lora_model_fn(models.unet, adapter_params(result, models.unet)))
     result.timings["sample"] = time.perf_counter() - t
     result.report.update({"method": method.name, "samples": int(result.samples.shape[0]),
                           "sampling_steps": cfg.steps, "sampling_seed": seed})
@@ -106,16 +145,15 @@ def sample_into(method: Method, result: MethodResult, cfg, models, *,
 
 
 def write_outputs(result: MethodResult, out: Path) -> dict:
-    """The same layout for every method: lora.safetensors, samples/*.png, grid.png, report.json."""
+    """The same layout for every method: the adapter file (lora.safetensors or sparse_delta.safetensors),
+    samples/*.png, grid.png, report.json."""
     from ..data import make_grid, save_pngs
-    from ..lora import save_lora
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     eps = result.report.get("epsilon")
-    save_lora(result.adapter, out / "lora.safetensors",
-              metadata={"method": str(result.report.get("method")), "epsilon": str(eps),
-                        "delta": str(result.report.get("delta"))})
+    save_adapter(result, out, metadata={"method": str(result.report.get("method")), "epsilon": str(eps),
+                                        "delta": str(result.report.get("delta"))})
     if len(result.samples):
         save_pngs(result.samples, out / "samples")
         make_grid(result.samples).save(out / "grid.png")

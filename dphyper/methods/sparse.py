@@ -1,0 +1,448 @@
+"""sparse: DP sparse fine-tuning of the base UNet (after SPARTA, Makni et al. 2025, arXiv 2503.12822).
+
+Instead of a fixed set of trainable weights (the LoRA), choose a few *rows* of the base UNet's own
+weights with the private data, privately, and fine-tune only those rows with DP-SGD.
+
+**Groups.** A group is one output unit of a layer: row r of a ``Conv2d`` or ``Linear`` weight
+(one output channel or feature, with its bias entry r) or channel c of a ``GroupNorm`` (its scale
+and shift). Every Conv2d, Linear and GroupNorm of the base UNet is a candidate: 5,537 groups over
+1.1 M weights in the default profile. Opacus computes per-example gradients of all three layer
+types (``opacus.grad_sample``: conv, linear, group_norm); the UNet has no other layer with weights,
+so nothing is left out.
+
+**Phase 1, the selection (one Gaussian release).** For each private image x_i, ``draws`` (timestep,
+noise) pairs give the per-example gradient g_i of the mean denoising loss at the base model
+(Opacus' per-sample hooks). Its score vector s_i in R^G holds, per group, the RMS of g_i over the
+group's weights (the L2 norm over sqrt(group size), so that a 576-weight conv row and a 2-weight
+norm channel compete on equal terms). Each s_i is **scaled to unit L2 norm in code** (a zero or
+non-finite vector becomes 0), and one Gaussian mechanism releases S~ = sum_i s_i / ||s_i|| +
+N(0, sigma_1^2 I_G). The ``groups`` largest entries of S~ are the mask (post-processing).
+
+**Phase 2, masked DP-SGD.** DP-SGD (Opacus, as ``methods/dpsgd.py``: Poisson sampling at rate
+q = 1 / ceil(n / B), per-example clipping to C, Gaussian noise sigma_2 C per step, OS-seeded draws)
+on the tensors that hold a selected row; per-example gradients are zeroed outside the mask before
+clipping and the noisy gradient after (``dpsgd.masked_step``), so only selected rows ever move.
+
+**Privacy (add/remove-one, like the rest of the app).** Adding or removing one image adds or
+removes one unit vector in phase 1 (L2 sensitivity exactly 1, every other s_j unchanged: they are
+computed per example at the fixed, public base model) and one example's clipped gradient in each
+Poisson-sampled step of phase 2 (the steps are adaptive, but each is a subsampled Gaussian mechanism
+given the past, the mask included). The run is the adaptive composition of one Gaussian mechanism
+with multiplier sigma_1 and T Poisson-subsampled Gaussian mechanisms (q, sigma_2): the events
+``gaussian_row_scores`` and ``dpsgd_poisson_gaussian`` that the ledger composes with dp_accounting's
+PLD accountant. Calibration: ``split`` is the selection's share, a public setting: sigma_1 makes
+the selection alone (split * epsilon, delta)-DP (analytic Gaussian), then sigma_2 is the smallest
+multiplier (bisection, relative 1e-3, rounded up) for which the PLD accountant says the composition
+of both phases is (epsilon, delta)-DP: the same accountant the ledger uses, so the claim is what the
+ledger computes. Tests check it against Opacus' RDP accountant (an independent upper bound).
+n is public in phase 2's sample rate, exactly as for DP-SGD (Opacus' convention). Sampling with the
+trained delta is post-processing. The controls ``mask=random`` (a seeded random mask of the same
+size) and ``mask=public`` (scores of public Fashion-MNIST train images, no noise) read no private
+data before DP-SGD, so the whole budget goes to DP-SGD.
+
+**What is released:** the sparse delta (rows and their new minus base values; ``sparse_delta.safetensors``,
+loaded with ``load_sparse_delta_into``), the samples, and a report of DP outputs and public settings
+(which groups were chosen, per block, is post-processing of S~).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from ..dpsgd import DPSGDConfig, TrainState, schedule, train_dpsgd
+from ..errors import Cancelled
+from ..privacy import (PrivacyEvent, _pld_epsilon, calibrate_gaussian, check_epsilon_delta, clip_embeddings,
+                       private_generator)
+from .base import Method, MethodResult
+
+MASKS = ("private", "random", "public")
+# Public settings of DP-SGD on the selected rows before the public sweep (docs/BENCHMARKS.md) sets them.
+DEFAULTS = {"lr": 1e-3, "max_grad_norm": 0.01, "epochs": 10.0, "batch_size": 64}
+SCORE_BATCH = 8  # images per per-example-gradient batch of the selection (times ``draws`` rows)
+
+
+@dataclass
+class SparseConfig(DPSGDConfig):
+    """`python -m dphyper run sparse`: privately chosen rows of the base UNet, then masked DP-SGD on them."""
+
+    out: Path = field(default=Path("out-sparse"), metadata={"help": "output folder (sparse_delta.safetensors, samples/, grid.png, report.json)"})
+    groups: int = field(default=256, metadata={"help": "rows (output channels of conv / linear / group-norm layers) to train"})
+    split: float = field(default=0.2, metadata={"help": "share of epsilon for the selection (its own epsilon at delta); DP-SGD gets the rest under one accountant"})
+    draws: int = field(default=4, metadata={"help": "(timestep, noise) draws per image for the selection scores"})
+    mask: str = field(default="private", metadata={"help": "private (the method), or the controls random / public (no selection cost)"})
+    public_pool: int = field(default=256, metadata={"help": "mask=public: Fashion-MNIST train images that score the rows"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.mask not in MASKS:
+            raise ValueError(f"mask must be one of {', '.join(MASKS)}, got {self.mask!r}")
+        if not (0 < self.split < 0.9):  # NaN fails too
+            raise ValueError(f"split must be in (0, 0.9), got {self.split}")
+        if self.groups < 1 or self.draws < 1 or self.public_pool < 1:
+            raise ValueError("groups, draws and public_pool must be >= 1")
+
+
+def resolve(cfg: SparseConfig) -> SparseConfig:
+    """Fill every 0 DP-SGD setting with the method's default (explicit values win)."""
+    return replace(cfg, **{k: v for k, v in DEFAULTS.items() if not getattr(cfg, k)})
+
+
+# ---------------------------------------------------------------- groups
+
+
+@dataclass(frozen=True)
+class Layer:
+    module: str  # module name in the plain diffusers UNet
+    params: tuple[str, ...]  # its parameter names (weight, and bias when present)
+    rows: int  # groups of this layer (dim 0 of every parameter)
+    row_size: int  # weights per group (a weight row plus its bias entry)
+
+
+def layers_of(unet: torch.nn.Module) -> list[Layer]:
+    """Every Conv2d, Linear and GroupNorm of the UNet, in module order (the group order of the release)."""
+    out = []
+    for name, m in unet.named_modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear, torch.nn.GroupNorm)) and m.weight is not None:
+            params = tuple(f"{name}.{p}" for p, t in (("weight", m.weight), ("bias", m.bias)) if t is not None)
+            rows = m.weight.shape[0]
+            size = sum(t.numel() for t in (m.weight, m.bias) if t is not None) // rows
+            out.append(Layer(name.replace(".base_layer", ""), params, rows, size))
+    return out
+
+
+def group_count(layers: list[Layer]) -> int:
+    return sum(layer.rows for layer in layers)
+
+
+def masks_from_groups(layers: list[Layer], chosen: torch.Tensor) -> dict[str, torch.Tensor]:
+    """{parameter name: boolean row mask} for the tensors that hold at least one chosen group."""
+    flags = torch.zeros(group_count(layers), dtype=torch.bool)
+    flags[chosen] = True
+    out, at = {}, 0
+    for layer in layers:
+        rows = flags[at:at + layer.rows]
+        at += layer.rows
+        if rows.any():
+            for p in layer.params:
+                out[p] = rows.clone()
+    return out
+
+
+# ---------------------------------------------------------------- phase 1: scores and their release
+
+
+def example_scores(images: torch.Tensor, *, draws: int, device: torch.device, generator: torch.Generator,
+                   progress=None, cancel: threading.Event | None = None, stage: str = "") -> torch.Tensor:
+    """(n, G) per-example group scores at the base model: the RMS over each group of the example's
+    gradient of the denoising loss, averaged over ``draws`` (timestep, noise) pairs (Opacus hooks)."""
+    from opacus import GradSampleModule
+
+    from ..diffusion import denoising_loss, load_unet, make_train_scheduler
+
+    unet = load_unet(device=device).train()  # Opacus captures activations in train mode (no dropout here)
+    layers = layers_of(unet)
+    for layer in layers:
+        for p in layer.params:
+            unet.get_parameter(p).requires_grad_(True)
+    sched = make_train_scheduler()
+    out = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        gsm = GradSampleModule(unet, batch_first=True, loss_reduction="mean")
+    params = {name: gsm._module.get_parameter(name) for layer in layers for name in layer.params}
+    batches = math.ceil(len(images) / SCORE_BATCH)
+    t0 = time.perf_counter()
+    try:
+        for b in range(batches):
+            if cancel is not None and cancel.is_set():
+                raise Cancelled("run cancelled; nothing was released.")
+            x = images[b * SCORE_BATCH:(b + 1) * SCORE_BATCH].to(device)
+            k = len(x)
+            rows = x.repeat_interleave(draws, 0)  # example j's draws are rows j*draws ... j*draws + draws - 1
+            loss = denoising_loss(lambda z, t: gsm(z, t).sample, rows, sched, generator)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                loss.backward()
+            sq = []
+            for layer in layers:
+                acc = torch.zeros(k, layer.rows, device=device)
+                for name in layer.params:
+                    p = params[name]
+                    gs = torch.cat(p.grad_sample) if isinstance(p.grad_sample, list) else p.grad_sample
+                    g = gs.reshape(k, draws, layer.rows, -1).mean(1)  # the gradient of the draws' mean loss
+                    acc += g.pow(2).sum(-1)
+                    p.grad_sample, p.grad = None, None
+                sq.append((acc / layer.row_size).sqrt())
+            out.append(torch.cat(sq, 1).double().cpu())
+            if progress is not None:
+                el = time.perf_counter() - t0
+                progress({"step": b + 1, "total": batches, "epsilon_spent": 0.0, "eta_seconds": el / (b + 1) * (batches - b - 1),
+                          "desc": f"{stage}scoring the UNet's rows: batch {b + 1} / {batches}"})
+    finally:
+        gsm._close()
+    return torch.cat(out)
+
+
+def unit_rows(scores: torch.Tensor) -> torch.Tensor:
+    """Each example's score vector scaled to L2 norm 1 (enforced here: the release's sensitivity).
+
+    A zero vector stays 0; a vector with a NaN or infinite entry becomes 0 (left alone it would make
+    the noisy sum NaN and reveal its presence). ``clip_embeddings`` guards the rounding.
+    """
+    s = scores.to(torch.float64)
+    s = torch.where(torch.isfinite(s).all(dim=1, keepdim=True), s, torch.zeros_like(s))
+    norms = s.norm(dim=1, keepdim=True)
+    s = torch.where(norms > 0, s / norms.clamp_min(1e-300), torch.zeros_like(s))
+    return clip_embeddings(s, max_norm=1.0)
+
+
+@dataclass(frozen=True)
+class ScoreRelease:
+    """The DP output of phase 1: the noisy score sum (safe to show and keep) and its event."""
+
+    scores: torch.Tensor  # (G,) float64
+    event: PrivacyEvent
+
+
+def release_scores(scores: torch.Tensor, *, epsilon: float, delta: float, noise_multiplier: float,
+                   generator: torch.Generator | None = None) -> ScoreRelease:
+    """Phase 1's release: sum of the unit-norm score vectors + N(0, noise_multiplier^2 I) (sensitivity 1).
+
+    ``scores`` (n, G) is private; ``generator`` is for tests only (the private path draws OS-seeded noise).
+    ``epsilon`` is what this release alone spends at ``delta`` with this multiplier (the event's label).
+    """
+    total = unit_rows(scores).sum(0)
+    if noise_multiplier > 0:
+        gen = generator if generator is not None else private_generator()
+        total = total + torch.randn(total.shape[0], generator=gen, dtype=torch.float64) * noise_multiplier
+    event = PrivacyEvent(mechanism="gaussian_row_scores", epsilon=epsilon, delta=delta,
+                         noise_multiplier=float(noise_multiplier), sensitivity=1.0,
+                         accountant="analytic_gaussian" if noise_multiplier > 0 else "none (non-private)")
+    return ScoreRelease(scores=total, event=event)
+
+
+def top_groups(scores: torch.Tensor, k: int) -> torch.Tensor:
+    return torch.topk(scores, min(k, scores.shape[0])).indices.sort().values
+
+
+# ---------------------------------------------------------------- calibration of both phases
+
+
+def _events(s1: float | None, q: float, s2: float, steps: int, delta: float) -> list[PrivacyEvent]:
+    ev = [PrivacyEvent("dpsgd_poisson_gaussian", math.nan, delta, s2, 1.0, sample_rate=q, steps=steps)]
+    if s1 is not None:
+        ev.insert(0, PrivacyEvent("gaussian_row_scores", math.nan, delta, s1, 1.0))
+    return ev
+
+
+def composed_epsilon(s1: float | None, q: float, s2: float, steps: int, delta: float) -> float:
+    """epsilon at delta of the selection (multiplier s1, or none) then ``steps`` DP-SGD steps (q, s2): the ledger's PLD."""
+    if steps == 0:
+        return 0.0 if s1 is None else _pld_epsilon(_events(s1, q, 1.0, 1, delta)[:1], delta)
+    return _pld_epsilon(_events(s1, q, s2, steps, delta), delta)
+
+
+def calibrate(epsilon: float, delta: float, split: float | None, q: float, steps: int) -> tuple[float | None, float]:
+    """(sigma_1, sigma_2): the selection alone at (split * epsilon, delta) (None when there is none), then the
+    smallest DP-SGD multiplier whose composition with it is (epsilon, delta) under the PLD accountant."""
+    check_epsilon_delta(epsilon, delta)
+    s1 = calibrate_gaussian(epsilon=split * epsilon, delta=delta) if split else None
+
+    def ok(s2: float) -> bool:
+        return composed_epsilon(s1, q, s2, steps, delta) <= epsilon
+
+    hi = 0.5
+    while not ok(hi):
+        hi *= 2.0
+        if hi > 1e4:
+            raise ValueError(f"no DP-SGD noise reaches epsilon = {epsilon:g}: lower the selection's split")
+    lo = hi / 2.0
+    while ok(lo) and lo > 1e-3:
+        lo /= 2.0
+    while hi / lo > 1.001:  # ok(hi) holds throughout: the returned multiplier is rounded up
+        mid = math.sqrt(lo * hi)
+        lo, hi = (lo, mid) if ok(mid) else (mid, hi)
+    return s1, hi
+
+
+# ---------------------------------------------------------------- the delta on the base UNet
+
+
+def _plain(name: str) -> str:
+    return name.replace(".base_layer", "")
+
+
+def delta_params(unet: torch.nn.Module, delta: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The full tensors of ``unet`` (plain or with LoRA slots) with the delta's rows added, keyed by the
+    unet's own parameter names (for ``torch.func.functional_call``: ``lora.lora_model_fn``)."""
+    names = {_plain(n): n for n, _ in unet.named_parameters() if ".lora_" not in n}
+    out = {}
+    for key, rows in delta.items():
+        if not key.endswith(".rows"):
+            continue
+        name = key[: -len(".rows")]
+        if name not in names:
+            raise ValueError(f"sparse delta does not match the UNet: no parameter {name!r}")
+        full = unet.get_parameter(names[name]).detach().clone()
+        full[rows.to(full.device)] += delta[f"{name}.delta"].to(full)
+        out[names[name]] = full
+    return out
+
+
+def save_sparse_delta(delta: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {k: (v.to(torch.int64) if k.endswith(".rows") else v.to(torch.float32)).contiguous().cpu()
+               for k, v in delta.items()}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata={"format": "dphyper sparse delta: NAME.rows, NAME.delta", **(metadata or {})})
+
+
+def load_sparse_delta_into(unet: torch.nn.Module, path: Path) -> torch.nn.Module:
+    """Add a saved sparse delta to the base UNet in place: W[rows] += delta for every NAME.rows / NAME.delta."""
+    from safetensors.torch import load_file
+
+    delta = load_file(str(path))
+    with torch.no_grad():
+        for name, full in delta_params(unet, delta).items():
+            unet.get_parameter(name).copy_(full)
+    return unet
+
+
+# ---------------------------------------------------------------- the method
+
+
+def _public_mask_scores(cfg: SparseConfig, device: torch.device, progress, cancel) -> torch.Tensor:
+    from .pda_dpmd import public_pool
+
+    gen = torch.Generator(device=device).manual_seed(0)  # public data: a public seed
+    return unit_rows(example_scores(public_pool(cfg.public_pool), draws=cfg.draws, device=device, generator=gen,
+                                    progress=progress, cancel=cancel, stage="public mask: ")).sum(0)
+
+
+def train(images: torch.Tensor, cfg: SparseConfig, models, *, progress=None, cancel=None) -> MethodResult:
+    from ..diffusion import load_unet
+
+    cfg = resolve(cfg)
+    device = models.device
+    n = len(images)
+    private = math.isfinite(cfg.epsilon)
+    timings: dict[str, float] = {}
+    q, planned, steps = schedule(n, cfg)
+    selects = cfg.mask == "private"
+    s1, s2 = (calibrate(cfg.epsilon, cfg.delta, cfg.split if selects else None, q, steps) if private
+              else (0.0 if selects else None, 0.0))
+    layers = layers_of(load_unet(device=torch.device("cpu")))
+    G = group_count(layers)
+    t = time.perf_counter()
+    events: list[PrivacyEvent] = []
+    if selects:
+        rel = release_scores(
+            example_scores(images, draws=cfg.draws, device=device, generator=private_generator(device),
+                           progress=progress, cancel=cancel, stage="selection: "),
+            epsilon=cfg.split * cfg.epsilon if private else math.inf, delta=cfg.delta, noise_multiplier=s1)
+        if cancel is not None and cancel.is_set():
+            raise Cancelled("run cancelled; nothing was released.")
+        events.append(rel.event)
+        chosen = top_groups(rel.scores, cfg.groups)
+    elif cfg.mask == "public":
+        chosen = top_groups(_public_mask_scores(cfg, device, progress, cancel), cfg.groups)
+    else:
+        chosen = torch.randperm(G, generator=torch.Generator().manual_seed(0))[:cfg.groups].sort().values
+    timings["select"] = time.perf_counter() - t
+    mask = masks_from_groups(layers, chosen)
+
+    last = {"at": -1.0, "eps": 0.0}
+
+    def dpsgd_progress(p: dict) -> None:  # epsilon spent by both phases so far (PLD, at most every 2 s)
+        if progress is None:
+            return
+        if private and (time.perf_counter() - last["at"] > 2.0 or p["step"] == p["total"]):
+            last.update(at=time.perf_counter(), eps=composed_epsilon(s1 if selects else None, q, s2, p["step"], cfg.delta))
+        progress({**p, "epsilon_spent": last["eps"] if private else math.inf})
+
+    state = TrainState(cfg=replace(cfg, samples=0), q=q, planned=planned, total_steps=steps, sigma=s2, mask=mask)
+    res = train_dpsgd(images, replace(cfg, samples=0), progress=dpsgd_progress, cancel=cancel, device=device,
+                      state=state)
+    timings["train"] = res.timings.get("train", 0.0)
+    events.append(res.event)
+    base = load_unet(device=torch.device("cpu"))
+    delta = {}
+    for name, m in mask.items():
+        rows = m.nonzero().flatten()
+        delta[f"{name}.rows"] = rows
+        delta[f"{name}.delta"] = (res.lora[name].cpu() - base.get_parameter(name).detach())[rows]
+    trained = sum(int(v.numel()) for k, v in delta.items() if k.endswith(".delta"))
+    total_eps = composed_epsilon(s1 if selects else None, q, s2, res.event.steps, cfg.delta) if private else math.inf
+    per_block: dict[str, int] = {}
+    at = 0
+    flags = torch.zeros(G, dtype=torch.bool)
+    flags[chosen] = True
+    for layer in layers:
+        k = int(flags[at:at + layer.rows].sum())
+        at += layer.rows
+        if k:
+            block = ".".join(layer.module.split(".")[:2]) if layer.module.split(".")[0] in ("down_blocks", "up_blocks") \
+                else layer.module.split(".")[0]
+            per_block[block] = per_block.get(block, 0) + k
+    report = {k: v for k, v in res.report.items() if k not in ("samples", "sampling_steps", "sampling_seed")}
+    report.update({
+        "method": "sparse",
+        "epsilon": cfg.epsilon if private else "inf",
+        "epsilon_spent": total_eps if private else "inf",
+        "epsilon_selection": (cfg.split * cfg.epsilon if selects else 0.0) if private else "inf",
+        "epsilon_dpsgd_alone": res.report["epsilon_spent"],
+        "noise_multiplier_selection": s1 if selects else None,
+        "noise_multiplier": s2,
+        "accountant": "PLD (dp_accounting) over both phases" if private else "none (non-private)",
+        "mask": cfg.mask,
+        "groups": int(len(chosen)),
+        "groups_total": G,
+        "group": "one output row of a Conv2d / Linear weight (with its bias) or one GroupNorm channel",
+        "trained_weights": trained,
+        "groups_per_block": per_block,
+        "split": cfg.split if selects else 0.0,
+        "draws": cfg.draws,
+        "mechanism": ("gaussian_row_scores (unit-norm per-example row scores, sensitivity 1) then "
+                      "dpsgd_poisson_gaussian on the selected rows" if selects else
+                      f"dpsgd_poisson_gaussian on a {cfg.mask} mask (no selection cost)"),
+    })
+    return MethodResult(adapter=delta, report=report, events=tuple(events), timings=timings, losses=res.losses,
+                        adapter_format="sparse")
+
+
+def cost(hp: dict, n: int) -> int:
+    """Example-gradient evaluations: the selection's scores (or the public pool's) plus DP-SGD's steps."""
+    d = {**DEFAULTS, "draws": 4, "mask": "private", "public_pool": 256, **hp}
+    batch = min(d["batch_size"], n)
+    q = 1.0 / math.ceil(n / batch)
+    steps = math.ceil(d["epochs"] / q)
+    score = {"private": n, "public": d["public_pool"], "random": 0}[d["mask"]] * d["draws"]
+    return int(score + steps * n * q)
+
+
+def identity() -> dict:
+    d = SparseConfig()
+    return {"defaults": dict(DEFAULTS), "groups": d.groups, "split": d.split, "draws": d.draws,
+            "group": "conv/linear rows + group-norm channels, RMS score, unit-norm"}
+
+
+def _stage2(n: int) -> list[dict]:
+    """Around stage 1's best: sparsity, the budget split, the clip norm, and the two mask controls."""
+    return [{"groups": 64}, {"groups": 1024}, {"split": 0.1}, {"split": 0.4}, {"max_grad_norm": 1.0},
+            {"mask": "random"}, {"mask": "public"}]
+
+
+SWEEP = {"stage1": [{"lr": lr, "epochs": ep} for lr in (3e-4, 1e-3, 3e-3) for ep in (10.0, 50.0)],
+         "stage2": _stage2}
+
+SPARSE = Method(name="sparse", label="DP sparse", config_cls=SparseConfig, train=train, one_shot=False,
+                noise="once into row scores (which weights), then every step into their clipped gradients",
+                identity=identity, sweep=SWEEP, cost=cost, adapter_format="sparse")
