@@ -305,6 +305,8 @@ def _ledger_method(method: str, e) -> str:
         return f"{label} (one Gaussian release)"
     if e.mechanism == "gaussian_sliced_rows":
         return f"{label} (one Gaussian release of padded slices)"
+    if e.mechanism == "gaussian_row_scores":
+        return f"{label} (selection: one Gaussian release of row scores)"
     if e.mechanism == "dpsgd_poisson_gaussian":
         return f"{label} ({e.steps} steps, q = {e.sample_rate:.3g})"
     return f"{label} ({e.mechanism.replace('_', ' ')})"
@@ -317,7 +319,9 @@ LEDGER_RULES = (
     "people in your images have still spent what earlier runs spent. DP-SGD and PDA-DPMD, as in Opacus, treat "
     "n as public (their sampling rate and steps follow from n); the one-shot methods (hypernetwork, quadratic "
     "EM) release n with noise inside their one release; slicing hides n by padding its release to a public "
-    "number of rows; the total "
+    "number of rows; DP sparse keeps n inside its noisy row scores, then treats n as public in its DP-SGD phase "
+    "(its report's sample rate and steps reveal about n / batch). Rows are not added up: DP sparse's selection "
+    "(0.2 ε) and its DP-SGD steps (≈ 0.97 ε alone) compose to ε. The total "
     "is an (ε, δ) bound under add/remove-one with those schedules fixed.")
 
 
@@ -916,8 +920,9 @@ def build_demo():
             cancellable = [ev]
             if "refit" in c:
                 again = c["refit"].click(refit_runner(name), [data, n_samples, max_steps, ledgers, runs, bench_set],
-                                         outs, concurrency_limit=1, concurrency_id=f"run-{name}",
+                                         outs, concurrency_limit=1, concurrency_id=f"refit-{name}",
                                          api_name=f"refit_{name.replace('-', '_')}")
+                # A free re-fit has its own slot: one visitor's re-fit never queues another's first run.
                 again.then(run_base_compare, [n_samples], [gal_b, cap_b], concurrency_limit=2, concurrency_id="base")
                 cancellable.append(again)
             if "stop" in c:

@@ -44,9 +44,13 @@ noise by 10. Those must be caught: ``epsilon_lower_bound > epsilon_claimed``.
   other records put their score on three groups and a trace on the rest; the canary's raw score
   vector is 100 times a group nobody else uses. The attacker sees the noisy scores and the mask.
   Its extra broken variant, ``exact-selection``, picks the rows from the scores without noise
-  (releasing only the mask): the bug of treating "which weights" as free. Phase 2 is DP-SGD with
-  ``dpsgd.masked_step`` (Opacus' clipping and noise, masks before and after): ``dpsgd``'s audit
-  set-up, and a test checks that the mask bounds what the clip sees.
+  (releasing only the mask): the bug of treating "which weights" as free. Scope: the release and the
+  top-k as shipped, at the multiplier ``calibrate_gaussian`` gives for the audited epsilon; the
+  per-example scores (``example_scores``: a test checks one image's score does not depend on the
+  others in its batch) and the split's calibration (tested against independent numbers) are not in
+  it. Phase 2 is Opacus' DP-SGD (``make_private``, audited under ``dpsgd``) with
+  ``dpsgd.masked_step`` around it (masks before the clip and after the noise; tested in
+  tests/test_sparse.py).
 """
 
 from __future__ import annotations

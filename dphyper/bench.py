@@ -34,7 +34,7 @@ class BenchConfig:
     """`python -m dphyper bench`: measure and record numbers in docs/BENCHMARKS.md."""
 
     suite: str = field(default="compare", metadata={"help": "which suite: compare (every method, the default), "
-                                                   "sweep, fid-noise, app, audit, models, hypernet, p1, reach or theory"})
+                                                   "sweep, fid-noise, app, audit, models, hypernet, p1, reach, sparse or theory"})
     methods: str = field(default="", metadata={"help": "compare/sweep/audit: comma-separated method names (default: "
                                                 "all registered; 'floor' = compare only the base model and the "
                                                 "non-private floor)"})
@@ -248,6 +248,83 @@ def bench_p1(cfg: BenchConfig) -> dict:
             f"- stages of the median run: embed {stages[med]['embed']:.3f} s, privatise {stages[med]['privatise']:.4f} s, "
             f"generate LoRA {stages[med]['generate_lora']:.4f} s (sampling excluded)"]
     write_section(cfg.doc, "p1", "\n".join(rows))
+    return res
+
+
+def bench_sparse(cfg: BenchConfig) -> dict:
+    """DP sparse fine-tuning's cost and what its private selection carries: the seconds of the selection's
+    per-example gradients, of one masked DP-SGD step and the process's peak memory; and, on public sets,
+    how many of the rows the exact (noise-free) scores would choose the noisy release still chooses, per
+    epsilon of the whole run (the default split), against a random mask of the same size."""
+    import resource
+
+    from .compare import SWEEP_SETS, build_set
+    from .dpsgd import schedule
+    from .methods.sparse import (SparseConfig, calibrate, example_scores, layers_of, masks_from_groups,
+                                 release_scores, resolve, top_groups)
+    from .diffusion import load_unet
+    from .dpsgd import TrainState, advance_dpsgd
+    from .privacy import private_generator
+
+    d = resolve(SparseConfig())
+    k, device = d.groups, torch.device("cpu")
+    G = sum(layer.rows for layer in layers_of(load_unet(device=device)))
+    res: dict = {"machine": machine(), "groups": k, "groups_total": G, "draws": d.draws, "split": d.split, "sets": {}}
+    epsilons = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+    g = torch.Generator().manual_seed(cfg.seed)
+    for s in SWEEP_SETS:
+        images = build_set(s, REPO_DIR / "bench")["private"]
+        t = time.perf_counter()
+        scores = example_scores(images, draws=d.draws, device=device, generator=torch.Generator().manual_seed(cfg.seed))
+        secs = time.perf_counter() - t
+        exact = set(top_groups(release_scores(scores, epsilon=math.inf, delta=d.delta, noise_multiplier=0.0).scores,
+                               k).tolist())
+        q, _, steps = schedule(len(images), d)
+        row = {"n": len(images), "selection_seconds": secs, "seconds_per_image": secs / len(images), "overlap": {}}
+        for eps in epsilons:
+            s1, _ = calibrate(eps, d.delta, d.split, q, steps)
+            kept = [len(exact & set(top_groups(release_scores(scores, epsilon=d.split * eps, delta=d.delta,
+                                                              noise_multiplier=s1, generator=g).scores, k).tolist()))
+                    for _ in range(20)]
+            row["overlap"][str(eps)] = {"sigma_selection": s1, "mean": float(np.mean(kept)) / k,
+                                        "min": min(kept) / k, "max": max(kept) / k}
+        res["sets"][s.name] = row
+        print(f"{s.name}: selection {secs:.0f} s; overlap with the exact top-{k}: " +
+              ", ".join(f"eps {e:g} {row['overlap'][str(e)]['mean']:.2f}" for e in epsilons), flush=True)
+    # One masked DP-SGD step at the default batch (64 of public-coats-100), the default mask size.
+    images = build_set(SWEEP_SETS[0], REPO_DIR / "bench")["private"]
+    q, planned, _ = schedule(len(images), d)
+    mask = masks_from_groups(layers_of(load_unet(device=device)),
+                             torch.randperm(G, generator=torch.Generator().manual_seed(0))[:k])
+    state = TrainState(cfg=d, q=q, planned=planned, total_steps=6, sigma=1.0, mask=mask)
+    state = advance_dpsgd(images, state, max_steps=1, device=device)  # warm-up
+    t = time.perf_counter()
+    state = advance_dpsgd(images, state, max_steps=5, device=device)
+    res["dpsgd_seconds_per_step"] = (time.perf_counter() - t) / 5
+    res["trained_weights"] = int(sum(int(m.sum()) * (p_numel // len(m)) for m, p_numel in
+                                     ((mask[name], load_unet(device=device).get_parameter(name).numel()) for name in mask)))
+    res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    random_overlap = k / G
+    lines = [f"Machine: {res['machine']}. Public sets only (train split). Defaults: {k} of {G} groups, {d.draws} draws "
+             f"per image, split {d.split} (the selection's share of ε), DP-SGD batch {d.batch_size}.",
+             "",
+             f"- selection (per-example gradients of the whole UNet, Opacus hooks): " +
+             "; ".join(f"{r['selection_seconds']:.0f} s for n = {r['n']} ({r['seconds_per_image']:.2f} s per image)"
+                       for r in res["sets"].values()),
+             f"- one masked DP-SGD step at batch {d.batch_size}: {res['dpsgd_seconds_per_step']:.2f} s "
+             f"({res['trained_weights']:,} trained weights in the tensors that hold a selected row, masked to those rows)",
+             f"- peak RSS of the process: {res['peak_rss_mb']:.0f} MB",
+             "",
+             f"**What the private selection carries**: the share of the exact (noise-free) top-{k} rows that the noisy "
+             f"release still chooses (mean over 20 noise draws; the ε of the whole run, of which the selection "
+             f"spends {d.split:g}). A random mask keeps {random_overlap:.3f}.",
+             "",
+             "| set | n | " + " | ".join(f"ε = {e:g}" for e in epsilons) + " |",
+             "|---|---|" + "---|" * len(epsilons)]
+    for name, r in res["sets"].items():
+        lines.append(f"| {name} | {r['n']} | " + " | ".join(f"{r['overlap'][str(e)]['mean']:.2f}" for e in epsilons) + " |")
+    write_section(cfg.doc, "sparse", f"## DP sparse fine-tuning: cost and selection (`python -m dphyper bench --suite sparse`)\n\n"
+                  + "\n".join(lines))
     return res
 
 
@@ -717,9 +794,10 @@ def sweep_table(res: dict) -> str:
 def run_bench(cfg: BenchConfig) -> dict:
     fn = {"models": bench_models, "hypernet": bench_hypernet, "theory": bench_theory, "p1": bench_p1,
           "sweep": bench_sweep, "dpsgd-sweep": bench_sweep, "compare": bench_compare, "app": bench_app,
-          "audit": bench_audit, "reach": bench_reach, "fid-noise": bench_fid_noise}.get(cfg.suite)
+          "audit": bench_audit, "reach": bench_reach, "fid-noise": bench_fid_noise, "sparse": bench_sparse}.get(cfg.suite)
     if fn is None:
-        raise ValueError(f"unknown suite {cfg.suite!r}: choose compare, sweep, fid-noise, app, audit, models, hypernet, p1, reach or theory")
+        raise ValueError(f"unknown suite {cfg.suite!r}: choose compare, sweep, fid-noise, app, audit, models, hypernet, p1, "
+                         "reach, sparse or theory")
     res = fn(cfg)
     if cfg.suite in ("compare", "sweep", "dpsgd-sweep"):
         return res  # these write their own resumable files under bench/

@@ -52,6 +52,12 @@ class DPSGDConfig(PrivateRunConfig):
     chunk_seconds: float = field(default=0.0, metadata={"help": "train in GPU calls of at most this many seconds "
                                                               "(ZeroGPU); 0 = one call. The accounting is identical"})
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("epochs", "batch_size", "lr", "max_grad_norm", "max_steps", "chunk_seconds"):
+            if not (getattr(self, name) >= 0):  # NaN fails too
+                raise ValueError(f"{name} must be >= 0 (0 = the default), got {getattr(self, name)}")
+
 
 # Chosen by `python -m dphyper bench --suite dpsgd-sweep` on public (train-split) sets at
 # epsilon = 1, one per size regime, because the best learning rate differs by 30x between
@@ -165,7 +171,7 @@ def pda_step(opt, params: list[torch.Tensor], public_grads: list[torch.Tensor], 
 
 
 def masked_step(opt, params: list[torch.Tensor], masks: list[torch.Tensor], *, private: bool) -> None:
-    """One sparse DP-SGD update (the shipped step; the audit runs this same function).
+    """One sparse DP-SGD update (the shipped step; tests/test_sparse.py runs it under Opacus with noise).
 
     Each parameter trains only its rows (dim 0) where ``mask`` is true. Before Opacus clips, the
     per-sample gradients are zeroed outside the mask, so the clip norm C bounds exactly the part of

@@ -121,7 +121,8 @@ def check_epsilon_delta(epsilon: float, delta: float) -> None:
 class PrivacyEvent:
     """What happened, once: one mechanism applied to one dataset (immutable)."""
 
-    mechanism: str  # "gaussian_sum_count" (hypernet, qem), "gaussian_sliced_rows" (slicing), "dpsgd_poisson_gaussian"
+    mechanism: str  # "gaussian_sum_count" (hypernet, qem), "gaussian_sliced_rows" (slicing), "gaussian_row_scores"
+    # (sparse's selection), "dpsgd_poisson_gaussian" (dpsgd, pda-dpmd, sparse)
     epsilon: float
     delta: float
     noise_multiplier: float  # sigma / sensitivity
@@ -197,6 +198,8 @@ def _pld_epsilon(events: list[PrivacyEvent], delta: float) -> float:
 
     acc = pld_privacy_accountant.PLDAccountant(value_discretization_interval=1e-3)
     for e in events:
+        if e.steps < 1:  # a run stopped before its first step released nothing
+            continue
         g = dpe.GaussianDpEvent(e.noise_multiplier)
         if e.sample_rate < 1.0:
             g = dpe.PoissonSampledDpEvent(e.sample_rate, g)

@@ -47,13 +47,17 @@ def test_calibration_composes_to_the_claim_and_agrees_with_an_independent_accoun
     (1% less noise exceeds it); Opacus' RDP accountant (independent code, an upper bound) agrees within its slack."""
     from opacus.accountants import RDPAccountant
 
+    from dphyper.privacy import analytic_gaussian_delta
+
     delta = 1e-5
     s1, s2 = calibrate(epsilon, delta, split, q, steps)
-    assert s1 == pytest.approx(calibrate_gaussian(epsilon=split * epsilon, delta=delta))
+    # The selection alone is (split * epsilon, delta)-DP, tightly (Balle-Wang's delta(eps) formula).
+    assert analytic_gaussian_delta(noise_multiplier=s1, epsilon=split * epsilon) <= delta
+    assert analytic_gaussian_delta(noise_multiplier=s1 * 0.999, epsilon=split * epsilon) > delta
     eps = composed_epsilon(s1, q, s2, steps, delta)
     assert epsilon * 0.99 <= eps <= epsilon
     assert composed_epsilon(s1, q, s2 * 0.99, steps, delta) > epsilon
-    # The ledger's total over the run's two events is the same number.
+    # The ledger's total over the run's two events is the same number (the calibration uses its accountant).
     ledger = PrivacyLedger()
     ledger.record(PrivacyEvent("gaussian_row_scores", split * epsilon, delta, s1, 1.0))
     ledger.record(PrivacyEvent("dpsgd_poisson_gaussian", math.nan, delta, s2, 1.0, sample_rate=q, steps=steps))
@@ -75,9 +79,11 @@ def test_a_split_that_leaves_nothing_for_dp_sgd_is_refused():
         SparseConfig(mask="oracle")
 
 
-def test_masked_step_clips_only_the_selected_rows_and_never_moves_the_others():
-    """Opacus with no noise: row 0 (selected) has per-example gradients below C, row 1 (not selected)
-    huge ones. Masking before the clip leaves row 0's gradient unscaled; row 1 never moves."""
+@pytest.mark.parametrize("sigma", [0.0, 1.0])
+def test_masked_step_clips_only_the_selected_rows_and_never_moves_the_others(sigma):
+    """Row 0 (selected) has per-example gradients below C, row 1 (not selected) huge ones. Masking before
+    the clip leaves row 0's gradient unscaled (no noise); with noise, row 1 still never moves (the noisy
+    gradient is masked too)."""
     from opacus import PrivacyEngine
     from torch.utils.data import TensorDataset
 
@@ -91,7 +97,7 @@ def test_masked_step_clips_only_the_selected_rows_and_never_moves_the_others():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model, opt, loader = make_private(PrivacyEngine(), model, opt, TensorDataset(x), batch_size=8, max_grad_norm=1.0,
-                                          sigma=0.0, device=torch.device("cpu"))
+                                          sigma=sigma, device=torch.device("cpu"))
     mask = [torch.tensor([True, False])]
     xb = x
     out = model(xb)
@@ -101,7 +107,10 @@ def test_masked_step_clips_only_the_selected_rows_and_never_moves_the_others():
     # Row 0: Opacus reads the summed loss as a mean (per-example gradient 8 x_i, norm < C: unclipped) and
     # divides by the expected batch of 8, so the step is -lr * sum x_i. Clipping the unmasked gradient
     # (row 1's 1e6 included) would have shrunk it a millionfold.
-    assert torch.allclose(w[0], -x.sum(0), atol=1e-7)
+    if sigma == 0:
+        assert torch.allclose(w[0], -x.sum(0), atol=1e-7)
+    else:
+        assert not torch.allclose(w[0], -x.sum(0), atol=1e-3)  # the noise landed on the selected row
     assert torch.equal(w[1], torch.zeros(3))
 
 
@@ -156,11 +165,21 @@ def test_controls_spend_everything_on_dp_sgd_and_noise_free_selection_follows_th
     models = PublicModels(torch.device("cpu"))
     m = get_method("sparse")
     bags = load_folder(EXAMPLES_DIR / "bags").images[:16]
+    trousers = load_folder(EXAMPLES_DIR / "trousers").images[:16]
     for mask in ("random", "public"):
-        res = run_method(m, bags, m.config_cls(epsilon=1.0, samples=0, max_steps=2, draws=1, groups=32, mask=mask,
-                                               public_pool=16), models)
-        assert [e.mechanism for e in res.events] == ["dpsgd_poisson_gaussian"]
-        assert res.report["epsilon_spent"] == pytest.approx(1.0, abs=0.01) and res.report["epsilon_selection"] == 0.0
+        rows = []
+        for images in (bags, trousers):  # the control's mask reads no private data: the same for both
+            res = run_method(m, images, m.config_cls(epsilon=1.0, samples=0, max_steps=2, draws=1, groups=32,
+                                                     mask=mask, public_pool=16), models)
+            assert [e.mechanism for e in res.events] == ["dpsgd_poisson_gaussian"]
+            ledger = PrivacyLedger()
+            ledger.record(res.events[0])
+            assert res.report["epsilon_spent"] == pytest.approx(ledger.total(delta=1e-5)[0])
+            assert res.report["epsilon_spent"] <= 1.0
+            assert res.events[0].epsilon == pytest.approx(res.report["epsilon_spent"])
+            assert res.report["epsilon_spent"] > 0.99
+            rows.append({k: v.tolist() for k, v in res.adapter.items() if k.endswith(".rows")})
+        assert rows[0] == rows[1]
     picked = {}
     for name in ("bags", "trousers"):
         images = load_folder(EXAMPLES_DIR / name).images[:16]
@@ -168,3 +187,21 @@ def test_controls_spend_everything_on_dp_sgd_and_noise_free_selection_follows_th
         assert res.events[0].mechanism == "gaussian_row_scores" and not res.events[0].private
         picked[name] = {k for k in res.adapter if k.endswith(".rows")}, res.report["groups_per_block"]
     assert picked["bags"] != picked["trousers"]
+
+
+@needs_models
+def test_an_images_score_does_not_depend_on_the_rest_of_its_batch():
+    """The selection's per-example claim: two batches that share only image 0, the same draws: image 0's
+    unit-norm score vector is the same (no cross-sample layer, no batch statistics)."""
+    from dphyper.config import EXAMPLES_DIR
+    from dphyper.data import load_folder
+    from dphyper.methods.sparse import example_scores
+
+    bags = load_folder(EXAMPLES_DIR / "bags").images[:8]
+    trousers = load_folder(EXAMPLES_DIR / "trousers").images[:8]
+    other = torch.cat([bags[:1], trousers[1:]])
+    cpu = torch.device("cpu")
+    sa = example_scores(bags, draws=1, device=cpu, generator=torch.Generator().manual_seed(3))
+    sb = example_scores(other, draws=1, device=cpu, generator=torch.Generator().manual_seed(3))
+    assert torch.allclose(unit_rows(sa)[0], unit_rows(sb)[0], atol=1e-6)
+    assert not torch.allclose(unit_rows(sa)[1], unit_rows(sb)[1], atol=1e-3)

@@ -14,7 +14,8 @@ In: private images (n, 1, 32, 32) in [-1, 1], the method's config dataclass (a
 * ``events``: what the run did to the private data, as immutable ``PrivacyEvent``s that a
   ledger composes;
 * ``owner``: an owner-only view (e.g. the exact mean); never written, never logged;
-* ``timings``: seconds per stage; never written (they can depend on the true n).
+* ``timings``: seconds per stage; never written (they can depend on the true n);
+* ``losses``: training losses on private batches (not DP): never written or shown.
 
 ``run_method`` is the one place that samples with a method's adapter, so "seconds to an
 adapter" and the samples mean the same thing for every method.
