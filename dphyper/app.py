@@ -320,8 +320,8 @@ LEDGER_RULES = (
     "n as public (their sampling rate and steps follow from n); the one-shot methods (hypernetwork, quadratic "
     "EM) release n with noise inside their one release; slicing hides n by padding its release to a public "
     "number of rows; DP sparse keeps n inside its noisy row scores, then treats n as public in its DP-SGD phase "
-    "(its report's sample rate and steps reveal about n / batch). Rows are not added up: DP sparse's selection "
-    "(0.2 ε) and its DP-SGD steps (≈ 0.97 ε alone) compose to ε. The total "
+    "(its report's sample rate and steps reveal about n / batch), and records two rows per run (its selection, "
+    "its DP-SGD steps) whose ε alone compose to the run's ε. The total "
     "is an (ε, δ) bound under add/remove-one with those schedules fixed.")
 
 
@@ -331,7 +331,7 @@ def _ledger_markdown(book: LedgerBook | None, fingerprints: frozenset | None) ->
     view = book.view(fingerprints)
     if not view.rows:
         return "No release on this data yet.  \n" + LEDGER_RULES
-    rows = ["| # | method | images used | ε | δ | noise σ/Δ | accountant |", "|---|---|---|---|---|---|---|"]
+    rows = ["| # | method | images used | ε (this row alone) | δ | noise σ/Δ | accountant |", "|---|---|---|---|---|---|---|"]
     for i, r in enumerate(view.rows, 1):
         e = r.event
         method = _ledger_method(r.method, e)
@@ -339,8 +339,9 @@ def _ledger_markdown(book: LedgerBook | None, fingerprints: frozenset | None) ->
         rows.append(f"| {i} | {method} | {used} | {e.epsilon:.3g} | {e.delta:g} | {e.noise_multiplier:.3f} | "
                     f"{e.accountant} |")
     rows += ["", f"**Total spent on these images: {total_text(view)}** — composed by {view.how}. Every run on the "
-             "same images is another look at them, so the budgets add up; rerunning until you like the result "
-             "spends privacy each time.", "", LEDGER_RULES]
+             "same images is another look at them, so spending accumulates (composed by the accountant, which is "
+             "less than the rows' plain sum); rerunning until you like the result spends privacy each time.", "",
+             LEDGER_RULES]
     return "\n".join(rows)
 
 
@@ -384,7 +385,8 @@ def _caption(method: str, report: dict, seconds: float) -> str:
                 f"cost ε {eps_text}, δ {report['delta']:g}) · {report.get('note', '')}")
     text = f"**{method}** — {seconds:.1f} s to {_weights_word(report)} and samples; ε spent {eps_text}, δ {report['delta']:g}"
     if report.get("epsilon_selection") not in (None, "inf") and report.get("mask") == "private":
-        text += (f" (selection ε {float(report['epsilon_selection']):.3g} + DP-SGD, composed) · "
+        text += (f" (its selection's ε {float(report['epsilon_selection']):.3g} and its DP-SGD's ε "
+                 f"{float(report['epsilon_dpsgd_alone']):.3g} alone compose to that) · "
                  f"{report['groups']} of {report['groups_total']} rows trained")
     if report.get("note"):  # a method's plain-language remark on this release (DP outputs only)
         text += f" · {report['note']}"
@@ -916,17 +918,20 @@ def build_demo():
             # API names are stable: /run_hypernet, /run_dpsgd, /run_pda_dpmd, ...
             ev = c["go"].click(runner(name), ins, outs, concurrency_limit=2 if method.one_shot else 1,
                                concurrency_id=f"run-{name}", api_name=f"run_{name.replace('-', '_')}")
-            ev.then(run_base_compare, [n_samples], [gal_b, cap_b], concurrency_limit=2, concurrency_id="base")
+            # The base model's column refreshes after a run that finished (not after a cancelled or failed one).
+            ev.success(run_base_compare, [n_samples], [gal_b, cap_b], concurrency_limit=2, concurrency_id="base")
             cancellable = [ev]
             if "refit" in c:
                 again = c["refit"].click(refit_runner(name), [data, n_samples, max_steps, ledgers, runs, bench_set],
                                          outs, concurrency_limit=1, concurrency_id=f"refit-{name}",
                                          api_name=f"refit_{name.replace('-', '_')}")
                 # A free re-fit has its own slot: one visitor's re-fit never queues another's first run.
-                again.then(run_base_compare, [n_samples], [gal_b, cap_b], concurrency_limit=2, concurrency_id="base")
+                again.success(run_base_compare, [n_samples], [gal_b, cap_b], concurrency_limit=2, concurrency_id="base")
                 cancellable.append(again)
             if "stop" in c:
-                c["stop"].click(None, None, None, cancels=cancellable)
+                # Gradio stops the event before the worker's own message can reach the page: say it here.
+                c["stop"].click(lambda label=method.label: f"**{label}** cancelled: nothing was released and no "
+                                "privacy was spent.", None, c["cap"], cancels=cancellable, queue=False)
         chosen.change(lambda picked: [gr.update(visible=n in (picked or [])) for n in cols], chosen,
                       [c["col"] for c in cols.values()], queue=False, show_progress="hidden")
         def on_unload(request: gr.Request) -> None:  # the tab was closed or reloaded

@@ -287,7 +287,9 @@ def advance_dpsgd(images: torch.Tensor, state: TrainState, *, max_steps: int = 0
     loader = DataLoader(TensorDataset(images), batch_size=min(cfg.batch_size, n), shuffle=True)  # non-private only
     model, engine = unet, None
     if state.private:
-        engine = PrivacyEngine(accountant=cfg.accountant, secure_mode=False)
+        with warnings.catch_warnings():  # "Secure RNG turned off": both private draws use OS-seeded generators
+            warnings.filterwarnings("ignore", message=".*[Ss]ecure RNG.*")
+            engine = PrivacyEngine(accountant=cfg.accountant, secure_mode=False)
         engine.accountant.history = list(state.history)  # the steps of earlier chunks
         model, opt, loader = make_private(engine, unet, opt, TensorDataset(images), batch_size=min(cfg.batch_size, n),
                                           max_grad_norm=cfg.max_grad_norm, sigma=state.sigma, device=device)

@@ -138,6 +138,12 @@ def test_sparse_delta_round_trip_touches_only_its_rows(tmp_path):
     loaded = load_sparse_delta_into(load_unet(device=torch.device("cpu")), tmp_path / "sparse_delta.safetensors")
     diff = loaded.get_parameter(name) - base.get_parameter(name)
     assert torch.allclose(diff[rows], torch.ones_like(diff[rows])) and diff[[0, 2, 3, 4]].abs().max() == 0
+    # A renamed download (a browser's "sparse_delta (1).safetensors") loads through the either-format loader too.
+    from dphyper.methods import load_adapter_into
+
+    (tmp_path / "sparse_delta.safetensors").rename(tmp_path / "mine (1).safetensors")
+    again = load_adapter_into(load_unet(device=torch.device("cpu")), tmp_path / "mine (1).safetensors")
+    assert torch.equal(again.get_parameter(name), loaded.get_parameter(name))
     # The same tensors for the app's UNet with LoRA slots (attention weights live under base_layer there).
     lora_unet = add_lora(load_unet(device=torch.device("cpu")))
     attn = "mid_block.attentions.0.to_q.weight"

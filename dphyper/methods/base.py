@@ -75,14 +75,16 @@ def save_adapter(result: MethodResult, out: Path, metadata: dict[str, str]) -> P
 
 
 def load_adapter_into(unet, path: Path):
-    """Load either adapter file into a base UNet (in place), by its file name: the documented way."""
+    """Load either adapter file into a base UNet (in place): the documented way. The format is read from the
+    file's keys (a sparse delta holds NAME.rows / NAME.delta pairs), so a renamed download loads too."""
+    from safetensors import safe_open
+
     from ..lora import load_lora_into
     from .sparse import load_sparse_delta_into
 
-    path = Path(path)
-    if path.name == ADAPTER_FILES["sparse"]:
-        return load_sparse_delta_into(unet, path)
-    return load_lora_into(unet, path)
+    with safe_open(str(path), framework="pt") as f:
+        sparse = any(k.endswith(".rows") for k in f.keys())
+    return load_sparse_delta_into(unet, path) if sparse else load_lora_into(unet, path)
 
 
 @dataclass(frozen=True)

@@ -449,8 +449,8 @@ def identity() -> dict:
 
 def _stage2(n: int) -> list[dict]:
     """Around stage 1's best: sparsity, the budget split, the clip norm, and the two mask controls."""
-    return [{"groups": 64}, {"groups": 1024}, {"split": 0.1}, {"split": 0.4}, {"max_grad_norm": 1.0},
-            {"mask": "random"}, {"mask": "public"}]
+    return [{"mask": "random"}, {"mask": "public"}, {"groups": 64}, {"groups": 1024}, {"split": 0.4},
+            {"split": 0.1}, {"max_grad_norm": 1.0}]
 
 
 SWEEP = {"stage1": [{"lr": lr, "epochs": ep} for lr in (3e-4, 1e-3, 3e-3) for ep in (10.0, 50.0)],
@@ -458,4 +458,5 @@ SWEEP = {"stage1": [{"lr": lr, "epochs": ep} for lr in (3e-4, 1e-3, 3e-3) for ep
 
 SPARSE = Method(name="sparse", label="DP sparse", config_cls=SparseConfig, train=train, one_shot=False,
                 noise="once into row scores (which weights), then every step into their clipped gradients",
-                identity=identity, sweep=SWEEP, cost=cost, adapter_format="sparse")
+                identity=identity, sweep=SWEEP, cost=cost, adapter_format="sparse",
+                duration="minutes on CPU: 0.3 s per image, then DP-SGD")
