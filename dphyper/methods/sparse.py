@@ -48,6 +48,9 @@ trained delta is post-processing. The controls ``mask=random`` (a seeded random 
 size) and ``mask=public`` (scores of public Fashion-MNIST train images, no noise) read no private
 data before DP-SGD, so the whole budget goes to DP-SGD.
 
+**Where it runs:** the selection and DP-SGD on ``models.device``; on a ZeroGPU Space the selection is
+one GPU call (no progress or Cancel inside it) and DP-SGD runs in DP-SGD's short chunks.
+
 **What is released:** the sparse delta (rows and their new minus base values; ``sparse_delta.safetensors``,
 loaded with ``load_sparse_delta_into``), the samples, and a report of DP outputs and public settings
 (which groups were chosen, per block, is post-processing of S~).
@@ -66,6 +69,7 @@ import torch
 
 from ..dpsgd import DPSGDConfig, TrainState, schedule, train_dpsgd
 from ..errors import Cancelled
+from ..gpu import ZERO_GPU, gpu
 from ..privacy import (PrivacyEvent, _pld_epsilon, calibrate_gaussian, check_epsilon_delta, clip_embeddings,
                        private_generator)
 from .base import Method, MethodResult
@@ -196,6 +200,16 @@ def example_scores(images: torch.Tensor, *, draws: int, device: torch.device, ge
     finally:
         gsm._close()
     return torch.cat(out)
+
+
+def _scores_duration(images, draws, device) -> int:
+    return 60 + len(images) * draws // 20  # ZeroGPU seconds: loading, then ~20 example-gradients a second at least
+
+
+@gpu(duration=_scores_duration)
+def _scores_gpu_call(images: torch.Tensor, draws: int, device: torch.device) -> torch.Tensor:
+    """The selection's scores as one GPU call (ZeroGPU: another process, no progress or Cancel inside)."""
+    return example_scores(images, draws=draws, device=device, generator=private_generator(device))
 
 
 def unit_rows(scores: torch.Tensor) -> torch.Tensor:
@@ -354,9 +368,11 @@ def train(images: torch.Tensor, cfg: SparseConfig, models, *, progress=None, can
     t = time.perf_counter()
     events: list[PrivacyEvent] = []
     if selects:
+        scores = (_scores_gpu_call(images, cfg.draws, device) if ZERO_GPU else
+                  example_scores(images, draws=cfg.draws, device=device, generator=private_generator(device),
+                                 progress=progress, cancel=cancel, stage="selection: "))
         rel = release_scores(
-            example_scores(images, draws=cfg.draws, device=device, generator=private_generator(device),
-                           progress=progress, cancel=cancel, stage="selection: "),
+            scores,
             epsilon=cfg.split * cfg.epsilon if private else math.inf, delta=cfg.delta, noise_multiplier=s1)
         if cancel is not None and cancel.is_set():
             raise Cancelled("run cancelled; nothing was released.")
