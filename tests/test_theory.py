@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dphyper.theory import (TheoryConfig, dpsgd_sigma, oneshot_closed_form, oneshot_lambda, oneshot_simulate,
-                            rows)
+                            qem_simulate, rows)
 from dphyper.privacy import calibrate_gaussian
 
 
@@ -20,6 +20,20 @@ def test_simulation_matches_closed_form(eps, n, d):
     # (F4). The fitted public map adds a bias of order 1/public_sets, far below both.
     assert abs(sim.mean() - cf) < 4 * se + 1e-3 * cf, (sim.mean(), cf, se)
     assert abs(sim.mean() / cf - 1) < 0.05
+
+
+@pytest.mark.parametrize("eps,n,d", [(0.25, 100, 10), (1.0, 300, 20), (4.0, 1000, 5)])
+def test_parameter_space_newton_step_matches_its_closed_form_and_shrinkage_helps(eps, n, d):
+    """The quadratic EM's line: the plain Newton step's simulated risk is the closed form with lambda = 1
+    (the same agreement check as the one-shot line); James-Stein shrinkage from the release alone lowers
+    it, and it cannot beat the public prior's optimal map by more than the simulation's noise."""
+    reps = 4000
+    plain = qem_simulate(eps, n, d, reps=reps, seed=11, shrink=False)
+    cf = oneshot_closed_form(eps, n, d, lam=1.0)
+    assert abs(plain.mean() - cf) < 4 * plain.std() / math.sqrt(reps) + 1e-3 * cf
+    shrunk = qem_simulate(eps, n, d, reps=reps, seed=11)
+    assert shrunk.mean() <= plain.mean() * 1.001
+    assert shrunk.mean() >= oneshot_closed_form(eps, n, d) * 0.97
 
 
 def test_oneshot_risk_decreases_with_epsilon_and_n():
@@ -57,6 +71,7 @@ def test_rows_shape_for_the_cli():
     row = out[0]
     assert {"epsilon", "n", "d", "hypernet", "dpsgd"} <= set(row)
     assert row["hypernet"]["closed_form"] > 0 and row["dpsgd"]["closed_form"] is None
+    assert row["qem"]["closed_form_newton"] >= row["hypernet"]["closed_form"] and row["qem"]["mean"] > 0
     assert row["dpsgd"]["mean"] > 0 and row["hypernet"]["std"] >= 0
 
 
@@ -69,12 +84,14 @@ def test_tab_figure_marks_epsilon_and_reads_stored_curves():
     ns, ds = theory_tab.grid_values()
     fig_a = theory_tab.figure(0.0, ns[0], ds[0])
     fig_b = theory_tab.figure(1.0, ns[0], ds[0])
-    assert [t.name for t in fig_a.data] == ["one-shot, closed form", "one-shot, simulated", "DP-SGD, simulated"]
+    assert [t.name for t in fig_a.data] == ["one-shot, closed form", "parameter space, Newton step, closed form",
+                                            "one-shot, simulated", "parameter space (quadratic EM), simulated",
+                                            "DP-SGD, simulated"]
     assert fig_a.layout.shapes[0].x0 == pytest.approx(1.0) and fig_b.layout.shapes[0].x0 == pytest.approx(10.0)
     # stored closed forms are what the live formula gives (the file is not stale)
     r = rows_[0]
     assert r["hypernet"]["closed_form"] == pytest.approx(oneshot_closed_form(r["epsilon"], r["n"], r["d"]), rel=1e-6)
-    assert "×" in theory_tab.reading(0.0, ns[0], ds[0])
+    assert "×" in theory_tab.reading(0.0, ns[0], ds[0]) and "quadratic EM" in theory_tab.reading(0.0, ns[0], ds[0])
 
 
 def test_dpsgd_cannot_beat_the_sample_mean():
