@@ -266,7 +266,7 @@ def bench_sparse(cfg: BenchConfig) -> dict:
     from .dpsgd import TrainState, advance_dpsgd
     from .privacy import private_generator
 
-    d = resolve(SparseConfig())
+    d = resolve(SparseConfig(), 100)
     k, device = d.groups, torch.device("cpu")
     G = sum(layer.rows for layer in layers_of(load_unet(device=device)))
     res: dict = {"machine": machine(), "groups": k, "groups_total": G, "draws": d.draws, "split": d.split, "sets": {}}

@@ -75,8 +75,20 @@ from ..privacy import (PrivacyEvent, _pld_epsilon, calibrate_gaussian, check_eps
 from .base import Method, MethodResult
 
 MASKS = ("private", "random", "public")
-# Public settings of DP-SGD on the selected rows before the public sweep (docs/BENCHMARKS.md) sets them.
-DEFAULTS = {"lr": 1e-3, "max_grad_norm": 0.01, "epochs": 10.0, "batch_size": 64}
+# DP-SGD's settings on the selected rows, per size regime (DP-SGD's phase treats n as public, as Opacus
+# does, so choosing by n costs nothing; the selection does not need n). n <= 316: stage 1 of the public
+# sweep on public-coats-100 at epsilon = 1 (lr x epochs; docs/BENCHMARKS.md). Larger n: not swept yet
+# (public-mixed-1000 is next): the pre-sweep settings, which keep a CPU run at n = 1,000 near 15 minutes.
+TUNED = (
+    {"n_max": 316, "tuned_on": "public-coats-100", "lr": 3e-3, "max_grad_norm": 0.01, "epochs": 50.0,
+     "batch_size": 64},
+    {"n_max": None, "tuned_on": None, "lr": 1e-3, "max_grad_norm": 0.01, "epochs": 10.0, "batch_size": 64},
+)
+
+
+def defaults(n: int) -> dict:
+    row = next(r for r in TUNED if r["n_max"] is None or n <= r["n_max"])
+    return {k: row[k] for k in ("lr", "max_grad_norm", "epochs", "batch_size")}
 SCORE_BATCH = 8  # images per per-example-gradient batch of the selection (times ``draws`` rows)
 
 
@@ -101,9 +113,9 @@ class SparseConfig(DPSGDConfig):
             raise ValueError("groups, draws and public_pool must be >= 1")
 
 
-def resolve(cfg: SparseConfig) -> SparseConfig:
-    """Fill every 0 DP-SGD setting with the method's default (explicit values win)."""
-    return replace(cfg, **{k: v for k, v in DEFAULTS.items() if not getattr(cfg, k)})
+def resolve(cfg: SparseConfig, n: int) -> SparseConfig:
+    """Fill every 0 DP-SGD setting with the method's default for n images (explicit values win)."""
+    return replace(cfg, **{k: v for k, v in defaults(n).items() if not getattr(cfg, k)})
 
 
 # ---------------------------------------------------------------- groups
@@ -354,9 +366,9 @@ def _public_mask_scores(cfg: SparseConfig, device: torch.device, progress, cance
 def train(images: torch.Tensor, cfg: SparseConfig, models, *, progress=None, cancel=None) -> MethodResult:
     from ..diffusion import load_unet
 
-    cfg = resolve(cfg)
-    device = models.device
     n = len(images)
+    cfg = resolve(cfg, n)
+    device = models.device
     private = math.isfinite(cfg.epsilon)
     timings: dict[str, float] = {}
     q, planned, steps = schedule(n, cfg)
@@ -449,7 +461,7 @@ def train(images: torch.Tensor, cfg: SparseConfig, models, *, progress=None, can
 
 def cost(hp: dict, n: int) -> int:
     """Example-gradient evaluations: the selection's scores (or the public pool's) plus DP-SGD's steps."""
-    d = {**DEFAULTS, "draws": 4, "mask": "private", "public_pool": 256, **hp}
+    d = {**defaults(n), "draws": 4, "mask": "private", "public_pool": 256, **hp}
     batch = min(d["batch_size"], n)
     q = 1.0 / math.ceil(n / batch)
     steps = math.ceil(d["epochs"] / q)
@@ -459,7 +471,7 @@ def cost(hp: dict, n: int) -> int:
 
 def identity() -> dict:
     d = SparseConfig()
-    return {"defaults": dict(DEFAULTS), "groups": d.groups, "split": d.split, "draws": d.draws,
+    return {"tuned": [dict(r) for r in TUNED], "groups": d.groups, "split": d.split, "draws": d.draws,
             "group": "conv/linear rows + group-norm channels, RMS score, unit-norm"}
 
 
