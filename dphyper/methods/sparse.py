@@ -207,8 +207,11 @@ def example_scores(images: torch.Tensor, *, draws: int, device: torch.device, ge
             out.append(torch.cat(sq, 1).double().cpu())
             if progress is not None:
                 el = time.perf_counter() - t0
-                progress({"step": b + 1, "total": batches, "epsilon_spent": 0.0, "eta_seconds": el / (b + 1) * (batches - b - 1),
-                          "desc": f"{stage}scoring the UNet's rows: batch {b + 1} / {batches}"})
+                left = el / (b + 1) * (batches - b - 1)
+                # The ETA is this stage's only: said in the words (eta_seconds None: the app adds no second ETA).
+                progress({"step": b + 1, "total": batches, "epsilon_spent": 0.0, "eta_seconds": None,
+                          "desc": f"{stage}scoring the UNet's rows, batch {b + 1} / {batches}, about {left:.0f} s "
+                                  "left in this stage"})
     finally:
         gsm._close()
     return torch.cat(out)
@@ -382,7 +385,7 @@ def train(images: torch.Tensor, cfg: SparseConfig, models, *, progress=None, can
     if selects:
         scores = (_scores_gpu_call(images, cfg.draws, device) if ZERO_GPU else
                   example_scores(images, draws=cfg.draws, device=device, generator=private_generator(device),
-                                 progress=progress, cancel=cancel, stage="selection: "))
+                                 progress=progress, cancel=cancel, stage="stage 1 of 2 (choosing rows, then DP-SGD): "))
         rel = release_scores(
             scores,
             epsilon=cfg.split * cfg.epsilon if private else math.inf, delta=cfg.delta, noise_multiplier=s1)
