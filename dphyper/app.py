@@ -20,6 +20,7 @@ Privacy in the app:
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -658,9 +659,33 @@ def dpsgd_plan(data: dict | None, log_eps: float, no_privacy: bool, delta: float
         return text + ", no noise (ε = ∞)."
     try:
         sigma = dpsgd_noise_multiplier(epsilon=10 ** log_eps, delta=delta, sample_rate=q, steps=steps)
-        return text + f", noise multiplier σ = {sigma:.2f} per step (Opacus PRV accountant)."
+        text += f", noise multiplier σ = {sigma:.2f} per step (Opacus PRV accountant)."
     except Exception:  # noqa: BLE001 - the accountant's search can fail at extreme settings
-        return text + "."
+        text += "."
+    return text + "  \n" + _sparse_plan(n, 10 ** log_eps, delta, int(max_steps or 0))
+
+
+def schedule_for(n: int, cfg):
+    from .dpsgd import schedule
+
+    return schedule(n, cfg)
+
+
+@functools.lru_cache(maxsize=256)
+def _sparse_plan(n: int, epsilon: float, delta: float, max_steps: int) -> str:
+    """What the DP sparse button will do: its selection's and its DP-SGD's noise, composed to epsilon
+    (a PLD bisection of about a second; cached, since slider positions repeat)."""
+    from .methods.sparse import SparseConfig, calibrate, resolve
+
+    d = resolve(SparseConfig(max_steps=max_steps), n)
+    q, _, steps = schedule_for(n, d)
+    try:
+        s1, s2 = calibrate(epsilon, delta, d.split, q, steps)
+    except Exception:  # noqa: BLE001 - an extreme epsilon: the run itself says why
+        return ""
+    return (f"DP sparse plan: {d.groups} rows chosen by one release with noise σ = {s1:.1f} ({d.split:g} of ε alone), "
+            f"then {steps} DP-SGD steps on them (lr {d.lr:g}, clip C {d.max_grad_norm:g}) with σ = {s2:.2f}; "
+            "the PLD accountant composes both to ε.")
 
 
 @gpu

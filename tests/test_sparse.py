@@ -211,3 +211,16 @@ def test_an_images_score_does_not_depend_on_the_rest_of_its_batch():
     sb = example_scores(other, draws=1, device=cpu, generator=torch.Generator().manual_seed(3))
     assert torch.allclose(unit_rows(sa)[0], unit_rows(sb)[0], atol=1e-6)
     assert not torch.allclose(unit_rows(sa)[1], unit_rows(sb)[1], atol=1e-3)
+
+
+def test_the_app_plans_both_phases_before_a_run():
+    """The plan line under the ε slider states the selection's and DP-SGD's noise the run will use."""
+    from dphyper.app import dpsgd_plan
+    from dphyper.dpsgd import schedule
+    from dphyper.methods.sparse import resolve
+
+    text = dpsgd_plan({"n": 100}, 0.0, False, 1e-5, 0)
+    d = resolve(SparseConfig(), 100)
+    q, _, steps = schedule(100, d)
+    s1, s2 = calibrate(1.0, 1e-5, d.split, q, steps)
+    assert f"σ = {s1:.1f}" in text and f"{steps} DP-SGD steps" in text and f"σ = {s2:.2f}" in text
