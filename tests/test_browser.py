@@ -44,6 +44,8 @@ def test_upload_folder_move_slider_run_and_compare(page, tmp_path):
         shutil.copy(p, folder / p.name)
     (folder / "notes.txt").write_text("not an image")
     # The upload is on the page, not behind a closed accordion.
+    # The title renders before every component has mounted (seconds on a loaded machine): wait for the box.
+    page.wait_for_selector("input[webkitdirectory]", state="attached", timeout=30000)
     assert page.locator("input[webkitdirectory]").count() == 1
     page.locator("input[webkitdirectory]").set_input_files(str(folder))
     page.wait_for_selector("text=40 images", timeout=60000)
