@@ -373,17 +373,16 @@ def _owner_agreement(samples, images) -> float:
     return class_agreement(classify(samples, ev), ref / ref.sum())
 
 
-def _weights_word(report: dict) -> str:
-    return "a sparse delta of the UNet" if report.get("method") == "sparse" else "a LoRA"
+WEIGHTS_WORDS = {"lora": "a LoRA", "sparse": "a sparse delta of the UNet"}  # by adapter format
 
 
-def _caption(method: str, report: dict, seconds: float) -> str:
+def _caption(method: str, report: dict, seconds: float, adapter_format: str = "lora") -> str:
     eps = report.get("epsilon_spent", report["epsilon"])
     eps_text = "∞ (no privacy)" if eps == "inf" else f"{float(eps):.3g}"
     if report.get("refit"):  # post-processing of an earlier release
-        return (f"**{method}** — {seconds:.1f} s to {_weights_word(report)} and samples; no ε spent (re-uses the release that "
+        return (f"**{method}** — {seconds:.1f} s to {WEIGHTS_WORDS[adapter_format]} and samples; no ε spent (re-uses the release that "
                 f"cost ε {eps_text}, δ {report['delta']:g}) · {report.get('note', '')}")
-    text = f"**{method}** — {seconds:.1f} s to {_weights_word(report)} and samples; ε spent {eps_text}, δ {report['delta']:g}"
+    text = f"**{method}** — {seconds:.1f} s to {WEIGHTS_WORDS[adapter_format]} and samples; ε spent {eps_text}, δ {report['delta']:g}"
     if report.get("epsilon_selection") not in (None, "inf") and report.get("mask") == "private":
         text += (f" (its selection's ε {float(report['epsilon_selection']):.3g} and its DP-SGD's ε "
                  f"{float(report['epsilon_dpsgd_alone']):.3g} alone compose to that) · "
@@ -446,17 +445,15 @@ def _finish(method, result, data: dict, epsilon: float, seconds: float, book: Le
     returned): a run that finishes later cannot overwrite another run's ledger row.
     """
     from .data import to_uint8_images
-    from .methods import write_outputs
+    from .methods import ADAPTER_FILES, write_outputs
 
     for event in result.events:
         book.record(data["fingerprints"], event, method.name)
-    from .methods import ADAPTER_FILES
-
     out = _run_dir()
     write_outputs(result, out)
     agreement = _owner_agreement(result.samples, data["images"])
     _plot_point(runs, method, epsilon, agreement, release_tag, refit)
-    caption = _caption(method.label, result.report, seconds)
+    caption = _caption(method.label, result.report, seconds, result.adapter_format)
     if result.report.get("steps"):
         caption += f" · {result.report['steps']} steps"
     noise_fig = gr.skip()
@@ -664,21 +661,16 @@ def dpsgd_plan(data: dict | None, log_eps: float, no_privacy: bool, delta: float
     return text + "  \n" + _sparse_plan(n, 10 ** log_eps, delta, int(max_steps or 0))
 
 
-def schedule_for(n: int, cfg):
-    from .dpsgd import schedule
-
-    return schedule(n, cfg)
-
-
 def _sparse_plan(n: int, epsilon: float, delta: float, max_steps: int) -> str:
     """What the DP sparse button will do. The selection's noise is the analytic Gaussian's (instant);
     DP-SGD's sigma comes from a PLD bisection of about a second, too slow for every slider move, so the
     plan names the rule and the report gives the number."""
+    from .dpsgd import schedule
     from .methods.sparse import SparseConfig, resolve
     from .privacy import calibrate_gaussian
 
     d = resolve(SparseConfig(max_steps=max_steps), n)
-    q, _, steps = schedule_for(n, d)
+    _, _, steps = schedule(n, d)
     try:
         s1 = calibrate_gaussian(epsilon=d.split * epsilon, delta=delta)
     except ValueError:

@@ -259,16 +259,17 @@ def bench_sparse(cfg: BenchConfig) -> dict:
     import resource
 
     from .compare import SWEEP_SETS, build_set
-    from .dpsgd import schedule
-    from .methods.sparse import (SparseConfig, calibrate, example_scores, layers_of, masks_from_groups,
+    from .dpsgd import TrainState, advance_dpsgd, schedule
+    from .methods.sparse import (SparseConfig, example_scores, group_count, layers_of, masks_from_groups,
                                  release_scores, resolve, top_groups)
     from .diffusion import load_unet
-    from .dpsgd import TrainState, advance_dpsgd
-    from .privacy import private_generator
+    from .privacy import calibrate_gaussian
 
     d = resolve(SparseConfig(), 100)
     k, device = d.groups, torch.device("cpu")
-    G = sum(layer.rows for layer in layers_of(load_unet(device=device)))
+    base = load_unet(device=device)
+    layers = layers_of(base)
+    G = group_count(layers)
     res: dict = {"machine": machine(), "groups": k, "groups_total": G, "draws": d.draws, "split": d.split, "sets": {}}
     epsilons = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
     g = torch.Generator().manual_seed(cfg.seed)
@@ -279,10 +280,9 @@ def bench_sparse(cfg: BenchConfig) -> dict:
         secs = time.perf_counter() - t
         exact = set(top_groups(release_scores(scores, epsilon=math.inf, delta=d.delta, noise_multiplier=0.0).scores,
                                k).tolist())
-        q, _, steps = schedule(len(images), d)
         row = {"n": len(images), "selection_seconds": secs, "seconds_per_image": secs / len(images), "overlap": {}}
         for eps in epsilons:
-            s1, _ = calibrate(eps, d.delta, d.split, q, steps)
+            s1 = calibrate_gaussian(epsilon=d.split * eps, delta=d.delta)  # the selection's own noise
             kept = [len(exact & set(top_groups(release_scores(scores, epsilon=d.split * eps, delta=d.delta,
                                                               noise_multiplier=s1, generator=g).scores, k).tolist()))
                     for _ in range(20)]
@@ -294,21 +294,20 @@ def bench_sparse(cfg: BenchConfig) -> dict:
     # One masked DP-SGD step at the default batch (64 of public-coats-100), the default mask size.
     images = build_set(SWEEP_SETS[0], REPO_DIR / "bench")["private"]
     q, planned, _ = schedule(len(images), d)
-    mask = masks_from_groups(layers_of(load_unet(device=device)),
-                             torch.randperm(G, generator=torch.Generator().manual_seed(0))[:k])
+    mask = masks_from_groups(layers, torch.randperm(G, generator=torch.Generator().manual_seed(0))[:k])
     state = TrainState(cfg=d, q=q, planned=planned, total_steps=6, sigma=1.0, mask=mask)
     state = advance_dpsgd(images, state, max_steps=1, device=device)  # warm-up
     t = time.perf_counter()
     state = advance_dpsgd(images, state, max_steps=5, device=device)
     res["dpsgd_seconds_per_step"] = (time.perf_counter() - t) / 5
-    res["trained_weights"] = int(sum(int(m.sum()) * (p_numel // len(m)) for m, p_numel in
-                                     ((mask[name], load_unet(device=device).get_parameter(name).numel()) for name in mask)))
+    res["trained_weights"] = int(sum(int(m.sum()) * (base.get_parameter(name).numel() // len(m))
+                                     for name, m in mask.items()))
     res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     random_overlap = k / G
     lines = [f"Machine: {res['machine']}. Public sets only (train split). Defaults: {k} of {G} groups, {d.draws} draws "
              f"per image, split {d.split} (the selection's share of ε), DP-SGD batch {d.batch_size}.",
              "",
-             f"- selection (per-example gradients of the whole UNet, Opacus hooks): " +
+             "- selection (per-example gradients of the whole UNet, Opacus hooks): " +
              "; ".join(f"{r['selection_seconds']:.0f} s for n = {r['n']} ({r['seconds_per_image']:.2f} s per image)"
                        for r in res["sets"].values()),
              f"- one masked DP-SGD step at batch {d.batch_size}: {res['dpsgd_seconds_per_step']:.2f} s "
@@ -323,7 +322,7 @@ def bench_sparse(cfg: BenchConfig) -> dict:
              "|---|---|" + "---|" * len(epsilons)]
     for name, r in res["sets"].items():
         lines.append(f"| {name} | {r['n']} | " + " | ".join(f"{r['overlap'][str(e)]['mean']:.2f}" for e in epsilons) + " |")
-    write_section(cfg.doc, "sparse", f"## DP sparse fine-tuning: cost and selection (`python -m dphyper bench --suite sparse`)\n\n"
+    write_section(cfg.doc, "sparse", "## DP sparse fine-tuning: cost and selection (`python -m dphyper bench --suite sparse`)\n\n"
                   + "\n".join(lines))
     return res
 

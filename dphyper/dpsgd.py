@@ -72,19 +72,19 @@ TUNED = (
 )
 
 
-def tuned_defaults(n: int) -> dict:
-    """The sweep's hyperparameters for a private set of n images."""
-    for row in TUNED:
+def tuned_defaults(n: int, table: tuple[dict, ...] = TUNED) -> dict:
+    """The sweep's hyperparameters for a private set of n images (``table``: a method's per-regime rows)."""
+    for row in table:
         if row["n_max"] is None or n <= row["n_max"]:
             return {k: row[k] for k in ("lr", "max_grad_norm", "epochs", "batch_size")}
     raise AssertionError("unreachable")
 
 
-def resolve(cfg: "DPSGDConfig", n: int) -> "DPSGDConfig":
+def resolve(cfg: "DPSGDConfig", n: int, table: tuple[dict, ...] = TUNED) -> "DPSGDConfig":
     """Fill every 0 hyperparameter with the tuned default for this n (explicit values win)."""
     from dataclasses import replace
 
-    tuned = tuned_defaults(n)
+    tuned = tuned_defaults(n, table)
     return replace(cfg, **{k: v for k, v in tuned.items() if not getattr(cfg, k)})
 
 

@@ -67,7 +67,8 @@ from pathlib import Path
 
 import torch
 
-from ..dpsgd import DPSGDConfig, TrainState, schedule, train_dpsgd
+from ..dpsgd import DPSGDConfig, TrainState, schedule, train_dpsgd, tuned_defaults
+from ..dpsgd import resolve as resolve_dpsgd
 from ..errors import Cancelled
 from ..gpu import ZERO_GPU, gpu
 from ..privacy import (PrivacyEvent, _pld_epsilon, calibrate_gaussian, check_epsilon_delta, clip_embeddings,
@@ -84,11 +85,6 @@ TUNED = (
      "batch_size": 64},
     {"n_max": None, "tuned_on": None, "lr": 1e-3, "max_grad_norm": 0.01, "epochs": 10.0, "batch_size": 64},
 )
-
-
-def defaults(n: int) -> dict:
-    row = next(r for r in TUNED if r["n_max"] is None or n <= r["n_max"])
-    return {k: row[k] for k in ("lr", "max_grad_norm", "epochs", "batch_size")}
 SCORE_BATCH = 8  # images per per-example-gradient batch of the selection (times ``draws`` rows)
 
 
@@ -115,7 +111,7 @@ class SparseConfig(DPSGDConfig):
 
 def resolve(cfg: SparseConfig, n: int) -> SparseConfig:
     """Fill every 0 DP-SGD setting with the method's default for n images (explicit values win)."""
-    return replace(cfg, **{k: v for k, v in defaults(n).items() if not getattr(cfg, k)})
+    return resolve_dpsgd(cfg, n, TUNED)
 
 
 # ---------------------------------------------------------------- groups
@@ -378,7 +374,8 @@ def train(images: torch.Tensor, cfg: SparseConfig, models, *, progress=None, can
     selects = cfg.mask == "private"
     s1, s2 = (calibrate(cfg.epsilon, cfg.delta, cfg.split if selects else None, q, steps) if private
               else (0.0 if selects else None, 0.0))
-    layers = layers_of(load_unet(device=torch.device("cpu")))
+    base = load_unet(device=torch.device("cpu"))  # the public base weights: the groups, then the delta
+    layers = layers_of(base)
     G = group_count(layers)
     t = time.perf_counter()
     events: list[PrivacyEvent] = []
@@ -417,7 +414,6 @@ def train(images: torch.Tensor, cfg: SparseConfig, models, *, progress=None, can
     # accountant that calibrated sigma_2, not Opacus' PRV (which reads about 1% higher for the same steps).
     alone = composed_epsilon(None, q, s2, res.event.steps, cfg.delta) if private else math.inf
     events.append(replace(res.event, epsilon=alone, accountant="pld (dp_accounting)" if private else res.event.accountant))
-    base = load_unet(device=torch.device("cpu"))
     delta = {}
     for name, m in mask.items():
         rows = m.nonzero().flatten()
@@ -426,13 +422,9 @@ def train(images: torch.Tensor, cfg: SparseConfig, models, *, progress=None, can
     trained = sum(int(v.numel()) for k, v in delta.items() if k.endswith(".delta"))
     total_eps = composed_epsilon(s1 if selects else None, q, s2, res.event.steps, cfg.delta) if private else math.inf
     per_block: dict[str, int] = {}
-    at = 0
-    flags = torch.zeros(G, dtype=torch.bool)
-    flags[chosen] = True
     for layer in layers:
-        k = int(flags[at:at + layer.rows].sum())
-        at += layer.rows
-        if k:
+        if layer.params[0] in mask:
+            k = int(mask[layer.params[0]].sum())
             block = ".".join(layer.module.split(".")[:2]) if layer.module.split(".")[0] in ("down_blocks", "up_blocks") \
                 else layer.module.split(".")[0]
             per_block[block] = per_block.get(block, 0) + k
@@ -464,7 +456,7 @@ def train(images: torch.Tensor, cfg: SparseConfig, models, *, progress=None, can
 
 def cost(hp: dict, n: int) -> int:
     """Example-gradient evaluations: the selection's scores (or the public pool's) plus DP-SGD's steps."""
-    d = {**defaults(n), "draws": 4, "mask": "private", "public_pool": 256, **hp}
+    d = {**tuned_defaults(n, TUNED), "draws": 4, "mask": "private", "public_pool": 256, **hp}
     batch = min(d["batch_size"], n)
     q = 1.0 / math.ceil(n / batch)
     steps = math.ceil(d["epochs"] / q)
