@@ -491,7 +491,9 @@ def bench_compare(cfg: BenchConfig) -> dict:
     write_section(cfg.doc, "compare" if full else "compare-quick" if cfg.quick else "compare-partial",
                   compare_table(curv, summ, tg, res, st))
     res["targets"] = tg
-    (out / "results.json").write_text(json.dumps(res, indent=1, default=str))
+    from .compare import _merge_cell
+
+    _merge_cell(out / "results.json", res)  # other comparison processes may be writing cells too
     return {"targets": tg, "settings": settings}
 
 

@@ -319,16 +319,21 @@ def sweep_plan(method: str, n: int, done: dict, set_name: str) -> list[tuple[flo
     return out
 
 
-def _merge_cell(path: Path, res: dict, key: str, cell: dict, set_name: str) -> dict:
-    """Add one cell to the sweep file under an exclusive lock, keeping cells other processes wrote."""
+def _merge_cell(path: Path, res: dict, key: str | None = None, cell: dict | None = None,
+                set_name: str | None = None) -> dict:
+    """Save ``res`` (plus one new cell) under an exclusive lock, keeping the cells and sets other processes
+    wrote meanwhile: the sweep and the comparison both run as several processes at once."""
     import fcntl
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         disk = _load(path)
-        merged = {**res, "cells": {**res["cells"], **disk.get("cells", {}), key: cell},
-                  "sets": {**res.get("sets", {}), **disk.get("sets", {}), set_name: res["sets"][set_name]}}
+        new = {key: cell} if key is not None else {}
+        sets = {**res.get("sets", {}), **disk.get("sets", {})}
+        if set_name is not None:
+            sets[set_name] = res["sets"][set_name]
+        merged = {**res, "cells": {**res.get("cells", {}), **disk.get("cells", {}), **new}, "sets": sets}
         _save(path, merged)
     return merged
 
@@ -441,8 +446,11 @@ def run_compare(settings: CompareSettings, log=print) -> dict:
     res = _load(path)
     res.setdefault("cells", {})
     res.setdefault("sets", {})
+    from .methods import METHODS
+
     res["methods"] = list(st.methods)
-    res["method_ids"] = {m: method_id(m, st.overrides.get(m)) for m in (*st.methods, "nonprivate")}
+    # Every method's id, not only this run's: another process's cells stay valid in the file and the tables.
+    res["method_ids"] = {m: method_id(m, st.overrides.get(m)) for m in (*METHODS, "nonprivate")}
     from .models import shared_models
 
     models = shared_models()  # the process's public models: one place, no method
@@ -469,13 +477,11 @@ def run_compare(settings: CompareSettings, log=print) -> dict:
         cell.update({"set": name, "repeat": rep, "method_id": res["method_ids"].get(method)})
         if method == "base":
             cell["epsilon"] = None
-        res["cells"][key] = cell
-        _save(path, res)
+        res = _merge_cell(path, res, key, cell, name)
         log(f"{key}: FID {cell['fid']:.1f} agreement {cell['agreement']:.3f} ({cell['seconds_cell']:.0f} s)")
     res["last_run"] = {"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(st).items()},
                        "seconds": time.perf_counter() - t_start}
-    _save(path, res)
-    return res
+    return _merge_cell(path, res)
 
 
 def table_cells(res: dict, sets: tuple[str, ...], samples: int, steps: int) -> list[dict]:

@@ -191,3 +191,33 @@ def test_sweep_stamp_follows_every_setting_and_checkpoint(monkeypatch):
                      "b": {"method": "slicing", "hp": {}, "stamp": slicing},
                      "c": {"method": "dpsgd", "hp": {"lr": 0.01}}}}  # no stamp: unknown provenance
     assert set(fresh_sweep_cells(res)) == {"a"}
+
+
+def test_comparison_processes_running_at_once_keep_each_others_cells(tmp_path, monkeypatch):
+    """Two `bench --methods M` processes at once (one per core) must not overwrite each other's cells, and a
+    cell of a method this run does not include stays valid (its method id is still in the file)."""
+    import dphyper.compare as compare
+    import dphyper.models as models
+    from dphyper.compare import _cell_key, _still_valid, method_id, run_compare
+
+    monkeypatch.setattr(models, "shared_models", lambda: None)
+    monkeypatch.setattr(compare, "build_set", lambda spec, out: {"info": {"n": spec.n}})
+    path = tmp_path / "results.json"
+    foreign = _cell_key("sneakers-100", "slicing", 1.0, 0, 8, 2)
+
+    def fake_cell(method, eps, data, models, *, samples, steps, seed, overrides):
+        disk = json.loads(path.read_text()) if path.exists() else {"cells": {}, "sets": {}}
+        if foreign not in disk["cells"]:  # the other process lands a cell while this one is computing
+            disk["cells"][foreign] = {"method": "slicing", "set": "sneakers-100", "epsilon": 1.0, "fid": 1.0,
+                                      "samples": 8, "sampling_steps": 2, "method_id": method_id("slicing")}
+            path.write_text(json.dumps(disk))
+        return {"method": method, "epsilon": eps, "fid": 2.0, "agreement": 0.5, "samples": samples,
+                "sampling_steps": steps, "seconds_cell": 0.0}
+
+    monkeypatch.setattr(compare, "run_cell", fake_cell)
+    st = CompareSettings(samples=8, steps=2, sets=("sneakers-100",), epsilons=(1.0,), methods=("qem",), out=tmp_path)
+    res = run_compare(st, log=lambda m: None)
+    disk = json.loads(path.read_text())
+    assert foreign in disk["cells"] and foreign in res["cells"]
+    assert _cell_key("sneakers-100", "qem", 1.0, 0, 8, 2) in disk["cells"]
+    assert _still_valid(disk["cells"][foreign], disk)
