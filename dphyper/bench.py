@@ -14,9 +14,12 @@ separately. Results also go to ``bench/<suite>.json``.
 from __future__ import annotations
 
 import json
+import os
 import math
 import platform
 import re
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -259,7 +262,6 @@ def bench_sparse(cfg: BenchConfig) -> dict:
     import resource
 
     from .compare import SWEEP_SETS, build_set
-    from .dpsgd import TrainState, advance_dpsgd, schedule
     from .methods.sparse import (SparseConfig, example_scores, group_count, layers_of, masks_from_groups,
                                  release_scores, resolve, top_groups)
     from .diffusion import load_unet
@@ -291,18 +293,22 @@ def bench_sparse(cfg: BenchConfig) -> dict:
         res["sets"][s.name] = row
         print(f"{s.name}: selection {secs:.0f} s; overlap with the exact top-{k}: " +
               ", ".join(f"eps {e:g} {row['overlap'][str(e)]['mean']:.2f}" for e in epsilons), flush=True)
-    # One masked DP-SGD step at the default batch (64 of public-coats-100), the default mask size.
-    images = build_set(SWEEP_SETS[0], REPO_DIR / "bench")["private"]
-    q, planned, _ = schedule(len(images), d)
+    res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # the selection at n = 1,000
     mask = masks_from_groups(layers, torch.randperm(G, generator=torch.Generator().manual_seed(0))[:k])
-    state = TrainState(cfg=d, q=q, planned=planned, total_steps=6, sigma=1.0, mask=mask)
-    state = advance_dpsgd(images, state, max_steps=1, device=device)  # warm-up
-    t = time.perf_counter()
-    state = advance_dpsgd(images, state, max_steps=5, device=device)
-    res["dpsgd_seconds_per_step"] = (time.perf_counter() - t) / 5
     res["trained_weights"] = int(sum(int(m.sum()) * (base.get_parameter(name).numel() // len(m))
                                      for name, m in mask.items()))
-    res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # Masked DP-SGD steps at the default batch (64 of public-coats-100), each physical batch size in a fresh
+    # process (peak RSS is per process): memory follows the physical batch, the update does not change.
+    res["dpsgd_steps"] = {}
+    for pb in (d.batch_size, 32, 16):
+        out = subprocess.run([sys.executable, "-c", f"from dphyper.bench import sparse_step_probe; sparse_step_probe({pb})"],
+                             capture_output=True, text=True, check=True, cwd=REPO_DIR, env={**os.environ, "PYTHONPATH": str(REPO_DIR)})
+        res["dpsgd_steps"][str(pb)] = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"masked DP-SGD, physical batch {pb}: {res['dpsgd_steps'][str(pb)]}", flush=True)
+    from .dpsgd import physical_batch
+
+    shipped = res["dpsgd_steps"].get(str(physical_batch(device)), next(iter(res["dpsgd_steps"].values())))
+    res["dpsgd_seconds_per_step"] = shipped["seconds_per_step"]
     random_overlap = k / G
     lines = [f"Machine: {res['machine']}. Public sets only (train split). Defaults: {k} of {G} groups, {d.draws} draws "
              f"per image, split {d.split} (the selection's share of ε), DP-SGD batch {d.batch_size}.",
@@ -310,9 +316,13 @@ def bench_sparse(cfg: BenchConfig) -> dict:
              "- selection (per-example gradients of the whole UNet, Opacus hooks): " +
              "; ".join(f"{r['selection_seconds']:.0f} s for n = {r['n']} ({r['seconds_per_image']:.2f} s per image)"
                        for r in res["sets"].values()),
-             f"- one masked DP-SGD step at batch {d.batch_size}: {res['dpsgd_seconds_per_step']:.2f} s "
-             f"({res['trained_weights']:,} trained weights in the tensors that hold a selected row, masked to those rows)",
-             f"- peak RSS of the process: {res['peak_rss_mb']:.0f} MB",
+             f"- one masked DP-SGD step at batch {d.batch_size} (shipped physical batch {physical_batch(device)}): "
+             f"{res['dpsgd_seconds_per_step']:.2f} s ({res['trained_weights']:,} trained weights in the tensors that "
+             f"hold a selected row, masked to those rows)",
+             "- peak RSS of a process that runs masked DP-SGD steps, by physical batch (the Poisson batch run in "
+             "pieces; same update): " + "; ".join(f"{pb}: {r['peak_rss_mb']:.0f} MB, {r['seconds_per_step']:.2f} s/step"
+                                                   for pb, r in res["dpsgd_steps"].items()),
+             f"- peak RSS of the selection's process (n = 1,000 included): {res['peak_rss_mb']:.0f} MB",
              "",
              f"**What the private selection carries**: the share of the exact (noise-free) top-{k} rows that the noisy "
              f"release still chooses (mean over 20 noise draws; the ε of the whole run, of which the selection "
@@ -325,6 +335,32 @@ def bench_sparse(cfg: BenchConfig) -> dict:
     write_section(cfg.doc, "sparse", "## DP sparse fine-tuning: cost and selection (`python -m dphyper bench --suite sparse`)\n\n"
                   + "\n".join(lines))
     return res
+
+
+def sparse_step_probe(physical: int) -> None:
+    """Masked DP-SGD steps of DP sparse fine-tuning at its default batch on public-coats-100 with physical
+    batches of ``physical`` images; prints seconds per step and this process's peak RSS as JSON."""
+    import resource
+
+    from . import dpsgd
+    from .compare import SWEEP_SETS, build_set
+    from .diffusion import load_unet
+    from .methods.sparse import SparseConfig, group_count, layers_of, masks_from_groups, resolve
+
+    dpsgd.PHYSICAL_BATCH["cpu"] = dpsgd.PHYSICAL_BATCH["cuda"] = physical
+    d = resolve(SparseConfig(), 100)
+    layers = layers_of(load_unet(device=torch.device("cpu")))
+    mask = masks_from_groups(layers, torch.randperm(group_count(layers),
+                                                    generator=torch.Generator().manual_seed(0))[:d.groups])
+    del layers
+    images = build_set(SWEEP_SETS[0], REPO_DIR / "bench")["private"]
+    q, planned, _ = dpsgd.schedule(len(images), d)
+    state = dpsgd.TrainState(cfg=d, q=q, planned=planned, total_steps=6, sigma=1.0, mask=mask)
+    state = dpsgd.advance_dpsgd(images, state, max_steps=1)  # warm-up
+    t = time.perf_counter()
+    dpsgd.advance_dpsgd(images, state, max_steps=5)
+    print(json.dumps({"seconds_per_step": round((time.perf_counter() - t) / 5, 3),
+                      "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}))
 
 
 def bench_reach(cfg: BenchConfig) -> dict:
@@ -586,7 +622,7 @@ def bench_app(cfg: BenchConfig) -> dict:
     import sys
     import tempfile
 
-    from gradio_client import Client, handle_file
+    from gradio_client import Client
 
     from .config import EXAMPLES_DIR
 
