@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -338,6 +339,48 @@ def _merge_cell(path: Path, res: dict, key: str | None = None, cell: dict | None
     return merged
 
 
+def _claims_path(path: Path) -> Path:
+    return path.with_name(path.stem + ".claims.json")
+
+
+def _claim(path: Path, keys: list[str]) -> int | None:
+    """Several sweep workers (one per core, or per GPU) share the plan: each takes the first cell that no
+    live worker holds. Returns its index in ``keys`` (None: nothing left for this worker)."""
+    import fcntl
+
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        cp = _claims_path(path)
+        claims = {k: pid for k, pid in _load(cp).items() if _alive(pid)}
+        for i, k in enumerate(keys):
+            if k not in claims:
+                claims[k] = os.getpid()
+                _save(cp, claims)
+                return i
+    return None
+
+
+def _unclaim(path: Path, key: str) -> None:
+    import fcntl
+
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        cp = _claims_path(path)
+        claims = _load(cp)
+        if claims.pop(key, None) is not None:
+            _save(cp, claims)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def run_sweep(methods: tuple[str, ...], out: Path, *, sets: tuple[BenchSet, ...] = (), samples: int = 128,
               steps: int = 25, seed: int = 0, log=print, max_cells: int = 0) -> dict:
     """The public sweep of every tunable method: resumable cells in ``out/sweep.json``.
@@ -359,20 +402,28 @@ def run_sweep(methods: tuple[str, ...], out: Path, *, sets: tuple[BenchSet, ...]
         data = None
         for method in methods:
             while True:
+                if max_cells and done_now >= max_cells:
+                    break
+                res = _merge_cell(path, res)  # see the cells other workers finished meanwhile
                 fresh = fresh_sweep_cells(res)
                 todo = [(e, hp) for e, hp in sweep_plan(method, s.n, fresh, s.name)
                         if _sweep_key(method, s.name, e, hp) not in fresh]
-                if not todo or (max_cells and done_now >= max_cells):
+                claimed = _claim(path, [_sweep_key(method, s.name, e, hp) for e, hp in todo])
+                if claimed is None:
                     break
-                eps, hp = todo[0]
-                if data is None:
-                    data = build_set(s, Path(out))
-                    res["sets"][s.name] = data["info"]
-                cell = run_cell(method, eps, data, models, samples=samples, steps=steps, seed=seed, overrides=hp)
-                cell.update({"set": s.name, "hp": hp, "cost": run_cost(hp, s.n, method), "epsilon": eps,
-                             "stamp": sweep_stamp(method, hp, samples=samples, steps=steps, seed=seed)})
-                # Merge into what is on disk now (another sweep process may have added cells meanwhile).
-                res = _merge_cell(path, res, _sweep_key(method, s.name, eps, hp), cell, s.name)
+                eps, hp = todo[claimed]
+                key = _sweep_key(method, s.name, eps, hp)
+                try:
+                    if data is None:
+                        data = build_set(s, Path(out))
+                        res["sets"][s.name] = data["info"]
+                    cell = run_cell(method, eps, data, models, samples=samples, steps=steps, seed=seed, overrides=hp)
+                    cell.update({"set": s.name, "hp": hp, "cost": run_cost(hp, s.n, method), "epsilon": eps,
+                                 "stamp": sweep_stamp(method, hp, samples=samples, steps=steps, seed=seed)})
+                    # Merge into what is on disk now (another sweep process may have added cells meanwhile).
+                    res = _merge_cell(path, res, key, cell, s.name)
+                finally:
+                    _unclaim(path, key)
                 done_now += 1
                 log(f"sweep {method} {s.name} eps={eps:g} {hp_key(hp)}: FID {cell['fid']:.1f} "
                     f"agreement {cell['agreement']:.3f} ({cell['seconds_to_lora']:.0f} s)")

@@ -221,3 +221,37 @@ def test_comparison_processes_running_at_once_keep_each_others_cells(tmp_path, m
     assert foreign in disk["cells"] and foreign in res["cells"]
     assert _cell_key("sneakers-100", "qem", 1.0, 0, 8, 2) in disk["cells"]
     assert _still_valid(disk["cells"][foreign], disk)
+
+
+def test_sweep_workers_share_the_plan(tmp_path, monkeypatch):
+    """Two sweep workers at once: a cell another live worker holds is skipped (not run twice); a claim
+    left by a dead worker is taken over; every claim is released when its cell is stored."""
+    import subprocess
+    import sys
+
+    import dphyper.compare as compare
+    from dphyper.compare import SWEEP_SETS, _claims_path, _sweep_key, fresh_sweep_cells, run_sweep, sweep_plan
+
+    calls = []
+
+    def fake_cell(method, eps, data, models, *, samples, steps, seed, overrides):
+        calls.append((eps, dict(overrides)))
+        return {"method": method, "epsilon": eps, "fid": 100 + overrides["lr"], "agreement": 0.5,
+                "seconds_to_lora": 1.0}
+
+    monkeypatch.setattr(compare, "run_cell", fake_cell)
+    monkeypatch.setattr(compare, "build_set", lambda spec, out: {"info": {"n": spec.n}})
+    s = SWEEP_SETS[0]
+    plan = sweep_plan("dpsgd", s.n, {}, s.name)
+    busy, dead = (_sweep_key("dpsgd", s.name, e, hp) for e, hp in plan[:2])
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # a live worker
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    try:
+        _claims_path(tmp_path / "sweep.json").write_text(json.dumps({busy: other.pid, dead: gone.pid}))
+        res = run_sweep(("dpsgd",), tmp_path, sets=(s,), max_cells=2, log=lambda m: None)
+        assert [hp for _, hp in calls] == [plan[1][1], plan[2][1]]  # the dead worker's cell, then the next
+        assert busy not in fresh_sweep_cells(res)
+        assert json.loads(_claims_path(tmp_path / "sweep.json").read_text()) == {busy: other.pid}
+    finally:
+        other.kill()
