@@ -167,7 +167,7 @@ def method_id(name: str, overrides: dict | None = None) -> str:
 
 
 REPORT_EXTRAS = ("noise_multiplier", "noisy_count", "steps", "sample_rate", "epsilon_spent", "lr", "batch_size",
-                 "max_grad_norm", "accountant", "epochs", "public_batch_size")
+                 "max_grad_norm", "accountant", "epochs", "public_batch_size", "shrinkage", "step_norm")
 
 
 def _progress_log(msg: str) -> None:
