@@ -296,6 +296,25 @@ def rank_sweep(cells: dict, method: str, set_name: str, eps: float) -> list[dict
     return sorted(rows, key=lambda c: c["fid"])
 
 
+def one_default(cells: dict, method: str, sets: tuple[str, ...] = tuple(s.name for s in SWEEP_SETS),
+                eps: float = SWEEP_EPSILONS[0]) -> tuple[dict, float] | None:
+    """One default for both size regimes, for a method that keeps n private (it cannot pick its settings by
+    n): of the settings run on every public set at ``eps``, the one whose FID is closest to each set's best,
+    on average (mean of FID / best FID over the sets). Returns (settings, that mean), or None."""
+    by_hp: dict[str, dict[str, dict]] = {}
+    for c in cells.values():
+        if c["method"] == method and c["epsilon"] == eps and c["set"] in sets:
+            by_hp.setdefault(hp_key(c["hp"]), {})[c["set"]] = c
+    best = {s: min((c["fid"] for row in by_hp.values() for c in row.values() if c["set"] == s), default=None)
+            for s in sets}
+    scored = [(sum(row[s]["fid"] / best[s] for s in sets) / len(sets), k) for k, row in by_hp.items()
+              if all(s in row for s in sets)]
+    if not scored:
+        return None
+    score, key = min(scored)
+    return dict(next(iter(by_hp[key].values()))["hp"]), score
+
+
 def sweep_plan(method: str, n: int, done: dict, set_name: str) -> list[tuple[float, dict]]:
     """Staged grid (public sets only): stage 1 learning rate x length at epsilon 1; stage 2 batch, clip
     and a longer run around stage 1's best; stage 3 the three best at every other epsilon."""

@@ -255,3 +255,22 @@ def test_sweep_workers_share_the_plan(tmp_path, monkeypatch):
         assert json.loads(_claims_path(tmp_path / "sweep.json").read_text()) == {busy: other.pid}
     finally:
         other.kill()
+
+
+def test_one_default_for_both_regimes_is_closest_to_each_sets_best_on_average():
+    from dphyper.compare import one_default
+
+    def cell(set_name, hp, fid, eps=1.0, method="qem"):
+        return {"method": method, "set": set_name, "epsilon": eps, "hp": hp, "fid": fid}
+
+    a, b, c = {"dim": 4}, {"dim": 16}, {"dim": 64}
+    cells = dict(enumerate([
+        cell("small", a, 300), cell("big", a, 90),    # best at n = 100 by a hair, poor at n = 1,000
+        cell("small", b, 303), cell("big", b, 70),    # close to the best on both: the default
+        cell("small", c, 390), cell("big", c, 69),
+        cell("small", {"dim": 1}, 100),               # run on one set only: not a candidate
+        cell("big", a, 1.0, eps=4.0), cell("big", a, 1.0, method="dpsgd"),  # other epsilon, other method
+    ]))
+    hp, score = one_default(cells, "qem", ("small", "big"))
+    assert hp == b and score == pytest.approx((303 / 100 + 70 / 69) / 2)  # each set's best, any settings
+    assert one_default(cells, "slicing", ("small", "big")) is None
