@@ -388,7 +388,8 @@ def _caption(method: str, report: dict, seconds: float, adapter_format: str = "l
                  f"{float(report['epsilon_dpsgd_alone']):.3g} alone compose to that) · "
                  f"{report['groups']} of {report['groups_total']} rows trained")
     if report.get("note"):  # a method's plain-language remark on this release (DP outputs only)
-        text += f" · {report['note']}"
+        note = report["note"]
+        text += f" · **{note}**" if note.startswith("⚠") else f" · {note}"  # a warning must not be missed
     return text
 
 
@@ -736,7 +737,9 @@ def noise_figure(clean_mean, noisy_mean, epsilon: float):
     if clean_mean is not None:
         fig.add_annotation(x=nx, y=ny, ax=cx, ay=cy, xref="x", yref="y", axref="x", ayref="y", showarrow=True,
                            arrowhead=2, arrowcolor="#d62728")
-    fig.update_layout(height=380, title="What the noise did (2-D map of the embedding space)",
+    fig.update_layout(height=380, title="What the noise did (2-D map of the embedding space)<br><sup>64 dimensions "
+                                        "flattened to 2: points that look close here can be far apart; the reach "
+                                        "check measures in all 64</sup>",
                       margin={"l": 30, "r": 10, "t": 50, "b": 30})
     return fig
 

@@ -84,14 +84,27 @@ N_MAX = 500  # the cap's n: a mean of n >= 500 images is a mean of 500-subsets t
 N_MIN = 50  # below this the check was not calibrated (one image's own distance is ~0.02): cannot tell
 ITERS = 200
 
+# Plain words for a projector (the first symbol says the verdict at a glance); the technical reading is in
+# VERDICT_DETAIL. Both use DP outputs only ({n}: the noisy count, rounded and capped at N_MAX).
 VERDICT_TEXT = {
-    "outside": ("your images likely look unlike the public data this model knows (their released mean "
-                "embedding is farther from the mean of any {n} public images than the noise explains): expect "
-                "samples that resemble the public data, not your images"),
-    "cannot tell": ("at this ε and number of images the release is too noisy (or the folder too small) to tell "
-                    "whether your images are like the public data this model knows"),
-    "within": ("no sign that your images are unlike the public data this model knows (this checks only their "
-               "released mean embedding)"),
+    "outside": ("⚠ Your images look unlike the pictures this model learned from: expect samples that look "
+                "like those public pictures, not like yours."),
+    "cannot tell": ("? At this ε the release is too noisy to tell whether your images are like the pictures this "
+                    "model learned from. A larger ε or more images would tell; running again spends more ε and "
+                    "can read differently."),
+    "too few": ("? Too few images (under {n_min}) to check whether they are like the pictures this model "
+                "learned from."),
+    "within": "✓ Your images look like the pictures this model learned from (checked on their noisy average only).",
+    "unavailable": "The check of whether your images are like the model's pictures is unavailable on this server.",
+}
+VERDICT_DETAIL = {
+    "outside": ("the released mean embedding is farther from the mean of every group of about {n} public images "
+                "than the noise can explain"),
+    "cannot tell": ("the noise could hide the distance between the released mean embedding and the public data's "
+                    "(bound above the detectable level)"),
+    "too few": "the check is calibrated for about {n_min} or more images (by the noisy count)",
+    "within": ("the released mean embedding is as close to the mean of some group of about {n} public images as "
+               "the noise allows; this says nothing about single images"),
 }
 
 
@@ -220,15 +233,16 @@ def reach_check(release, bank: Bank | None = None) -> dict:
     s = float(release.noise_std_mean)
     if not (math.isfinite(s) and math.isfinite(n) and bool(torch.isfinite(release.mean).all())) or n < N_MIN:
         # A release so noisy that its numbers overflow, or too few images for the calibration above.
+        why = "too few" if math.isfinite(n) and n < N_MIN else "cannot tell"
         return {"verdict": "cannot tell", "distance": None, "noise_level": None, "bound": None,
-                "message": VERDICT_TEXT["cannot tell"]}
+                "message": VERDICT_TEXT[why].format(n_min=N_MIN), "detail": VERDICT_DETAIL[why].format(n_min=N_MIN)}
     bank = bank or load_bank()
     D = distance_to_public(release.mean, n, bank)
     noise = d * s * s
     bound = TAU0 + NOISE_FACTOR * noise
     verdict = "outside" if D > bound else "cannot tell" if bound > DETECTABLE else "within"
     return {"verdict": verdict, "distance": round(D, 5), "noise_level": round(noise, 5), "bound": round(bound, 5),
-            "message": VERDICT_TEXT[verdict].format(n=int(round(min(n, N_MAX))))}
+            "message": VERDICT_TEXT[verdict], "detail": VERDICT_DETAIL[verdict].format(n=int(round(min(n, N_MAX))))}
 
 
 # ---------------------------------------------------------------- sets unlike the public data (tests, benchmark)

@@ -128,6 +128,33 @@ def test_too_few_images_or_overflowing_numbers_cannot_tell():
     for rel in (few, inf):
         r = reach_check(rel, bank=Bank.of(torch.eye(64)))
         assert r["verdict"] == "cannot tell" and r["distance"] is None
+    # Each says why: too few images is not blamed on the noise.
+    assert reach_check(few, bank=Bank.of(torch.eye(64)))["message"].startswith("? Too few images (under 50)")
+    assert "too noisy" in reach_check(inf, bank=Bank.of(torch.eye(64)))["message"]
+
+
+@needs_models
+def test_every_verdict_reaches_the_caption_and_a_failed_check_says_so(monkeypatch):
+    """'within' and a check that could not run are said on the page too (a silent caption cannot tell a
+    teacher "fine" from "broken"); a warning is bold. The run itself never fails on the check."""
+    import dphyper.reach as reach
+    from dphyper.app import _caption
+    from dphyper.data import load_fashion_mnist
+    from dphyper.methods import get_method, run_method
+    from dphyper.models import shared_models
+
+    m = get_method("hypernet")
+    x, y = load_fashion_mnist("test")
+    r = run_method(m, x[y == 1][:600], m.config_cls(epsilon=math.inf, samples=0), shared_models())
+    assert r.report["reach"]["verdict"] == "within" and r.report["note"].startswith("✓")
+    assert r.report["note"] in _caption("Hypernetwork", r.report, 1.0)
+
+    def broken(*a, **k):
+        raise FileNotFoundError("no public bank")
+
+    monkeypatch.setattr(reach, "load_bank", broken)
+    r = run_method(m, x[y == 1][:600], m.config_cls(epsilon=8.0, samples=0), shared_models())
+    assert r.report["reach"]["verdict"] == "unavailable" and "unavailable" in _caption("H", r.report, 1.0)
 
 
 @needs_models
@@ -145,6 +172,9 @@ def test_the_hypernetwork_reports_the_verdict_from_its_release_alone():
     rel = r.owner["release"]
     assert r.report["reach"] == reach_check(rel)
     assert r.report["reach"]["verdict"] == "outside" and r.report["note"].startswith("⚠")
+    from dphyper.app import _caption
+
+    assert f"**{r.report['note']}**" in _caption("Hypernetwork", r.report, 1.0)  # a warning is bold
     # The exact (owner-only) mean would give another distance: the report did not use it.
     exact = distance_to_public(r.owner["clean_mean"], rel.noisy_count, load_bank())
     assert abs(exact - r.report["reach"]["distance"]) > 1e-4

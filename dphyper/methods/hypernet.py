@@ -46,8 +46,7 @@ def train(images: torch.Tensor, cfg: HypernetConfig, models, *, progress=None, c
     t = time.perf_counter()
     report["reach"] = _reach(rel)  # post-processing of the release: is the set within H's public reach?
     timings["reach_check"] = time.perf_counter() - t
-    if report["reach"]["verdict"] in ("outside", "cannot tell"):
-        report["note"] = ("⚠ " if report["reach"]["verdict"] == "outside" else "") + report["reach"]["message"]
+    report["note"] = report["reach"]["message"]  # every verdict is said, "within" and a failed check too
     return MethodResult(adapter=lora, report=report, events=(rel.event,), owner={"clean_mean": clean, "release": rel},
                         timings=timings)
 
@@ -59,7 +58,9 @@ def _reach(rel) -> dict:
     try:
         return reach_check(rel)
     except Exception as exc:  # noqa: BLE001  (runs after the release: a check must never fail a paid-for run)
-        return {"verdict": "unavailable", "message": f"reach check unavailable: {exc}"}
+        from ..reach import VERDICT_TEXT
+
+        return {"verdict": "unavailable", "message": VERDICT_TEXT["unavailable"], "detail": str(exc)}
 
 
 def identity() -> dict:
