@@ -32,7 +32,7 @@ for a set within reach (approximately: m~ is also scaled by n / n~ through the n
 tau0 covers for n~ near n). Measured on public sets, D stays below 1.3 d s^2. The verdict:
 
 * ``outside`` when D > tau0 + c d s^2 (tau0 = 0.005, c = 1.5): more than the noise explains; the
-  app warns "your images likely look unlike the public data this model knows".
+  app warns "Your images look unlike the pictures this model learned from" (VERDICT_TEXT).
 * ``cannot tell`` when that bound exceeds ``DETECTABLE`` (0.025, below the distance of the
   nearest far-away sets measured, ~0.03 at n = 100 and no noise): at this epsilon and number of
   images the noise could hide them, and the app says so instead of a false "all is well"; also
