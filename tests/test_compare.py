@@ -138,7 +138,8 @@ def test_sweep_is_staged_public_and_within_one_compute_cap():
     hp = {"epochs": 10.0, "batch_size": 64}
     assert run_cost({**hp, "public_batch_size": 64}, 100) == run_cost(hp, 100) + 20 * 64
     assert run_cost(hp, 1000) == 10 * 1000  # 160 steps of an expected 62.5 images
-    assert sweep_plan("hypernet", 100, {}, "s") == []  # nothing to tune at run time
+    # The hypernetwork's one run-time setting (the LoRA's strength), public like every other.
+    assert [hp for _, hp in sweep_plan("hypernet", 100, {}, "s")] == [{"lora_scale": a} for a in (0.5, 0.75, 1, 1.5, 2)]
 
 
 @needs_fmnist

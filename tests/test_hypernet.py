@@ -241,3 +241,23 @@ def test_hypernet_training_runs_resumes_and_moves_the_lora(tmp_path):
     cfg.max_steps, cfg.anchor = 6, False  # an anchored state does not silently drop its anchor
     with pytest.raises(RuntimeError, match="does not match"):
         train_hypernet(cfg)
+
+
+@needs_models
+def test_lora_scale_multiplies_the_up_projections_only():
+    """``lora_scale`` (a public setting applied after the release) scales B, leaves A, and 0 is the base model;
+    bad values are refused before anything is released."""
+    from dphyper.methods import get_method
+    from dphyper.methods.base import run_method
+    from dphyper.models import shared_models
+
+    m = get_method("hypernet")
+    x = torch.rand(24, 1, 32, 32) * 2 - 1
+    one = run_method(m, x, m.config_cls(epsilon=math.inf, samples=0), shared_models()).adapter
+    two = run_method(m, x, m.config_cls(epsilon=math.inf, samples=0, lora_scale=2.0), shared_models()).adapter
+    for k in one:
+        torch.testing.assert_close(two[k], one[k] * (2.0 if ".lora_B." in k else 1.0))
+    assert any(v.abs().sum() > 0 for k, v in one.items() if ".lora_B." in k)
+    for bad in (-1.0, math.nan, math.inf):
+        with pytest.raises(ValueError, match="lora_scale"):
+            m.config_cls(epsilon=1.0, lora_scale=bad)
