@@ -87,7 +87,8 @@ def identity() -> dict:
 # The one run-time setting: how strongly to apply H's LoRA. Measured first (issue 18): on knn-1000 H's FID
 # improves as noise grows (93.7 at epsilon = inf, 70.0 at 0.25), a sign that H's LoRA may overshoot there,
 # while on a single class it undershoots (agreement 0.61 against the LoRA floor's 0.68).
-SWEEP = {"stage1": [{"lora_scale": a} for a in (0.5, 0.75, 1.0, 1.5, 2.0)], "stage2": lambda n: []}
+SWEEP = {"stage1": [{"lora_scale": a} for a in (0.5, 0.75, 1.0, 1.5, 2.0)],
+         "stage2": lambda n: [{"lora_scale": a} for a in (3.0, 4.0)]}  # past the grid's edge
 
 
 HYPERNET = Method(name="hypernet", label="Hypernetwork", config_cls=HypernetConfig, train=train, one_shot=True,
