@@ -74,7 +74,6 @@ def build_parser() -> argparse.ArgumentParser:
     from .encoder import EncoderTrainConfig
     from .evaluator import EvaluatorTrainConfig
     from .methods import METHODS
-    from .pipeline import GenerateConfig
     from .public_map import PublicMapConfig
     from .reach import PublicBankConfig
     from .theory import TheoryConfig
@@ -103,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     rsub = run.add_subparsers(dest="method", required=True, metavar="METHOD")
     for m in METHODS.values():
         add(rsub, m.name, m.config_cls, f"{m.label}: noise {m.noise}")
-    add(sub, "generate", GenerateConfig, "alias of `run hypernet`")
+    add(sub, "generate", METHODS["hypernet"].config_cls, "alias of `run hypernet`")
     add(sub, "dpsgd", DPSGDConfig, "alias of `run dpsgd`")
     add(sub, "sample", SampleConfig, "write PNG samples from the base model")
     add(sub, "evaluate", EvaluateConfig, "FID/KID and class histogram of a folder of samples")

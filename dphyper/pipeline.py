@@ -41,11 +41,6 @@ class PrivateRunConfig:
 
 
 @dataclass
-class GenerateConfig(PrivateRunConfig):
-    """`python -m dphyper generate`: a DP LoRA from a private folder with the hypernetwork."""
-
-
-@dataclass
 class GenerateResult:
     lora: dict[str, torch.Tensor]  # unbatched LoRA tensors, UNet parameter names
     samples: torch.Tensor  # (K, 1, 32, 32) in [-1, 1]

@@ -275,3 +275,19 @@ def test_one_default_for_both_regimes_is_closest_to_each_sets_best_on_average():
     hp, score = one_default(cells, "qem", ("small", "big"))
     assert hp == b and score == pytest.approx((303 / 100 + 70 / 69) / 2)  # each set's best, any settings
     assert one_default(cells, "slicing", ("small", "big")) is None
+
+
+@pytest.mark.parametrize("method", ["qem", "hypernet"])
+def test_shipped_defaults_are_the_public_sweeps_one_default(method):
+    """QEM and the hypernetwork keep n private, so each ships one setting for both regimes: the public
+    sweep's ``one_default`` (closest to each public set's best at epsilon = 1), never a choice made on
+    private or test data."""
+    from dphyper.compare import SWEEP_SETS, fresh_sweep_cells, one_default
+    from dphyper.config import REPO_DIR
+    from dphyper.methods import get_method
+
+    sweep = json.loads((REPO_DIR / "bench" / "sweep.json").read_text())
+    assert all(sweep["sets"][s.name]["split"] == "train" for s in SWEEP_SETS)  # public sets only
+    hp, _ = one_default(fresh_sweep_cells(sweep), method)
+    d = get_method(method).config_cls(epsilon=1.0)
+    assert {k: getattr(d, k) for k in hp} == hp

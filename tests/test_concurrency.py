@@ -278,9 +278,9 @@ def test_nan_epsilon_is_refused_everywhere():
     from dphyper.app import load_example, run_hypernet
     from dphyper.dpsgd import DPSGDConfig
     from dphyper.ledger import LedgerBook
-    from dphyper.pipeline import GenerateConfig
+    from dphyper.methods.hypernet import HypernetConfig
 
-    for cls in (DPSGDConfig, GenerateConfig):
+    for cls in (DPSGDConfig, HypernetConfig):
         with pytest.raises(ValueError):
             cls(epsilon=float("nan"))
     data = load_example("bags")[0]

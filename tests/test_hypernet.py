@@ -253,7 +253,7 @@ def test_lora_scale_multiplies_the_up_projections_only():
 
     m = get_method("hypernet")
     x = torch.rand(24, 1, 32, 32) * 2 - 1
-    one = run_method(m, x, m.config_cls(epsilon=math.inf, samples=0), shared_models()).adapter
+    one = run_method(m, x, m.config_cls(epsilon=math.inf, samples=0, lora_scale=1.0), shared_models()).adapter
     two = run_method(m, x, m.config_cls(epsilon=math.inf, samples=0, lora_scale=2.0), shared_models()).adapter
     for k in one:
         torch.testing.assert_close(two[k], one[k] * (2.0 if ".lora_B." in k else 1.0))

@@ -210,18 +210,3 @@ def test_public_basis_needs_enough_public_images():
         QEMConfig(public=10_000)
     QEMConfig(dim=64, public=32, basis="random")  # a random basis needs no public gradients
 
-
-def test_shipped_defaults_are_the_public_sweeps_one_default():
-    """QEM keeps n private, so it ships one setting for both regimes: the public sweep's ``one_default``
-    (closest to each public set's best at epsilon = 1), never a choice made on private or test data."""
-    import json
-
-    from dphyper.compare import SWEEP_SETS, fresh_sweep_cells, one_default
-    from dphyper.config import REPO_DIR
-    from dphyper.methods.qem import QEMConfig
-
-    sweep = json.loads((REPO_DIR / "bench" / "sweep.json").read_text())
-    assert all(sweep["sets"][s.name]["split"] == "train" for s in SWEEP_SETS)  # public sets only
-    hp, _ = one_default(fresh_sweep_cells(sweep), "qem")
-    d = QEMConfig()
-    assert {k: getattr(d, k) for k in hp} == hp
