@@ -261,3 +261,16 @@ def test_lora_scale_multiplies_the_up_projections_only():
     for bad in (-1.0, math.nan, math.inf):
         with pytest.raises(ValueError, match="lora_scale"):
             m.config_cls(epsilon=1.0, lora_scale=bad)
+
+
+def test_signal_share_is_one_without_noise_and_zero_when_noise_explains_the_distance():
+    """The scale follows the release's signal share (post-processing: the release and public constants only)."""
+    from dphyper.methods.hypernet import signal_share
+
+    a = torch.zeros(64)
+    m = torch.full((64,), 0.1)  # ||m - a||^2 = 0.64
+    assert signal_share(m, 0.0, a) == 1.0
+    assert signal_share(m, 0.1, a) == 0.0  # d s^2 = 0.64: all of it could be noise
+    assert signal_share(m, 0.05, a) == pytest.approx(0.75)
+    assert signal_share(a, 0.0, a) == 0.0 and signal_share(m, math.inf, a) == 0.0
+    assert signal_share(m, 0.0, None) == 1.0
