@@ -270,7 +270,8 @@ def test_signal_share_is_one_without_noise_and_zero_when_noise_explains_the_dist
     a = torch.zeros(64)
     m = torch.full((64,), 0.1)  # ||m - a||^2 = 0.64
     assert signal_share(m, 0.0, a) == 1.0
-    assert signal_share(m, 0.1, a) == 0.0  # d s^2 = 0.64: all of it could be noise
+    assert signal_share(m, 0.1, a) == pytest.approx(0.0, abs=1e-6)  # d s^2 = 0.64: all of it could be noise
+    assert signal_share(m, 0.2, a) == 0.0  # more noise than distance
     assert signal_share(m, 0.05, a) == pytest.approx(0.75)
     assert signal_share(a, 0.0, a) == 0.0 and signal_share(m, math.inf, a) == 0.0
     assert signal_share(m, 0.0, None) == 1.0
