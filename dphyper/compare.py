@@ -730,9 +730,18 @@ def plot_png(curv: dict, path: Path) -> None:
         ax.set_ylabel("FID")
     for j in range(len(names), rows * cols):
         axes[j // cols][j % cols].axis("off")
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    seen: dict = {}  # every method of any set, once (a method may have cells on some sets only)
+    for ax in (a for row in axes for a in row):
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            seen.setdefault(lab, h)
+    spare = [axes[j // cols][j % cols] for j in range(len(names), rows * cols)]
+    if spare:  # an empty panel holds the legend, so no label is cut at the figure's edge
+        spare[0].legend(list(seen.values()), list(seen), loc="center", fontsize=9, frameon=False)
+        fig.tight_layout()
+    else:
+        fig.legend(list(seen.values()), list(seen), loc="lower center", ncol=min(4, len(seen)), fontsize=8,
+                   frameon=False)
+        fig.tight_layout(rect=(0, 0.06 * math.ceil(len(seen) / 4), 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=80)
     plt.close(fig)
