@@ -5,9 +5,9 @@ the private images is ``release_mean``: embed with the public encoder phi, clip 
 embedding to norm <= 1 in code, append a constant 1, release the sum with Gaussian noise
 calibrated exactly (analytic Gaussian) for (epsilon, delta) under add/remove-one
 adjacency; sensitivity sqrt(1 + 1). The count travels inside the sum, so n stays private.
-Everything after the release (the noisy mean, H's forward pass, sampling, and the reach
-check of ``dphyper.reach``, which reads the release and public constants only) is
-post-processing. One ``gaussian_sum_count`` event.
+Everything after the release (the noisy mean, H's forward pass, the LoRA's strength
+``lora_scale`` weighted by the release's signal share, sampling, and the reach check of
+``dphyper.reach``: each reads the release and public constants only) is post-processing. One ``gaussian_sum_count`` event.
 """
 
 from __future__ import annotations
@@ -106,9 +106,9 @@ def identity() -> dict:
     return ident
 
 
-# The one run-time setting: how strongly to apply H's LoRA (in proportion to the release's signal share). Measured first (issue 18): on knn-1000 H's FID
-# improves as noise grows (93.7 at epsilon = inf, 70.0 at 0.25), a sign that H's LoRA may overshoot there,
-# while on a single class it undershoots (agreement 0.61 against the LoRA floor's 0.68).
+# The one run-time setting: how strongly to apply H's LoRA (in proportion to the release's signal share).
+# Why (issue 18, part 1): on a single class H undershoots whatever the noise (sneakers-100 at epsilon = inf:
+# agreement 0.61 against the converged LoRA floor's 0.68). docs/BENCHMARKS.md has the sweep and the cells.
 SWEEP = {"stage1": [{"lora_scale": a} for a in (0.5, 0.75, 1.0, 1.5, 2.0)],
          "stage2": lambda n: [{"lora_scale": a} for a in (3.0, 4.0)]}  # past the grid's edge
 
