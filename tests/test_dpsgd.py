@@ -190,9 +190,44 @@ def test_a_run_in_physical_pieces_is_accounted_like_one(monkeypatch):
     """The training loop with physical batches of 4 under expected batches of 16: every step counted once."""
     import dphyper.dpsgd as dpsgd
 
+    from opacus.optimizers.optimizer import DPOptimizer
+
     monkeypatch.setitem(dpsgd.PHYSICAL_BATCH, "cpu", 4)
+    seen = {"clipped": 0, "noise": 0, "divisors": [], "pieces": 0}
+    clip, noise, scale = DPOptimizer.clip_and_accumulate, DPOptimizer.add_noise, DPOptimizer.scale_grad
+
+    def counting_clip(self):
+        seen["clipped"] += self.grad_samples[0].shape[0]
+        seen["pieces"] += 1
+        return clip(self)
+
+    def counting_noise(self):
+        seen["noise"] += 1
+        return noise(self)
+
+    def recording_scale(self):
+        seen["divisors"].append(self.expected_batch_size * self.accumulated_iterations)
+        return scale(self)
+
+    monkeypatch.setattr(DPOptimizer, "clip_and_accumulate", counting_clip)
+    monkeypatch.setattr(DPOptimizer, "add_noise", counting_noise)
+    monkeypatch.setattr(DPOptimizer, "scale_grad", recording_scale)
+    batches = []
+    import dphyper.dpsgd as mod
+
+    real_loss = mod.denoising_loss
+
+    def watching_loss(fn, x0, sched, g):
+        batches.append(len(x0))
+        return real_loss(fn, x0, sched, g)
+
+    monkeypatch.setattr(mod, "denoising_loss", watching_loss)
     cfg = DPSGDConfig(epsilon=2.0, delta=1e-5, batch_size=16, epochs=2, max_steps=2, samples=0, seed=0)
     res = train_dpsgd(_squares(64), cfg, device=torch.device("cpu"))
     assert res.report["steps"] == 2 and res.event.steps == 2 and len(res.losses) == 2
+    # Every Poisson-sampled example clipped once, in pieces of at most 4; one noise draw per step; the sum
+    # divided by the expected batch size (16), never by a piece's size or the number of pieces.
+    assert max(batches) <= 4 and seen["clipped"] == sum(batches) and seen["pieces"] == len(batches)
+    assert seen["noise"] == 2 and seen["divisors"] == [16, 16]
     assert res.report["epsilon_spent"] <= 2.0 + 1e-9
     assert any(v.abs().sum() > 0 for k, v in res.lora.items() if ".lora_B." in k)
