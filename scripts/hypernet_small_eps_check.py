@@ -1,7 +1,7 @@
 """Public check of the hypernetwork's LoRA-strength rule at small epsilon (public-coats-100, train split only; 2 repeats).
 
 Run: PYTHONPATH=. python scripts/hypernet_small_eps_check.py  (writes bench/hypernet_small_eps.json)."""
-import json, sys
+import json
 from pathlib import Path
 from dphyper.compare import SWEEP_SETS, build_set, run_cell
 from dphyper.models import shared_models
