@@ -14,8 +14,8 @@ separately. Results also go to ``bench/<suite>.json``.
 from __future__ import annotations
 
 import json
-import os
 import math
+import os
 import platform
 import re
 import subprocess
@@ -262,7 +262,7 @@ def bench_sparse(cfg: BenchConfig) -> dict:
     import resource
 
     from .compare import SWEEP_SETS, build_set
-    from .methods.sparse import (SparseConfig, example_scores, group_count, layers_of, masks_from_groups,
+    from .methods.sparse import (SparseConfig, example_scores, group_count, layers_of,
                                  release_scores, resolve, top_groups)
     from .diffusion import load_unet
     from .privacy import calibrate_gaussian
@@ -294,7 +294,7 @@ def bench_sparse(cfg: BenchConfig) -> dict:
         print(f"{s.name}: selection {secs:.0f} s; overlap with the exact top-{k}: " +
               ", ".join(f"eps {e:g} {row['overlap'][str(e)]['mean']:.2f}" for e in epsilons), flush=True)
     res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # the selection at n = 1,000
-    mask = masks_from_groups(layers, torch.randperm(G, generator=torch.Generator().manual_seed(0))[:k])
+    mask = _random_sparse_mask(layers, k)
     res["trained_weights"] = int(sum(int(m.sum()) * (base.get_parameter(name).numel() // len(m))
                                      for name, m in mask.items()))
     # Masked DP-SGD steps at the default batch (64 of public-coats-100), each physical batch size in a fresh
@@ -337,6 +337,13 @@ def bench_sparse(cfg: BenchConfig) -> dict:
     return res
 
 
+def _random_sparse_mask(layers, k: int) -> dict:
+    """The cost measurements' mask: k of the UNet's row groups, drawn with a fixed public seed."""
+    from .methods.sparse import group_count, masks_from_groups
+
+    return masks_from_groups(layers, torch.randperm(group_count(layers), generator=torch.Generator().manual_seed(0))[:k])
+
+
 def sparse_step_probe(physical: int) -> None:
     """Masked DP-SGD steps of DP sparse fine-tuning at its default batch on public-coats-100 with physical
     batches of ``physical`` images; prints seconds per step and this process's peak RSS as JSON."""
@@ -345,13 +352,12 @@ def sparse_step_probe(physical: int) -> None:
     from . import dpsgd
     from .compare import SWEEP_SETS, build_set
     from .diffusion import load_unet
-    from .methods.sparse import SparseConfig, group_count, layers_of, masks_from_groups, resolve
+    from .methods.sparse import SparseConfig, layers_of, resolve
 
     dpsgd.PHYSICAL_BATCH["cpu"] = dpsgd.PHYSICAL_BATCH["cuda"] = physical
     d = resolve(SparseConfig(), 100)
     layers = layers_of(load_unet(device=torch.device("cpu")))
-    mask = masks_from_groups(layers, torch.randperm(group_count(layers),
-                                                    generator=torch.Generator().manual_seed(0))[:d.groups])
+    mask = _random_sparse_mask(layers, d.groups)
     del layers
     images = build_set(SWEEP_SETS[0], REPO_DIR / "bench")["private"]
     q, planned, _ = dpsgd.schedule(len(images), d)

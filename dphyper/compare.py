@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import math
+import os
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -343,11 +344,7 @@ def _merge_cell(path: Path, res: dict, key: str | None = None, cell: dict | None
                 set_name: str | None = None) -> dict:
     """Save ``res`` (plus one new cell) under an exclusive lock, keeping the cells and sets other processes
     wrote meanwhile: the sweep and the comparison both run as several processes at once."""
-    import fcntl
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with _locked(path):
         disk = _load(path)
         new = {key: cell} if key is not None else {}
         sets = {**res.get("sets", {}), **disk.get("sets", {})}
@@ -358,6 +355,17 @@ def _merge_cell(path: Path, res: dict, key: str | None = None, cell: dict | None
     return merged
 
 
+@contextmanager
+def _locked(path: Path):
+    """The exclusive lock of a results file (``path.lock``) that every merge and claim takes."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def _claims_path(path: Path) -> Path:
     return path.with_name(path.stem + ".claims.json")
 
@@ -365,10 +373,7 @@ def _claims_path(path: Path) -> Path:
 def _claim(path: Path, keys: list[str]) -> int | None:
     """Several sweep workers (one per core, or per GPU) share the plan: each takes the first cell that no
     live worker holds. Returns its index in ``keys`` (None: nothing left for this worker)."""
-    import fcntl
-
-    with open(path.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with _locked(path):
         cp = _claims_path(path)
         claims = {k: pid for k, pid in _load(cp).items() if _alive(pid)}
         for i, k in enumerate(keys):
@@ -380,10 +385,7 @@ def _claim(path: Path, keys: list[str]) -> int | None:
 
 
 def _unclaim(path: Path, key: str) -> None:
-    import fcntl
-
-    with open(path.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with _locked(path):
         cp = _claims_path(path)
         claims = _load(cp)
         if claims.pop(key, None) is not None:
@@ -728,13 +730,13 @@ def plot_png(curv: dict, path: Path) -> None:
         ax.set_title(name)
         ax.set_xlabel("ε")
         ax.set_ylabel("FID")
-    for j in range(len(names), rows * cols):
-        axes[j // cols][j % cols].axis("off")
+    spare = list(axes.flat[len(names):])
+    for ax in spare:
+        ax.axis("off")
     seen: dict = {}  # every method of any set, once (a method may have cells on some sets only)
-    for ax in (a for row in axes for a in row):
+    for ax in axes.flat:
         for h, lab in zip(*ax.get_legend_handles_labels()):
             seen.setdefault(lab, h)
-    spare = [axes[j // cols][j % cols] for j in range(len(names), rows * cols)]
     if spare:  # an empty panel holds the legend, so no label is cut at the figure's edge
         spare[0].legend(list(seen.values()), list(seen), loc="center", fontsize=9, frameon=False)
         fig.tight_layout()

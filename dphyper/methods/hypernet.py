@@ -7,7 +7,8 @@ calibrated exactly (analytic Gaussian) for (epsilon, delta) under add/remove-one
 adjacency; sensitivity sqrt(1 + 1). The count travels inside the sum, so n stays private.
 Everything after the release (the noisy mean, H's forward pass, the LoRA's strength
 ``lora_scale`` weighted by the release's signal share, sampling, and the reach check of
-``dphyper.reach``: each reads the release and public constants only) is post-processing. One ``gaussian_sum_count`` event.
+``dphyper.reach``: each reads the release and public constants only) is post-processing.
+One ``gaussian_sum_count`` event.
 """
 
 from __future__ import annotations
