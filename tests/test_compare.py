@@ -291,3 +291,16 @@ def test_shipped_defaults_are_the_public_sweeps_one_default(method):
     hp, _ = one_default(fresh_sweep_cells(sweep), method)
     d = get_method(method).config_cls(epsilon=1.0)
     assert {k: getattr(d, k) for k in hp} == hp
+
+
+def test_bench_epsilons_option_runs_a_subset_of_the_grid_in_order():
+    """`bench --epsilons 1,4` runs the epsilon = 1 column first; anything off the grid is a clear error."""
+    from dphyper.bench import _epsilons
+    from dphyper.compare import EPSILONS
+
+    assert _epsilons("") == ()  # the whole grid
+    assert _epsilons("4, 1") == (4.0, 1.0)
+    assert set(_epsilons(",".join(f"{e:g}" for e in EPSILONS))) == set(EPSILONS)
+    for bad in ("3", "inf", "one", "-1"):
+        with pytest.raises(ValueError, match="--epsilons"):
+            _epsilons(bad)
