@@ -14,8 +14,9 @@ Privacy in the app:
   file names, the exact-mean plot), not only the ``gr.State`` values;
 * uploaded files are decoded once and deleted from the server right away; the
   thumbnails are an inline data URI, never a file; the app's own ``GRADIO_TEMP_DIR`` is
-  emptied at start and ``delete_cache`` sweeps what Gradio keeps (DP outputs only: each
-  run's folder holds the LoRA, samples and report).
+  emptied at start, ``delete_cache`` sweeps what Gradio keeps (DP outputs only: each
+  run's folder holds the LoRA, samples and report) and the session sweeper deletes the empty
+  temp files Gradio's upload parser leaves behind.
 """
 
 from __future__ import annotations
@@ -359,6 +360,25 @@ def _sweep_old_runs(max_age_s: float = 600.0) -> None:
                 shutil.rmtree(d, ignore_errors=True)
         except OSError:
             pass
+
+
+def _sweep_upload_leftovers(max_age_s: float = 120.0) -> int:
+    """Delete loose files at the top of the upload cache untouched for ``max_age_s`` seconds; returns how many.
+
+    Gradio's multipart parser leaves one empty ``tmp*`` file there per file uploaded through its API client
+    (measured with gradio 5: three uploads, three zero-byte files, never deleted while the server runs): no
+    pixels or names, but they pile up and say when and how many files each upload held. Gradio keeps nothing
+    else loose there (uploads live in per-hash folders, runs in ``run-*``), and a file being written is
+    younger than the age limit."""
+    gone = 0
+    for f in TEMP_DIR.glob("*"):
+        try:
+            if f.is_file() and not f.is_symlink() and time.time() - f.stat().st_mtime > max_age_s:
+                f.unlink()
+                gone += 1
+        except OSError:
+            pass
+    return gone
 
 
 def _owner_agreement(samples, images) -> float:
@@ -994,7 +1014,8 @@ def forget_idle_sessions(demo: gr.Blocks, max_idle_s: float = SESSION_TTL_S) -> 
 
 
 def _start_sweeper(demo: gr.Blocks, every_s: float = 60.0) -> None:
-    """A daemon thread that forgets idle sessions every minute while the demo exists."""
+    """A daemon thread that forgets idle sessions (and sweeps the upload cache's leftovers) every minute while
+    the demo exists."""
     import weakref
 
     ref = weakref.ref(demo)
@@ -1006,6 +1027,7 @@ def _start_sweeper(demo: gr.Blocks, every_s: float = 60.0) -> None:
             if d is None:
                 return
             forget_idle_sessions(d)
+            _sweep_upload_leftovers()
             del d
 
     threading.Thread(target=loop, daemon=True, name="dphyper-session-sweeper").start()

@@ -109,6 +109,11 @@ def test_upload_run_and_session_isolation(app_url, app_module):
     # R3: the uploads are gone as soon as they are decoded.
     left = [p.name for p in app_module.TEMP_DIR.rglob("test_*.png")]
     assert not left, f"uploaded files still on disk: {left[:3]}"
+    # Gradio's parser leaves empty temp files loose at the top of the cache; the session sweeper takes them.
+    loose = [p for p in app_module.TEMP_DIR.iterdir() if p.is_file()]
+    assert all(p.stat().st_size == 0 for p in loose)
+    assert app_module._sweep_upload_leftovers(max_age_s=0) == len(loose)
+    assert not [p for p in app_module.TEMP_DIR.iterdir() if p.is_file()]
     gallery, caption, downloads, report, ledger = _run(alice)[:5]
     assert len(gallery) == 4 and report["method"] == "hypernet" and report["epsilon"] == 1.0
     assert any(str(d).endswith("lora.safetensors") for d in downloads) and "ε spent 1" in caption
@@ -289,3 +294,21 @@ def test_hosted_demo_mode_warns_or_turns_uploads_off(monkeypatch, tmp_path):
     monkeypatch.setenv("DPHYPER_HOSTED", "typo")
     with pytest.raises(ValueError):
         app.hosted_mode()
+
+
+def test_sweeper_deletes_only_old_loose_files_of_the_upload_cache(app_module):
+    import os
+    import time
+
+    top = app_module.TEMP_DIR
+    old_file, new_file, run = top / "tmpold", top / "tmpnew", top / "run-keep"
+    old_file.write_bytes(b"")
+    new_file.write_bytes(b"")
+    run.mkdir(exist_ok=True)
+    (run / "grid.png").write_bytes(b"x")
+    past = time.time() - 600
+    os.utime(old_file, (past, past))
+    os.utime(run / "grid.png", (past, past))
+    assert app_module._sweep_upload_leftovers(max_age_s=120) == 1
+    assert not old_file.exists() and new_file.exists() and (run / "grid.png").exists()
+    new_file.unlink()
