@@ -664,22 +664,37 @@ run_dpsgd = training_runner("dpsgd")
 
 def dpsgd_plan(data: dict | None, log_eps: float, no_privacy: bool, delta: float, max_steps: int) -> str:
     """What the DP-SGD button will do for this n and epsilon (computed, nothing private shown)."""
-    from .dpsgd import DPSGDConfig, dpsgd_noise_multiplier, resolve, schedule
+    from .dpsgd import DPSGDConfig, resolve
 
     if not data:
         return ""
+    from .methods.pda_dpmd import PDADPMDConfig
+    from .methods.pda_dpmd import resolve as resolve_pda
+
     n = data["n"]
     d = resolve(DPSGDConfig(max_steps=int(max_steps or 0)), n)
+    p = resolve_pda(PDADPMDConfig(max_steps=int(max_steps or 0)), n)
+    same = all(getattr(d, k) == getattr(p, k) for k in ("lr", "max_grad_norm", "epochs", "batch_size"))
+    lines = [_training_plan("DP-SGD and PDA-DPMD" if same else "DP-SGD", d, n, log_eps, no_privacy, delta)]
+    if not same:
+        lines.append(_training_plan("PDA-DPMD", p, n, log_eps, no_privacy, delta))
+    return "  \n".join(lines + [_sparse_plan(n, 10 ** log_eps, delta, int(max_steps or 0))])
+
+
+def _training_plan(label: str, d, n: int, log_eps: float, no_privacy: bool, delta: float) -> str:
+    """One DP-SGD-like method's schedule for n images (resolved settings), in words."""
+    from .dpsgd import dpsgd_noise_multiplier, schedule
+
     q, _, steps = schedule(n, d)  # the same schedule train_dpsgd will run
-    text = f"DP-SGD and PDA-DPMD plan: {steps} steps, expected batch {n * q:.0f} (sample rate {q:.3g}), lr {d.lr:g}, clip C {d.max_grad_norm:g}"
+    text = (f"{label} plan: {steps} steps, expected batch {n * q:.0f} (sample rate {q:.3g}), lr {d.lr:g}, "
+            f"clip C {d.max_grad_norm:g}")
     if no_privacy:
         return text + ", no noise (ε = ∞)."
     try:
         sigma = dpsgd_noise_multiplier(epsilon=10 ** log_eps, delta=delta, sample_rate=q, steps=steps)
-        text += f", noise multiplier σ = {sigma:.2f} per step (Opacus PRV accountant)."
+        return text + f", noise multiplier σ = {sigma:.2f} per step (Opacus PRV accountant)."
     except Exception:  # noqa: BLE001 - the accountant's search can fail at extreme settings
-        text += "."
-    return text + "  \n" + _sparse_plan(n, 10 ** log_eps, delta, int(max_steps or 0))
+        return text + "."
 
 
 def _sparse_plan(n: int, epsilon: float, delta: float, max_steps: int) -> str:

@@ -157,12 +157,18 @@ def class_agreement(pred: torch.Tensor, reference_hist: torch.Tensor) -> float:
 # ---------------------------------------------------------------- one cell
 
 
-def method_id(name: str, overrides: dict | None = None) -> str:
-    """What a stored cell of this method depends on: its shipped defaults/checkpoints and the overrides."""
+def method_id(name: str, overrides: dict | None = None, n: int | None = None) -> str:
+    """What a stored cell of this method depends on: its shipped defaults/checkpoints and the overrides.
+
+    A method with per-size defaults (a ``tuned`` table: DP-SGD, PDA-DPMD, DP sparse) depends, for a set of n
+    images, only on the row that applies to n: re-tuning the n = 1,000 regime leaves the n = 100 cells valid."""
+    from .dpsgd import tuned_defaults
     from .floor import floor_id
     from .methods import get_method
 
     ident = {"floor": floor_id()} if name == "nonprivate" else {} if name == "base" else get_method(name).identity()
+    if n is not None and "tuned" in ident:
+        ident = {**ident, "tuned": tuned_defaults(n, tuple(ident["tuned"]))}
     blob = json.dumps({"id": ident, "overrides": overrides or {}}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -496,7 +502,10 @@ def _still_valid(cell: dict, res: dict) -> bool:
     """A stored cell is reused only if its method's defaults, checkpoints and overrides are today's."""
     if cell["method"] == "base":
         return True
-    return cell.get("method_id") is not None and cell.get("method_id") == res.get("method_ids", {}).get(cell["method"])
+    want = res.get("method_ids", {}).get(cell["method"])
+    if isinstance(want, dict):  # per set size (see method_id)
+        want = want.get(str(res.get("sets", {}).get(cell["set"], {}).get("n")))
+    return cell.get("method_id") is not None and cell.get("method_id") == want
 
 
 def _cell_key(set_name: str, method: str, eps: float, rep: int, samples: int, steps: int) -> str:
@@ -522,7 +531,9 @@ def run_compare(settings: CompareSettings, log=print) -> dict:
 
     res["methods"] = list(st.methods)
     # Every method's id, not only this run's: another process's cells stay valid in the file and the tables.
-    res["method_ids"] = {m: method_id(m, st.overrides.get(m)) for m in (*METHODS, "nonprivate")}
+    sizes = sorted({s.n for s in BENCH_SETS} | {info["n"] for info in res["sets"].values()})
+    res["method_ids"] = {m: {str(n): method_id(m, st.overrides.get(m), n) for n in sizes}
+                         for m in (*METHODS, "nonprivate")}
     from .models import shared_models
 
     models = shared_models()  # the process's public models: one place, no method
@@ -546,7 +557,7 @@ def run_compare(settings: CompareSettings, log=print) -> dict:
             res["sets"][name] = built[name]["info"]
         cell = run_cell(method, math.inf if math.isnan(eps) else eps, built[name], models, samples=st.samples,
                         steps=st.steps, seed=st.seed + rep, overrides=st.overrides.get(method))
-        cell.update({"set": name, "repeat": rep, "method_id": res["method_ids"].get(method)})
+        cell.update({"set": name, "repeat": rep, "method_id": res["method_ids"].get(method, {}).get(str(by_name[name].n))})
         if method == "base":
             cell["epsilon"] = None
         res = _merge_cell(path, res, key, cell, name)

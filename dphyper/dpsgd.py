@@ -59,15 +59,17 @@ class DPSGDConfig(PrivateRunConfig):
                 raise ValueError(f"{name} must be >= 0 (0 = the default), got {getattr(self, name)}")
 
 
-# Chosen by `python -m dphyper bench --suite dpsgd-sweep` on public (train-split) sets at
-# epsilon = 1, one per size regime, because the best learning rate differs by 30x between
-# n = 100 and n = 1,000 (docs/BENCHMARKS.md, "DP-SGD hyperparameters"; the sweep's table is
-# kept in assets/curves/dpsgd_sweep.json and a test checks these values against it).
-# DP-SGD treats n as public (as Opacus does), so choosing by n costs no privacy.
+# Chosen by the public sweep (`python -m dphyper bench --suite sweep --methods dpsgd`, bench/sweep.json) on
+# public (train-split) sets at epsilon = 1, one row per size regime: the best stage-1 cell of each set (stage 1:
+# learning rate x length, C = 0.01, batch 64; docs/BENCHMARKS.md "Public sweep of every tunable method"; a
+# test checks these rows against the sweep's best). n <= 316: public-coats-100, where nothing moves the model
+# far from the base (every cell within FID noise of it). Larger n: public-mixed-1000, 100 epochs at lr 0.001
+# (FID 73.4; 10 epochs: 75.0); its stage 2 (full batch, C = 1, 200 epochs, each 100,000+ example
+# gradients) was not run yet. DP-SGD treats n as public (as Opacus does), so choosing by n costs no privacy.
 TUNED = (
     {"n_max": 316, "tuned_on": "public-coats-100", "lr": 3e-2, "max_grad_norm": 0.01, "epochs": 10.0,
      "batch_size": 64},
-    {"n_max": None, "tuned_on": "public-mixed-1000", "lr": 1e-3, "max_grad_norm": 1.0, "epochs": 10.0,
+    {"n_max": None, "tuned_on": "public-mixed-1000", "lr": 1e-3, "max_grad_norm": 0.01, "epochs": 100.0,
      "batch_size": 64},
 )
 

@@ -304,3 +304,24 @@ def test_bench_epsilons_option_runs_a_subset_of_the_grid_in_order():
     for bad in ("3", "inf", "one", "-1"):
         with pytest.raises(ValueError, match="--epsilons"):
             _epsilons(bad)
+
+
+def test_retuning_one_size_regime_keeps_the_other_regimes_cells(monkeypatch):
+    """A per-size method's cell depends on the tuned row for its set's n only: a new n = 1,000 default makes
+    the n = 1,000 cells stale and leaves the n = 100 cells valid (hours of CPU at stake)."""
+    from dphyper import dpsgd
+    from dphyper.compare import _still_valid, method_id
+
+    def ids():
+        return {str(n): method_id("dpsgd", None, n) for n in (100, 1000)}
+
+    res = {"sets": {"small": {"n": 100}, "big": {"n": 1000}}, "method_ids": {"dpsgd": ids()}}
+    cells = {s: {"method": "dpsgd", "set": s, "method_id": res["method_ids"]["dpsgd"][str(res["sets"][s]["n"])]}
+             for s in res["sets"]}
+    assert all(_still_valid(c, res) for c in cells.values())
+    monkeypatch.setattr(dpsgd, "TUNED", (dpsgd.TUNED[0], {**dpsgd.TUNED[-1], "lr": 0.5}))
+    res["method_ids"]["dpsgd"] = ids()
+    assert _still_valid(cells["small"], res) and not _still_valid(cells["big"], res)
+    monkeypatch.setattr(dpsgd, "TUNED", ({**dpsgd.TUNED[0], "epochs": 99.0}, dpsgd.TUNED[-1]))
+    res["method_ids"]["dpsgd"] = ids()
+    assert not _still_valid(cells["small"], res)

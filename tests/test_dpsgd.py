@@ -82,22 +82,34 @@ def test_non_private_reference_has_no_noise():
     assert math.isinf(res.event.epsilon) and not res.event.private  # the ledger must see it
 
 
-def test_shipped_defaults_are_the_public_sweeps_winners():
-    """dpsgd.TUNED must be what the stored public-set sweep found best (never tuned on private data)."""
+@pytest.mark.parametrize("method", ["dpsgd", "pda-dpmd", "sparse"])
+def test_shipped_per_size_defaults_are_the_public_sweeps_best(method):
+    """Each per-size row of a DP-SGD-like method's tuned table is the best cell of the public sweep at
+    epsilon = 1 on the set it names, among the settings the row can express (never tuned on private or
+    test data); a row not swept yet says so (tuned_on None)."""
     import json
 
-    from dphyper.config import ASSETS_DIR
-    from dphyper.dpsgd import TUNED, resolve, tuned_defaults
+    from dphyper.compare import SWEEP_EPSILONS, fresh_sweep_cells, rank_sweep
+    from dphyper.config import REPO_DIR
+    from dphyper.dpsgd import resolve, tuned_defaults
+    from dphyper.methods import get_method
 
-    sweep = json.loads((ASSETS_DIR / "curves" / "dpsgd_sweep.json").read_text())
-    assert all(info["split"] == "train" for info in sweep["sets"].values())  # public sets only
-    for row in TUNED:
-        cells = [c for k, c in sweep["cells"].items() if k.startswith(row["tuned_on"] + "|")]
-        best = min(cells, key=lambda c: c["fid"])["hp"]
-        assert {k: row[k] for k in best} == best
-    assert tuned_defaults(100)["lr"] == TUNED[0]["lr"] and tuned_defaults(1000)["lr"] == TUNED[-1]["lr"]
+    sweep = json.loads((REPO_DIR / "bench" / "sweep.json").read_text())
+    cells = fresh_sweep_cells(sweep)
+    table = get_method(method).identity()["tuned"]
+    assert table[-1]["n_max"] is None  # every n is covered
+    swept = [row for row in table if row["tuned_on"]]
+    assert swept, "no row of the table comes from the sweep"
+    for row in swept:
+        assert sweep["sets"][row["tuned_on"]]["split"] == "train"  # public sets only
+        ranked = [c for c in rank_sweep(cells, method, row["tuned_on"], SWEEP_EPSILONS[0])
+                  if set(c["hp"]) <= set(row) | {"public_batch_size"}]
+        best = {k: v for k, v in ranked[0]["hp"].items() if k in row}
+        assert {k: row[k] for k in best} == best, (row, ranked[0])
+        n = row["n_max"] or 1000
+        assert tuned_defaults(n, tuple(table)) == {k: row[k] for k in ("lr", "max_grad_norm", "epochs", "batch_size")}
     explicit = resolve(DPSGDConfig(lr=0.5), 1000)  # an explicit value wins over the tuned one
-    assert explicit.lr == 0.5 and explicit.max_grad_norm == TUNED[-1]["max_grad_norm"]
+    assert explicit.lr == 0.5
 
 
 @needs_base

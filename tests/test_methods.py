@@ -185,3 +185,20 @@ def test_every_method_end_to_end_on_cuda(name, tmp_path):
         ledger.record(e)
     assert ledger.total(delta=1e-5)[0] <= 1.0 + 1e-3
     write_outputs(res, tmp_path / name)
+
+
+def test_pda_dpmd_has_its_own_tuned_table_and_the_plan_follows_it(monkeypatch):
+    """PDA-DPMD's settings come from its own sweep; the app's plan says one line while they equal DP-SGD's
+    and a line each when they differ."""
+    from dphyper.app import dpsgd_plan
+    from dphyper.methods import pda_dpmd
+    from dphyper.methods.pda_dpmd import PDADPMDConfig, resolve
+
+    assert get_method("pda-dpmd").identity()["tuned"] == [dict(r) for r in pda_dpmd.TUNED]
+    assert resolve(PDADPMDConfig(), 100).lr == pda_dpmd.TUNED[0]["lr"]
+    assert resolve(PDADPMDConfig(lr=0.5), 100).lr == 0.5  # explicit values win
+    text = dpsgd_plan({"n": 100}, 0.0, False, 1e-5, 0)
+    assert "DP-SGD and PDA-DPMD plan: 20 steps" in text
+    monkeypatch.setattr(pda_dpmd, "TUNED", ({**pda_dpmd.TUNED[0], "epochs": 20.0}, pda_dpmd.TUNED[-1]))
+    text = dpsgd_plan({"n": 100}, 0.0, False, 1e-5, 0)
+    assert "DP-SGD plan: 20 steps" in text and "PDA-DPMD plan: 40 steps" in text

@@ -26,10 +26,21 @@ from dataclasses import dataclass, field
 import torch
 
 from ..dpsgd import DPSGDConfig
+from ..dpsgd import resolve as resolve_dpsgd
 from .base import Method, MethodResult
 from .dpsgd import SWEEP as DPSGD_SWEEP
 from .dpsgd import identity as dpsgd_identity
 from .dpsgd import train as train_dpsgd_method
+
+# Per-size defaults from PDA-DPMD's own public sweep (bench/sweep.json; a test checks them against it). n <= 316:
+# stage 1 and 2 on public-coats-100 at epsilon = 1 pick the same settings as DP-SGD's (lr 0.03, 10 epochs: FID
+# 305.2, every cell within FID noise of the base model). Larger n: not swept yet (public-mixed-1000 is 668,000
+# example gradients for stage 1 alone): DP-SGD's public-mixed-1000 choice, said so by tuned_on None.
+TUNED = (
+    {"n_max": 316, "tuned_on": "public-coats-100", "lr": 3e-2, "max_grad_norm": 0.01, "epochs": 10.0,
+     "batch_size": 64},
+    {"n_max": None, "tuned_on": None, "lr": 1e-3, "max_grad_norm": 0.01, "epochs": 100.0, "batch_size": 64},
+)
 
 _pool_lock = threading.Lock()
 _pool: dict[int, torch.Tensor] = {}
@@ -64,8 +75,13 @@ def public_pool(size: int) -> torch.Tensor:
         return _pool[size]
 
 
+def resolve(cfg: PDADPMDConfig, n: int) -> PDADPMDConfig:
+    """Every 0 setting filled with PDA-DPMD's tuned default for n (explicit values win)."""
+    return resolve_dpsgd(cfg, n, TUNED)
+
+
 def train(images: torch.Tensor, cfg: PDADPMDConfig, models, *, progress=None, cancel=None) -> MethodResult:
-    result = train_dpsgd_method(images, cfg, models, progress=progress, cancel=cancel,
+    result = train_dpsgd_method(images, resolve(cfg, len(images)), models, progress=progress, cancel=cancel,
                                 public=public_pool(cfg.public_pool), public_batch=cfg.public_batch_size)
     result.report.update({"public_data": "Fashion-MNIST train split (the base model's own data)",
                           "public_batch_size": cfg.public_batch_size, "public_pool": cfg.public_pool,
@@ -75,7 +91,7 @@ def train(images: torch.Tensor, cfg: PDADPMDConfig, models, *, progress=None, ca
 
 def identity() -> dict:
     d = PDADPMDConfig()
-    return {**dpsgd_identity(), "public_batch_size": d.public_batch_size, "public_pool": d.public_pool,
+    return {**dpsgd_identity(), "tuned": [dict(r) for r in TUNED], "public_batch_size": d.public_batch_size, "public_pool": d.public_pool,
             "mixing": "cos(pi t / 2T)"}
 
 
