@@ -594,7 +594,8 @@ def compare_table(curv: dict, summ: dict, tg: dict, res: dict, st) -> str:
                 f"{'n ≤ ' + str(r['n_max']) if r['n_max'] else 'larger n'}: lr {r['lr']:g}, C {r['max_grad_norm']:g}, "
                 f"{r['epochs']:g} epochs, batch {r['batch_size']}" for r in tuned)
             + ". PDA-DPMD: the same DP-SGD, each update mixed with a public-batch gradient (weight cos(πt/2T) on the "
-            f"private part). Non-private floor (`nonprivate`): the same LoRA trained without clipping or noise, Adam lr "
+            "private part), with its own sweep's defaults (the sweep section lists every method's per-size "
+            "defaults). Non-private floor (`nonprivate`): the same LoRA trained without clipping or noise, Adam lr "
             f"{fl.lr:g}, batch {fl.batch_size}, until the held-out denoising loss (first {fl.heldout} reference images, "
             f"fixed draws) has not improved by {100 * fl.min_delta:g} % for {fl.patience} evaluations "
             f"{fl.eval_every} steps apart (best weights kept; at most {fl.max_steps} steps).", "",
@@ -832,7 +833,6 @@ def fid_noise_text(res: dict) -> str:
 def sweep_table(res: dict) -> str:
     """Per method, set and epsilon: every configuration tried, best FID first."""
     from .compare import fresh_sweep_cells, rank_sweep
-    from .dpsgd import TUNED
 
     rows = ["## Public sweep of every tunable method (`python -m dphyper bench --suite sweep`)", "",
             f"Machine: {machine()}. Public sets from the **train** split only (never a benchmark or user set): "
@@ -870,9 +870,14 @@ def sweep_table(res: dict) -> str:
                     else:  # another method's own settings (qem, slicing)
                         rows.append("| " + ", ".join(f"{k} {v}" for k, v in sorted(hp.items())) + " | " + tail)
                 rows.append("")
-    rows += ["Shipped DP-SGD defaults (`dpsgd.TUNED`, PDA-DPMD uses the same): " + "; ".join(
-        f"{'n ≤ ' + str(r['n_max']) if r['n_max'] else 'larger n'}: lr {r['lr']:g}, C {r['max_grad_norm']:g}, "
-        f"{r['epochs']:g} epochs, batch {r['batch_size']} (from `{r['tuned_on']}`)" for r in TUNED) + "."]
+    from .methods import get_method
+
+    for name in ("dpsgd", "pda-dpmd", "sparse"):
+        table = get_method(name).identity()["tuned"]
+        rows += ["", f"Shipped {get_method(name).label} defaults per size: " + "; ".join(
+            f"{'n ≤ ' + str(r['n_max']) if r['n_max'] else 'larger n'}: lr {r['lr']:g}, C {r['max_grad_norm']:g}, "
+            f"{r['epochs']:g} epochs, batch {r['batch_size']} "
+            + (f"(from `{r['tuned_on']}`)" if r["tuned_on"] else "(not swept yet)") for r in table) + "."]
     return "\n".join(rows)
 
 
