@@ -64,8 +64,9 @@ class DPSGDConfig(PrivateRunConfig):
 # learning rate x length, C = 0.01, batch 64; docs/BENCHMARKS.md "Public sweep of every tunable method"; a
 # test checks these rows against the sweep's best). n <= 316: public-coats-100, where nothing moves the model
 # far from the base (every cell within FID noise of it). Larger n: public-mixed-1000, 100 epochs at lr 0.001
-# (FID 73.4; 10 epochs: 75.0); its stage 2 (full batch, C = 1, 200 epochs, each 100,000+ example
-# gradients) was not run yet. DP-SGD treats n as public (as Opacus does), so choosing by n costs no privacy.
+# (FID 73.4; 10 epochs: 75.0). Not run there yet: stage 1's 100-epoch cells at lr 0.01 and 0.03 (at 10 epochs
+# those rates are already worse, 83.3 and 210.8) and stage 2 (full batch, C = 1, 200 epochs), each 100,000+
+# example gradients. DP-SGD treats n as public (as Opacus does), so choosing by n costs no privacy.
 TUNED = (
     {"n_max": 316, "tuned_on": "public-coats-100", "lr": 3e-2, "max_grad_norm": 0.01, "epochs": 10.0,
      "batch_size": 64},
