@@ -655,7 +655,9 @@ def style(meth: str) -> tuple[str, str]:
     from .methods import METHODS
 
     names = list(METHODS)
-    label = f"{METHODS[meth].label} LoRA" if meth in METHODS else meth
+    m = METHODS.get(meth)
+    # What it trains: a LoRA for most methods; DP sparse changes chosen rows of the base UNet itself.
+    label = meth if m is None else f"{m.label} LoRA" if m.adapter_format == "lora" else f"{m.label} (rows of the base UNet)"
     return label, PALETTE[(names.index(meth) if meth in names else 0) % len(PALETTE)]
 
 
