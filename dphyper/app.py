@@ -664,7 +664,7 @@ run_dpsgd = training_runner("dpsgd")
 
 def dpsgd_plan(data: dict | None, log_eps: float, no_privacy: bool, delta: float, max_steps: int) -> str:
     """What the DP-SGD button will do for this n and epsilon (computed, nothing private shown)."""
-    from .dpsgd import DPSGDConfig, resolve
+    from .dpsgd import TUNED_KEYS, DPSGDConfig, resolve
 
     if not data:
         return ""
@@ -674,7 +674,7 @@ def dpsgd_plan(data: dict | None, log_eps: float, no_privacy: bool, delta: float
     n = data["n"]
     d = resolve(DPSGDConfig(max_steps=int(max_steps or 0)), n)
     p = resolve_pda(PDADPMDConfig(max_steps=int(max_steps or 0)), n)
-    same = all(getattr(d, k) == getattr(p, k) for k in ("lr", "max_grad_norm", "epochs", "batch_size"))
+    same = all(getattr(d, k) == getattr(p, k) for k in TUNED_KEYS)
     lines = [_training_plan("DP-SGD and PDA-DPMD" if same else "DP-SGD", d, n, log_eps, no_privacy, delta)]
     if not same:
         lines.append(_training_plan("PDA-DPMD", p, n, log_eps, no_privacy, delta))

@@ -870,11 +870,13 @@ def sweep_table(res: dict) -> str:
                     else:  # another method's own settings (qem, slicing)
                         rows.append("| " + ", ".join(f"{k} {v}" for k, v in sorted(hp.items())) + " | " + tail)
                 rows.append("")
-    from .methods import get_method
+    from .methods import METHODS
 
-    for name in ("dpsgd", "pda-dpmd", "sparse"):
-        table = get_method(name).identity()["tuned"]
-        rows += ["", f"Shipped {get_method(name).label} defaults per size: " + "; ".join(
+    for m in METHODS.values():
+        table = m.identity().get("tuned")
+        if not table:  # a method without per-size defaults (it keeps n private)
+            continue
+        rows += ["", f"Shipped {m.label} defaults per size: " + "; ".join(
             f"{'n ≤ ' + str(r['n_max']) if r['n_max'] else 'larger n'}: lr {r['lr']:g}, C {r['max_grad_norm']:g}, "
             f"{r['epochs']:g} epochs, batch {r['batch_size']} "
             + (f"(from `{r['tuned_on']}`)" if r["tuned_on"] else "(not swept yet)") for r in table) + "."]

@@ -502,9 +502,8 @@ def _still_valid(cell: dict, res: dict) -> bool:
     """A stored cell is reused only if its method's defaults, checkpoints and overrides are today's."""
     if cell["method"] == "base":
         return True
-    want = res.get("method_ids", {}).get(cell["method"])
-    if isinstance(want, dict):  # per set size (see method_id)
-        want = want.get(str(res.get("sets", {}).get(cell["set"], {}).get("n")))
+    n = res.get("sets", {}).get(cell["set"], {}).get("n")
+    want = res.get("method_ids", {}).get(cell["method"], {}).get(str(n))  # per set size (see method_id)
     return cell.get("method_id") is not None and cell.get("method_id") == want
 
 
@@ -531,7 +530,7 @@ def run_compare(settings: CompareSettings, log=print) -> dict:
 
     res["methods"] = list(st.methods)
     # Every method's id, not only this run's: another process's cells stay valid in the file and the tables.
-    sizes = sorted({s.n for s in BENCH_SETS} | {info["n"] for info in res["sets"].values()})
+    sizes = sorted({s.n for s in BENCH_SETS})  # run_compare accepts benchmark sets only
     res["method_ids"] = {m: {str(n): method_id(m, st.overrides.get(m), n) for n in sizes}
                          for m in (*METHODS, "nonprivate")}
     from .models import shared_models

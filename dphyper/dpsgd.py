@@ -75,11 +75,14 @@ TUNED = (
 )
 
 
+TUNED_KEYS = ("lr", "max_grad_norm", "epochs", "batch_size")  # what a tuned row sets
+
+
 def tuned_defaults(n: int, table: tuple[dict, ...] = TUNED) -> dict:
     """The sweep's hyperparameters for a private set of n images (``table``: a method's per-regime rows)."""
     for row in table:
         if row["n_max"] is None or n <= row["n_max"]:
-            return {k: row[k] for k in ("lr", "max_grad_norm", "epochs", "batch_size")}
+            return {k: row[k] for k in TUNED_KEYS}
     raise AssertionError("unreachable")
 
 

@@ -91,7 +91,7 @@ def test_shipped_per_size_defaults_are_the_public_sweeps_best(method):
 
     from dphyper.compare import SWEEP_EPSILONS, fresh_sweep_cells, rank_sweep
     from dphyper.config import REPO_DIR
-    from dphyper.dpsgd import resolve, tuned_defaults
+    from dphyper.dpsgd import TUNED_KEYS, resolve, tuned_defaults
     from dphyper.methods import get_method
 
     sweep = json.loads((REPO_DIR / "bench" / "sweep.json").read_text())
@@ -107,7 +107,7 @@ def test_shipped_per_size_defaults_are_the_public_sweeps_best(method):
         best = {k: v for k, v in ranked[0]["hp"].items() if k in row}
         assert {k: row[k] for k in best} == best, (row, ranked[0])
         n = row["n_max"] or 1000
-        assert tuned_defaults(n, tuple(table)) == {k: row[k] for k in ("lr", "max_grad_norm", "epochs", "batch_size")}
+        assert tuned_defaults(n, tuple(table)) == {k: row[k] for k in TUNED_KEYS}
     explicit = resolve(DPSGDConfig(lr=0.5), 1000)  # an explicit value wins over the tuned one
     assert explicit.lr == 0.5
 
