@@ -803,31 +803,48 @@ FID_NOISE_PATH = REPO_DIR / "bench" / "fid_noise.json"
 
 
 def bench_fid_noise(cfg: BenchConfig) -> dict:
-    """How much a cell's FID moves with the sampling seed alone: the base model on the first sweep set,
-    5 seeds, the sweep's protocol (128 samples, 25 DDIM steps). Differences between single cells
-    smaller than this spread are not evidence."""
+    """How much a cell's FID moves with the sampling seed alone: the base model on every sweep set, 5 seeds,
+    the sweep's protocol (128 samples, 25 DDIM steps). Differences between single cells smaller than this
+    spread are not evidence; the sweep's successive halving uses it (``compare.noise_bands``). Resumable:
+    a set already in ``bench/fid_noise.json`` is kept."""
     from .compare import SWEEP_SETS, build_set, run_cell
     from .models import shared_models
 
-    s = SWEEP_SETS[0]
-    data = build_set(s, REPO_DIR / "bench")
-    cells = [run_cell("base", 1.0, data, shared_models(), samples=128, steps=cfg.steps, seed=k) for k in range(5)]
-    fids = [c["fid"] for c in cells]
-    res = {"machine": machine(), "set": s.name, "samples": 128, "steps": cfg.steps, "fids": fids,
-           "agreements": [c["agreement"] for c in cells], "mean": float(np.mean(fids)), "sd": float(np.std(fids, ddof=1))}
-    FID_NOISE_PATH.write_text(json.dumps(res, indent=1))
+    res = fid_noise_results()
+    for s in SWEEP_SETS:
+        if s.name in res["sets"]:
+            continue
+        data = build_set(s, REPO_DIR / "bench")
+        cells = [run_cell("base", 1.0, data, shared_models(), samples=128, steps=cfg.steps, seed=k) for k in range(5)]
+        fids = [c["fid"] for c in cells]
+        res["sets"][s.name] = {"machine": machine(), "samples": 128, "steps": cfg.steps, "fids": fids,
+                               "agreements": [c["agreement"] for c in cells], "mean": float(np.mean(fids)),
+                               "sd": float(np.std(fids, ddof=1))}
+        FID_NOISE_PATH.write_text(json.dumps(res, indent=1))
+        print(f"fid-noise {s.name}: mean {res['sets'][s.name]['mean']:.1f} sd {res['sets'][s.name]['sd']:.2f}",
+              flush=True)
     write_section(cfg.doc, "fid-noise", fid_noise_text(res))
     return res
 
 
+def fid_noise_results() -> dict:
+    from .compare import load_fid_noise
+
+    return load_fid_noise(FID_NOISE_PATH.parent)
+
+
 def fid_noise_text(res: dict) -> str:
-    return (f"**How much of a FID difference is noise** (`python -m dphyper bench --suite fid-noise`): the base "
-            f"model on `{res['set']}` under the sweep's protocol ({res['samples']} samples, {res['steps']} DDIM "
-            f"steps) with 5 sampling seeds gives FID {', '.join(f'{f:.1f}' for f in res['fids'])} (mean "
-            f"{res['mean']:.1f}, sd {res['sd']:.1f}) and agreement {min(res['agreements']):.3f}–"
-            f"{max(res['agreements']):.3f}. The sampling seed alone moves a cell's FID by about "
-            f"±{2 * res['sd']:.0f} (2 sd), before any privacy noise or training seed: single-cell differences smaller "
-            "than that rank nothing, and a sweep's winner by less is a tie.")
+    parts = []
+    for name, r in res["sets"].items():
+        parts.append(f"on `{name}`, FID {', '.join(f'{f:.1f}' for f in r['fids'])} (mean {r['mean']:.1f}, sd "
+                     f"{r['sd']:.1f}, so ±{2 * r['sd']:.1f} at 2 sd; agreement {min(r['agreements']):.3f}–"
+                     f"{max(r['agreements']):.3f})")
+    first = next(iter(res["sets"].values()), {"samples": 128, "steps": 25})
+    return ("**How much of a FID difference is noise** (`python -m dphyper bench --suite fid-noise`): the base "
+            f"model under the sweep's protocol ({first['samples']} samples, {first['steps']} DDIM steps) with 5 "
+            f"sampling seeds gives, {'; '.join(parts)}. The sampling seed alone moves a cell's FID that much, "
+            "before any privacy noise or training seed: single-cell differences smaller than 2 sd rank nothing, "
+            "and a sweep's winner by less is a tie.")
 
 
 def sweep_table(res: dict) -> str:
@@ -841,11 +858,14 @@ def sweep_table(res: dict) -> str:
             + f". δ = {res['delta']:g}; each cell {res['samples']} samples, {res['steps']} DDIM steps, sampling seed "
             f"{res['seed']}. **Compute cap, the same for every run of every method: {res['compute_cap']:,} UNet "
             "example-gradient evaluations** (private and public examples together; 2,560 DP-SGD epochs at "
-            "n = 100, 256 at n = 1,000). Stage 1: learning rate × length at ε = 1 (batch 64, C = 0.01); stage 2 around "
-            "stage 1's best: full batch, C = 1, a longer run; stage 3: the three best at ε = 4. "
+            "n = 100, 256 at n = 1,000). Stage 1: learning rate × length at ε = 1 (batch 64, C = 0.01), by successive "
+            "halving where the set's FID noise is measured (below): every rate's shortest run first, then the "
+            "longer runs only of the rates whose short run is within 2 sd of the best short run (cells run before "
+            "the rule stay in the tables); stage 2 around stage 1's best: full batch, C = 1, a longer run; stage 3: "
+            "the three best at ε = 4. "
             "Cost = example-gradient evaluations of the run.", ""]
     if FID_NOISE_PATH.exists():
-        rows += [fid_noise_text(json.loads(FID_NOISE_PATH.read_text())), ""]
+        rows += [fid_noise_text(fid_noise_results()), ""]
     cells = fresh_sweep_cells(res)
     stale = len(res.get("cells", {})) - len(cells)
     if stale:
@@ -891,7 +911,7 @@ def run_bench(cfg: BenchConfig) -> dict:
         raise ValueError(f"unknown suite {cfg.suite!r}: choose compare, sweep, fid-noise, app, audit, models, hypernet, p1, "
                          "reach, sparse or theory")
     res = fn(cfg)
-    if cfg.suite in ("compare", "sweep", "dpsgd-sweep"):
+    if cfg.suite in ("compare", "sweep", "dpsgd-sweep", "fid-noise"):
         return res  # these write their own resumable files under bench/
     out = REPO_DIR / "bench" / f"{cfg.suite}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

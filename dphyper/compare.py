@@ -322,15 +322,21 @@ def one_default(cells: dict, method: str, sets: tuple[str, ...] = tuple(s.name f
     return dict(next(iter(by_hp[key].values()))["hp"]), score
 
 
-def sweep_plan(method: str, n: int, done: dict, set_name: str) -> list[tuple[float, dict]]:
+def sweep_plan(method: str, n: int, done: dict, set_name: str, band: float | None = None) -> list[tuple[float, dict]]:
     """Staged grid (public sets only): stage 1 learning rate x length at epsilon 1; stage 2 batch, clip
-    and a longer run around stage 1's best; stage 3 the three best at every other epsilon."""
+    and a longer run around stage 1's best; stage 3 the three best at every other epsilon.
+
+    ``band`` (FID; the set's measured sampling noise, 2 sd, from ``noise_bands``) turns on successive
+    halving in stage 1, the same rule for every method: the longer runs of a learning rate are planned only
+    once every shortest run is done, and only for the rates whose shortest run is within ``band`` of the
+    best shortest run. A rate clearly worse after the short run is not trained ten times longer. Cells
+    already run stay in the tables whatever the rule says."""
     from .methods import get_method
 
     grid = get_method(method).sweep
     if not grid:
         return []
-    plan = [(SWEEP_EPSILONS[0], hp) for hp in grid["stage1"]]
+    plan = [(SWEEP_EPSILONS[0], hp) for hp in _halved_stage1(grid["stage1"], done, method, set_name, band)]
     best = rank_sweep(done, method, set_name, SWEEP_EPSILONS[0])
     if best:
         b = best[0]["hp"]
@@ -344,6 +350,39 @@ def sweep_plan(method: str, n: int, done: dict, set_name: str) -> list[tuple[flo
             seen.add(k)
             out.append((e, hp))
     return out
+
+
+def _halved_stage1(stage1: list[dict], done: dict, method: str, set_name: str, band: float | None) -> list[dict]:
+    """Stage 1 under successive halving (see ``sweep_plan``): every run at the shortest length, and a longer
+    run only where its shortest sibling is done and within ``band`` of the best shortest run."""
+    lengths = sorted({hp["epochs"] for hp in stage1 if "epochs" in hp})
+    if band is None or len(lengths) < 2:
+        return list(stage1)
+    shortest = [hp for hp in stage1 if hp.get("epochs") == lengths[0]]
+    fid = {hp_key(c["hp"]): c["fid"] for c in rank_sweep(done, method, set_name, SWEEP_EPSILONS[0])}
+    short_fids = [fid.get(hp_key(hp)) for hp in shortest]
+    if any(f is None for f in short_fids):
+        return shortest
+    best = min(short_fids)
+    keep = [hp for hp in stage1 if hp.get("epochs") == lengths[0]
+            or fid[hp_key({**hp, "epochs": lengths[0]})] <= best + band]
+    return keep
+
+
+def load_fid_noise(out: Path) -> dict:
+    """``out/fid_noise.json`` (``bench --suite fid-noise``) as {"sets": {set name: measurement}}; the
+    first version of the file held one set."""
+    path = Path(out) / "fid_noise.json"
+    if not path.exists():
+        return {"sets": {}}
+    res = json.loads(path.read_text())
+    return res if "sets" in res else {"sets": {res.pop("set"): res}}
+
+
+def noise_bands(out: Path) -> dict[str, float]:
+    """Per sweep set, 2 sd of the base model's FID over sampling seeds; a set not measured has no band
+    (no halving)."""
+    return {name: 2 * r["sd"] for name, r in load_fid_noise(out)["sets"].items()}
 
 
 def _merge_cell(path: Path, res: dict, key: str | None = None, cell: dict | None = None,
@@ -424,6 +463,7 @@ def run_sweep(methods: tuple[str, ...], out: Path, *, sets: tuple[BenchSet, ...]
     from .models import shared_models
 
     models = shared_models()  # the process's public models: one place, no method
+    bands = noise_bands(Path(out))
     done_now = 0
     for s in sets or SWEEP_SETS:
         data = None
@@ -433,7 +473,7 @@ def run_sweep(methods: tuple[str, ...], out: Path, *, sets: tuple[BenchSet, ...]
                     break
                 res = _merge_cell(path, res)  # see the cells other workers finished meanwhile
                 fresh = fresh_sweep_cells(res)
-                todo = [(e, hp) for e, hp in sweep_plan(method, s.n, fresh, s.name)
+                todo = [(e, hp) for e, hp in sweep_plan(method, s.n, fresh, s.name, bands.get(s.name))
                         if _sweep_key(method, s.name, e, hp) not in fresh]
                 claimed = _claim(path, [_sweep_key(method, s.name, e, hp) for e, hp in todo])
                 if claimed is None:

@@ -142,6 +142,37 @@ def test_sweep_is_staged_public_and_within_one_compute_cap():
     assert [hp for _, hp in sweep_plan("hypernet", 100, {}, "s")] == [{"lora_scale": a} for a in (0.5, 0.75, 1, 1.5, 2)]
 
 
+def test_successive_halving_extends_only_rates_within_the_noise_band(tmp_path):
+    """Stage 1 with a measured noise band: the short runs first, then the longer runs of the rates whose
+    short run is within the band of the best short run; no band, the whole grid."""
+    import json
+
+    from dphyper.compare import SWEEP_EPSILONS, noise_bands, sweep_plan
+
+    for method in ("dpsgd", "pda-dpmd", "sparse"):
+        whole = sweep_plan(method, 1000, {}, "s")
+        short = min(hp["epochs"] for _, hp in whole)
+        first = sweep_plan(method, 1000, {}, "s", band=5.0)
+        assert first and all(hp["epochs"] == short for _, hp in first) and len(first) < len(whole)
+        rates = sorted(hp["lr"] for _, hp in first)
+        # the smallest rate is best (100), the middle one 4 worse (inside the band), the largest 40 worse
+        fids = dict(zip(rates, (100.0, 104.0, 140.0)))
+        done = {str(i): {"method": method, "set": "s", "epsilon": SWEEP_EPSILONS[0], "hp": hp, "fid": fids[hp["lr"]]}
+                for i, (_, hp) in enumerate(first)}
+        after = sweep_plan(method, 1000, done, "s", band=5.0)
+        longer = {hp["lr"] for e, hp in after if e == SWEEP_EPSILONS[0] and hp["epochs"] > short
+                  and set(hp) == set(first[0][1])}
+        assert longer == set(rates[:2])
+        # without a band every long run is planned
+        assert {hp["lr"] for e, hp in sweep_plan(method, 1000, done, "s")
+                if e == SWEEP_EPSILONS[0] and hp["epochs"] > short and set(hp) == set(first[0][1])} == set(rates)
+    # the band comes from the stored fid-noise measurement: 2 sd per set, both file versions
+    (tmp_path / "fid_noise.json").write_text(json.dumps({"set": "a", "sd": 3.0, "fids": []}))
+    assert noise_bands(tmp_path) == {"a": 6.0}
+    (tmp_path / "fid_noise.json").write_text(json.dumps({"sets": {"a": {"sd": 1.5}, "b": {"sd": 2.0}}}))
+    assert noise_bands(tmp_path) == {"a": 3.0, "b": 4.0}
+    assert noise_bands(tmp_path / "missing") == {}
+
 @needs_fmnist
 def test_sweep_cells_resume(tmp_path, monkeypatch):
     """Every finished cell is stored; a rerun recomputes nothing; max_cells bounds one call."""
