@@ -8,7 +8,7 @@ mean embedding) and its radius must be the same in every input.
 
     python scripts/hypernet_average.py assets/hypernet/hypernet.safetensors \\
         /work/bg/hlong/assets_4535/hypernet/hypernet.safetensors \\
-        /work/bg/hlong/assets_5435/hypernet/hypernet.safetensors --out /tmp/havg/hypernet.safetensors
+        /work/bg/hlong/assets_5435/hypernet/hypernet.safetensors --out /tmp/havg/hypernet.safetensors [--keep lora_a]
 """
 from __future__ import annotations
 
@@ -20,7 +20,10 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 
-def average(paths: list[Path]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def average(paths: list[Path], keep: tuple[str, ...] = ()) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The mean of every tensor, except those whose name starts with a prefix in ``keep``: those are
+    taken from the first checkpoint (e.g. ``lora_a``, H's shared public A, which the quadratic EM and
+    the slicing mechanism also use)."""
     if len(paths) < 2:
         raise ValueError("give at least two checkpoints to average")
     tensors = [load_file(str(p)) for p in paths]
@@ -38,8 +41,10 @@ def average(paths: list[Path]) -> tuple[dict[str, torch.Tensor], dict[str, str]]
     # the same public mean, recomputed per run: equal up to float rounding
     if "anchor" in keys and any(not torch.allclose(t["anchor"], tensors[0]["anchor"], atol=1e-6) for t in tensors):
         raise ValueError("the checkpoints have different anchors")
-    out = {k: torch.stack([t[k].float() for t in tensors]).mean(0).contiguous() for k in sorted(keys)}
-    meta = {**metas[0], "averaged_from": ", ".join(str(p) for p in paths)}
+    out = {k: (tensors[0][k].float() if k.startswith(keep) else torch.stack([t[k].float() for t in tensors]).mean(0))
+           .contiguous() for k in sorted(keys)}
+    meta = {**metas[0], "averaged_from": ", ".join(str(p) for p in paths),
+            **({"kept_from_first": ", ".join(keep)} if keep else {})}
     return out, meta
 
 
@@ -47,8 +52,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("checkpoints", nargs="+", type=Path)
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--keep", action="append", default=[],
+                    help="tensor-name prefix taken from the first checkpoint, not averaged (repeatable)")
     a = ap.parse_args()
-    out, meta = average(a.checkpoints)
+    out, meta = average(a.checkpoints, tuple(a.keep))
     a.out.parent.mkdir(parents=True, exist_ok=True)
     save_file(out, str(a.out), metadata=meta)
     print(f"wrote {a.out}: mean of {len(a.checkpoints)} checkpoints")

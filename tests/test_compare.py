@@ -356,3 +356,32 @@ def test_retuning_one_size_regime_keeps_the_other_regimes_cells(monkeypatch):
     monkeypatch.setattr(dpsgd, "TUNED", ({**dpsgd.TUNED[0], "epochs": 99.0}, dpsgd.TUNED[-1]))
     res["method_ids"]["dpsgd"] = ids()
     assert not _still_valid(cells["small"], res)
+
+
+def test_qem_and_slicing_cells_depend_on_hs_a_not_on_its_head(tmp_path):
+    """The quadratic EM and slicing use H's public A (and the base UNet), not H's head: a checkpoint that
+    changes only the head (retrained or averaged, issue 18) leaves their identity, so their cells stay
+    valid; a change of A or of the base UNet does not."""
+    import torch
+    from safetensors.torch import save_file
+
+    from dphyper.compare import _files_digest
+    from dphyper.methods import get_method
+
+    base = tmp_path / "base.safetensors"
+    save_file({"w": torch.ones(3)}, str(base))
+    a = {"lora_a.0": torch.randn(4, 8), "lora_a.1": torch.randn(4, 8)}
+
+    def digest(name, head, a=a, base=base):
+        p = tmp_path / name
+        save_file({**a, "head.weight": head}, str(p))
+        return _files_digest("a", p, base)
+
+    one = digest("h1.safetensors", torch.zeros(2, 2))
+    assert digest("h2.safetensors", torch.ones(2, 2)) == one  # another head, the same A
+    assert digest("h3.safetensors", torch.zeros(2, 2), a={**a, "lora_a.1": a["lora_a.1"] + 1e-3}) != one
+    other_base = tmp_path / "base2.safetensors"
+    save_file({"w": torch.zeros(3)}, str(other_base))
+    assert digest("h4.safetensors", torch.zeros(2, 2), base=other_base) != one
+    for m in ("qem", "slicing"):
+        assert "hypernet" not in get_method(m).identity() and "A" in get_method(m).identity()

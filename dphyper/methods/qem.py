@@ -256,11 +256,11 @@ def geometry(models, cfg: QEMConfig, grads: "_Grads | None" = None) -> Geometry:
 
     ``grads``: a caller's own ``_Grads`` to compute with on a cache miss (it is left at B = 0 with no
     per-sample state, so the caller can use it afterwards); a fresh one when None."""
-    from ..compare import hypernet_id
+    from ..compare import hypernet_a_id
 
     # Everything the result depends on: settings, the batch (which seeded draw each public image gets),
-    # the device and the shipped checkpoints (the A and the base UNet behind hypernet_id).
-    key = (cfg.dim, cfg.basis, cfg.public, cfg.t_max, cfg.batch, str(models.device), hypernet_id())
+    # the device and the shipped checkpoints (H's A and the base UNet: hypernet_a_id).
+    key = (cfg.dim, cfg.basis, cfg.public, cfg.t_max, cfg.batch, str(models.device), hypernet_a_id())
     with _geometry_lock:
         if key in _geometry:
             return _geometry[key]
@@ -358,10 +358,10 @@ TUNABLE = ("dim", "basis", "clip", "damping", "step", "draws", "t_max", "public"
 
 
 def identity() -> dict:
-    from ..compare import hypernet_id
+    from ..compare import hypernet_a_id
 
     d = QEMConfig()
-    return {"defaults": {k: getattr(d, k) for k in TUNABLE}, "A": hypernet_id()}
+    return {"defaults": {k: getattr(d, k) for k in TUNABLE}, "A": hypernet_a_id()}
 
 
 def cost(hp: dict, n: int) -> int:

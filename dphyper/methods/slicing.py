@@ -252,10 +252,10 @@ def public_pool_labelled(size: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _map_id(cfg: SlicingConfig) -> tuple:
     """The public settings that define the projection map (a release is re-fitted only under the same map)."""
-    from ..compare import hypernet_id
+    from ..compare import encoder_id
 
     return (cfg.space, cfg.slices, cfg.clip, cfg.pool, cfg.projection_seed,
-            hypernet_id() if cfg.space == "embedding" else "")
+            encoder_id() if cfg.space == "embedding" else "")
 
 
 def public_slices(cfg: SlicingConfig, models) -> PublicSlices:
@@ -534,10 +534,11 @@ TUNABLE = ("space", "slices", "clip", "rows", "directions", "bandwidth", "smooth
 
 
 def identity() -> dict:
-    from ..compare import hypernet_id
+    from ..compare import encoder_id, hypernet_a_id
 
     d = SlicingConfig()
-    return {"defaults": {k: getattr(d, k) for k in TUNABLE}, "encoder": hypernet_id()}
+    # the encoder (embedding space) and H's public A with the base UNet (the LoRA it fits starts there)
+    return {"defaults": {k: getattr(d, k) for k in TUNABLE}, "encoder": encoder_id(), "A": hypernet_a_id()}
 
 
 def cost(hp: dict, n: int) -> int:
