@@ -146,8 +146,17 @@ def bench_models(cfg: BenchConfig) -> dict:
 
 
 def _hypernet_command(summary: dict) -> str:
-    """How the shipped H was trained: anchored from the start, or resumed with the anchor on."""
+    """How the shipped H was trained: anchored from the start, or resumed with the anchor on, or (issue 18)
+    the average of snapshots of one run."""
     a, steps, r = summary.get("anchor_from_step"), summary.get("steps"), summary.get("anchor_radius")
+    if summary.get("averaged_steps"):
+        snaps = summary["averaged_steps"]
+        kept = summary.get("kept_from_first")
+        return (f"`python -m dphyper train hypernet --no-anchor --max-steps {snaps[0]}`, continued to "
+                f"{', '.join(str(t) for t in snaps[1:])} steps (`scripts/hypernet_continue.py`), the anchor added to each "
+                f"snapshot (radius {r}), then `scripts/hypernet_average.py` over the {len(snaps)} snapshots"
+                + (f" (`--keep {kept}`: the first snapshot's {kept})" if kept else "")
+                + "; chosen on public sets (`scripts/hypernet_select.py`)")
     if a and a == steps:
         return (f"`python -m dphyper train hypernet --no-anchor --max-steps {a}`, then the same command without "
                 f"`--no-anchor` (adds the anchor, radius {r}, no further steps)")

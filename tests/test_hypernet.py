@@ -275,3 +275,37 @@ def test_signal_share_is_one_without_noise_and_zero_when_noise_explains_the_dist
     assert signal_share(m, 0.05, a) == pytest.approx(0.75)
     assert signal_share(a, 0.0, a) == 0.0 and signal_share(m, math.inf, a) == 0.0
     assert signal_share(m, 0.0, None) == 1.0
+
+
+def test_checkpoint_average_means_every_tensor_but_the_kept_ones(tmp_path):
+    """scripts/hypernet_average.py (how the shipped H was made): the mean of each tensor over the
+    snapshots, the first snapshot's tensors for a kept prefix, and a clear error for snapshots that do
+    not belong together."""
+    import importlib.util
+
+    from safetensors.torch import save_file
+
+    from dphyper.config import REPO_DIR
+
+    spec = importlib.util.spec_from_file_location("hypernet_average", REPO_DIR / "scripts" / "hypernet_average.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    anchor = torch.randn(4)
+    paths = []
+    for i in range(3):
+        p = tmp_path / f"h{i}.safetensors"
+        save_file({"anchor": anchor, "head.weight": torch.full((2, 3), float(i)), "lora_a.0": torch.full((2,), 10.0 + i)},
+                  str(p), metadata={"embed_dim": "4", "hidden": "3", "anchor_radius": "0.1"})
+        paths.append(p)
+    out, meta = mod.average(paths)
+    assert torch.equal(out["head.weight"], torch.full((2, 3), 1.0)) and torch.equal(out["lora_a.0"], torch.full((2,), 11.0))
+    kept, meta = mod.average(paths, keep=("lora_a",))
+    assert torch.equal(kept["lora_a.0"], torch.full((2,), 10.0)) and torch.equal(kept["head.weight"], out["head.weight"])
+    assert meta["kept_from_first"] == "lora_a" and meta["anchor_radius"] == "0.1"
+    bad = tmp_path / "bad.safetensors"
+    save_file({"anchor": anchor + 1, "head.weight": torch.zeros(2, 3), "lora_a.0": torch.zeros(2)}, str(bad),
+              metadata={"embed_dim": "4", "hidden": "3", "anchor_radius": "0.1"})
+    with pytest.raises(ValueError, match="anchors"):
+        mod.average([paths[0], bad])
+    with pytest.raises(ValueError, match="at least two"):
+        mod.average(paths[:1])
