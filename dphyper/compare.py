@@ -304,22 +304,25 @@ def rank_sweep(cells: dict, method: str, set_name: str, eps: float) -> list[dict
 
 
 def one_default(cells: dict, method: str, sets: tuple[str, ...] = tuple(s.name for s in SWEEP_SETS),
-                eps: float = SWEEP_EPSILONS[0]) -> tuple[dict, float] | None:
+                epsilons: tuple[float, ...] = SWEEP_EPSILONS) -> tuple[dict, float] | None:
     """One default for both size regimes, for a method that keeps n private (it cannot pick its settings by
-    n): of the settings run on every public set at ``eps``, the one whose FID is closest to each set's best,
-    on average (mean of FID / best FID over the sets). Returns (settings, that mean), or None."""
-    by_hp: dict[str, dict[str, dict]] = {}
+    n): of the settings run on every public set at every sweep epsilon, the one whose FID is closest to each
+    (set, epsilon)'s best, on average (mean of FID / best FID). A setting's strength can depend on epsilon
+    (the hypernetwork's ``lora_scale`` is applied by the release's signal share), so the default must serve
+    every epsilon of the sweep, not only the first. When no setting has been run at every epsilon yet, the
+    settings run on every set at the first epsilon compete there alone. Returns (settings, score), or None."""
+    by_hp: dict[str, dict[tuple[str, float], dict]] = {}
     for c in cells.values():
-        if c["method"] == method and c["epsilon"] == eps and c["set"] in sets:
-            by_hp.setdefault(hp_key(c["hp"]), {})[c["set"]] = c
-    best = {s: min((c["fid"] for row in by_hp.values() for c in row.values() if c["set"] == s), default=None)
-            for s in sets}
-    scored = [(sum(row[s]["fid"] / best[s] for s in sets) / len(sets), k) for k, row in by_hp.items()
-              if all(s in row for s in sets)]
-    if not scored:
-        return None
-    score, key = min(scored)
-    return dict(next(iter(by_hp[key].values()))["hp"]), score
+        if c["method"] == method and c["epsilon"] in epsilons and c["set"] in sets:
+            by_hp.setdefault(hp_key(c["hp"]), {})[(c["set"], c["epsilon"])] = c
+    for pairs in ([(s, e) for s in sets for e in epsilons], [(s, epsilons[0]) for s in sets]):
+        best = {p: min((row[p]["fid"] for row in by_hp.values() if p in row), default=None) for p in pairs}
+        scored = [(sum(row[p]["fid"] / best[p] for p in pairs) / len(pairs), k) for k, row in by_hp.items()
+                  if all(p in row for p in pairs)]
+        if scored:
+            score, key = min(scored)
+            return dict(next(iter(by_hp[key].values()))["hp"]), score
+    return None
 
 
 def sweep_plan(method: str, n: int, done: dict, set_name: str, band: float | None = None) -> list[tuple[float, dict]]:
@@ -342,6 +345,11 @@ def sweep_plan(method: str, n: int, done: dict, set_name: str, band: float | Non
         b = best[0]["hp"]
         plan += [(SWEEP_EPSILONS[0], {**b, **ch}) for ch in grid["stage2"](n)]
         top = [c["hp"] for c in best[:3]]
+        if "tuned" not in get_method(method).identity():
+            # one default for every set (``one_default``): every set's three best, so that the candidates
+            # are compared at every epsilon on every set
+            top += [c["hp"] for s in SWEEP_SETS if s.name != set_name
+                    for c in rank_sweep(done, method, s.name, SWEEP_EPSILONS[0])[:3]]
         plan += [(e, hp) for e in SWEEP_EPSILONS[1:] for hp in top]
     seen, out = set(), []
     for e, hp in plan:
@@ -364,9 +372,10 @@ def _halved_stage1(stage1: list[dict], done: dict, method: str, set_name: str, b
     if any(f is None for f in short_fids):
         return shortest
     best = min(short_fids)
-    keep = [hp for hp in stage1 if hp.get("epochs") == lengths[0]
-            or fid[hp_key({**hp, "epochs": lengths[0]})] <= best + band]
-    return keep
+    def short_fid(hp: dict) -> float:  # a longer run without a shortest sibling in the grid is always planned
+        return fid.get(hp_key({**hp, "epochs": lengths[0]}), best) if "epochs" in hp else best
+
+    return [hp for hp in stage1 if hp.get("epochs") == lengths[0] or short_fid(hp) <= best + band]
 
 
 def load_fid_noise(out: Path) -> dict:

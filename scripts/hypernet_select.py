@@ -6,7 +6,8 @@ that ``DPHYPER_ASSETS`` points at (default: ``assets/``), this script runs the h
 private path at epsilon = inf (H fed the exact clipped mean: deterministic, no privacy draw; the
 noise is not what limits H at epsilon >= 1, see docs/BENCHMARKS.md) on eleven public sets of 200
 train images: one per class and a uniform mix. It writes the class agreement of 128 samples per set
-(25 DDIM steps, sampling seed 0; the mix scores 1 - total variation to the uniform histogram) into
+(25 DDIM steps, sampling seed 0, ``lora_scale`` 2 unless ``--lora-scale``; the mix scores 1 - total
+variation to the uniform histogram) into
 ``bench/hypernet_select.json`` under ``--label``.
 
     python scripts/hypernet_select.py --label shipped
@@ -25,7 +26,9 @@ import torch
 from dphyper.config import ASSETS_DIR, REPO_DIR
 from dphyper.data import CLASS_NAMES, load_fashion_mnist
 from dphyper.evaluator import classify, load_evaluator
-from dphyper.pipeline import HypernetPipeline
+from dphyper.methods.base import run_method
+from dphyper.methods.hypernet import HYPERNET, HypernetConfig
+from dphyper.models import shared_models
 
 OUT = REPO_DIR / "bench" / "hypernet_select.json"
 
@@ -53,12 +56,15 @@ def main() -> None:
     ap.add_argument("--label", required=True, help="name of this checkpoint in the results file")
     ap.add_argument("--samples", type=int, default=128)
     ap.add_argument("--steps", type=int, default=25)
+    ap.add_argument("--lora-scale", type=float, default=2.0,
+                    help="H's LoRA strength (the checkpoint choice of 2026-12-01 used 2, the default then)")
     a = ap.parse_args()
     torch.set_num_threads(1)
-    pipe, ev = HypernetPipeline(), load_evaluator()
-    t0, row = time.time(), {"assets": str(ASSETS_DIR), "sets": {}}
+    models, ev = shared_models(), load_evaluator()
+    t0, row = time.time(), {"assets": str(ASSETS_DIR), "lora_scale": a.lora_scale, "sets": {}}
     for name, (images, classes) in public_sets().items():
-        r = pipe.run(images, epsilon=math.inf, samples=a.samples, steps=a.steps, seed=0)
+        cfg = HypernetConfig(epsilon=math.inf, samples=a.samples, steps=a.steps, seed=0, lora_scale=a.lora_scale)
+        r = run_method(HYPERNET, images, cfg, models)
         row["sets"][name] = agreement(classify(r.samples, ev), classes)
         print(f"{a.label} {name}: {row['sets'][name]:.3f}", flush=True)
     single = [v for k, v in row["sets"].items() if k != "mixed"]

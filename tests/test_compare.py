@@ -303,9 +303,16 @@ def test_one_default_for_both_regimes_is_closest_to_each_sets_best_on_average():
         cell("small", {"dim": 1}, 100),               # run on one set only: not a candidate
         cell("big", a, 1.0, eps=4.0), cell("big", a, 1.0, method="dpsgd"),  # other epsilon, other method
     ]))
-    hp, score = one_default(cells, "qem", ("small", "big"))
-    assert hp == b and score == pytest.approx((303 / 100 + 70 / 69) / 2)  # each set's best, any settings
+    # no setting has every (set, epsilon) yet: the first epsilon decides, each set's best over any settings
+    hp, score = one_default(cells, "qem", ("small", "big"), (1.0, 4.0))
+    assert hp == b and score == pytest.approx((303 / 100 + 70 / 69) / 2)
     assert one_default(cells, "slicing", ("small", "big")) is None
+    # once settings have every (set, epsilon), they alone compete, over every epsilon: b overshoots at
+    # epsilon = 4 (as a LoRA strength applied by signal share can), so a, steadier, is the default
+    cells.update(dict(enumerate([cell("small", a, 200, eps=4.0), cell("small", b, 500, eps=4.0),
+                                 cell("big", b, 2.0, eps=4.0)], start=100)))
+    hp, score = one_default(cells, "qem", ("small", "big"), (1.0, 4.0))
+    assert hp == a and score == pytest.approx((300 / 100 + 90 / 69 + 200 / 200 + 1.0 / 1.0) / 4)
 
 
 @pytest.mark.parametrize("method", ["qem", "hypernet"])
@@ -385,3 +392,31 @@ def test_qem_and_slicing_cells_depend_on_hs_a_not_on_its_head(tmp_path):
     assert digest("h4.safetensors", torch.zeros(2, 2), base=other_base) != one
     for m in ("qem", "slicing"):
         assert "hypernet" not in get_method(m).identity() and "A" in get_method(m).identity()
+
+
+def test_stage3_of_a_one_default_method_runs_every_sets_best_at_every_epsilon():
+    """A method with one default for every set (the hypernetwork, the quadratic EM) is scored over every
+    (set, epsilon), so stage 3 runs each set's three best at epsilon = 4 on every set; a per-size method
+    (DP-SGD) runs only its own set's three best."""
+    from dphyper.compare import SWEEP_EPSILONS, SWEEP_SETS, sweep_plan
+
+    small, big = (s.name for s in SWEEP_SETS)
+    e1, e4 = SWEEP_EPSILONS[:2]
+
+    def cells(method, grid, order_small, order_big):
+        out = {}
+        for rank, hp in enumerate(order_small):
+            out[f"s{rank}"] = {"method": method, "set": small, "epsilon": e1, "hp": hp, "fid": 100.0 + rank}
+        for rank, hp in enumerate(order_big):
+            out[f"b{rank}"] = {"method": method, "set": big, "epsilon": e1, "hp": hp, "fid": 50.0 + rank}
+        return out
+
+    grid = [{"lora_scale": a} for a in (0.5, 0.75, 1.0, 1.5, 2.0)]
+    done = cells("hypernet", grid, grid, grid[::-1])  # opposite rankings on the two sets
+    at4 = [hp for e, hp in sweep_plan("hypernet", 100, done, small) if e == e4]
+    assert {hp["lora_scale"] for hp in at4} == {0.5, 0.75, 1.0, 2.0, 1.5}  # small's top 3 and big's top 3
+    dp = [{"lr": lr, "max_grad_norm": 0.01, "epochs": ep, "batch_size": 64} for lr in (1e-3, 1e-2, 3e-2)
+          for ep in (10.0, 100.0)]
+    done = cells("dpsgd", dp, dp, dp[::-1])
+    at4 = [hp for e, hp in sweep_plan("dpsgd", 100, done, small) if e == e4]
+    assert at4 == dp[:3]  # its own set's three best only
