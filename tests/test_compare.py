@@ -216,7 +216,10 @@ def test_sweep_stamp_follows_every_setting_and_checkpoint(monkeypatch):
     assert sweep_stamp("slicing", {}) != sweep_stamp("slicing", {"reg": d.reg * 2})  # a default changed
     assert sweep_stamp("slicing", {}) != sweep_stamp("slicing", {}, samples=64)
     dpsgd, slicing = sweep_stamp("dpsgd", {"lr": 0.01}), sweep_stamp("slicing", {})
-    monkeypatch.setattr(compare, "hypernet_id", lambda: "rebuilt")  # the shipped encoder/A checkpoint changed
+    hypernet = sweep_stamp("hypernet", {})
+    monkeypatch.setattr(compare, "hypernet_id", lambda: "rebuilt")  # a new H (head) with the same A
+    assert sweep_stamp("hypernet", {}) != hypernet and sweep_stamp("slicing", {}) == slicing
+    monkeypatch.setattr(compare, "hypernet_a_id", lambda: "rebuilt")  # the shipped A (or base UNet) changed
     assert sweep_stamp("slicing", {}) != slicing and sweep_stamp("dpsgd", {"lr": 0.01}) == dpsgd
     res = {"samples": 128, "steps": 25, "seed": 0,
            "cells": {"a": {"method": "dpsgd", "hp": {"lr": 0.01}, "stamp": dpsgd},
