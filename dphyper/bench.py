@@ -869,7 +869,8 @@ def sweep_table(res: dict) -> str:
             "example-gradient evaluations** (private and public examples together; 2,560 DP-SGD epochs at "
             "n = 100, 256 at n = 1,000). Stage 1: learning rate × length at ε = 1 (batch 64, C = 0.01), by successive "
             "halving where the set's FID noise is measured (below): every rate's shortest run first, then the "
-            "longer runs only of the rates whose short run is within 2 sd of the best short run (cells run before "
+            "longer runs only of the rates whose short run is within 2 sd of a two-cell difference (2√2 × the sd below) "
+            "of the best short run (cells run before "
             "the rule stay in the tables); stage 2 around stage 1's best: full batch, C = 1, a longer run; stage 3: "
             "the three best at ε = 4. "
             "Cost = example-gradient evaluations of the run.", ""]

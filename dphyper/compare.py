@@ -309,13 +309,19 @@ def one_default(cells: dict, method: str, sets: tuple[str, ...] = tuple(s.name f
     n): of the settings run on every public set at every sweep epsilon, the one whose FID is closest to each
     (set, epsilon)'s best, on average (mean of FID / best FID). A setting's strength can depend on epsilon
     (the hypernetwork's ``lora_scale`` is applied by the release's signal share), so the default must serve
-    every epsilon of the sweep, not only the first. When no setting has been run at every epsilon yet, the
-    settings run on every set at the first epsilon compete there alone. Returns (settings, score), or None."""
+    every epsilon of the sweep, not only the first. Until stage 3 is complete (each set's three best at the
+    first epsilon run on every set at every epsilon), the settings run on every set at the first epsilon
+    compete there alone. Returns (settings, score), or None."""
     by_hp: dict[str, dict[tuple[str, float], dict]] = {}
     for c in cells.values():
         if c["method"] == method and c["epsilon"] in epsilons and c["set"] in sets:
             by_hp.setdefault(hp_key(c["hp"]), {})[(c["set"], c["epsilon"])] = c
-    for pairs in ([(s, e) for s in sets for e in epsilons], [(s, epsilons[0]) for s in sets]):
+    every = [(s, e) for s in sets for e in epsilons]
+    # The full rule only once stage 3 is complete (every set's three best at the first epsilon have every
+    # (set, epsilon)), so the default does not depend on which cells happened to finish first.
+    tops = {hp_key(c["hp"]) for s in sets for c in rank_sweep(cells, method, s, epsilons[0])[:3]}
+    complete = bool(tops) and all(all(p in by_hp.get(k, {}) for p in every) for k in tops)
+    for pairs in ([every] if complete else []) + [[(s, epsilons[0]) for s in sets]]:
         best = {p: min((row[p]["fid"] for row in by_hp.values() if p in row), default=None) for p in pairs}
         scored = [(sum(row[p]["fid"] / best[p] for p in pairs) / len(pairs), k) for k, row in by_hp.items()
                   if all(p in row for p in pairs)]
@@ -329,7 +335,7 @@ def sweep_plan(method: str, n: int, done: dict, set_name: str, band: float | Non
     """Staged grid (public sets only): stage 1 learning rate x length at epsilon 1; stage 2 batch, clip
     and a longer run around stage 1's best; stage 3 the three best at every other epsilon.
 
-    ``band`` (FID; the set's measured sampling noise, 2 sd, from ``noise_bands``) turns on successive
+    ``band`` (FID; 2 sd of a difference of two cells on that set, from ``noise_bands``) turns on successive
     halving in stage 1, the same rule for every method: the longer runs of a learning rate are planned only
     once every shortest run is done, and only for the rates whose shortest run is within ``band`` of the
     best shortest run. A rate clearly worse after the short run is not trained ten times longer. Cells
@@ -339,18 +345,20 @@ def sweep_plan(method: str, n: int, done: dict, set_name: str, band: float | Non
     grid = get_method(method).sweep
     if not grid:
         return []
-    plan = [(SWEEP_EPSILONS[0], hp) for hp in _halved_stage1(grid["stage1"], done, method, set_name, band)]
+    stage1 = [hp for hp in grid["stage1"] if run_cost(hp, n, method) <= COMPUTE_CAP]
+    plan = [(SWEEP_EPSILONS[0], hp) for hp in _halved_stage1(stage1, done, method, set_name, band)]
     best = rank_sweep(done, method, set_name, SWEEP_EPSILONS[0])
     if best:
         b = best[0]["hp"]
         plan += [(SWEEP_EPSILONS[0], {**b, **ch}) for ch in grid["stage2"](n)]
         top = [c["hp"] for c in best[:3]]
-        if "tuned" not in get_method(method).identity():
-            # one default for every set (``one_default``): every set's three best, so that the candidates
-            # are compared at every epsilon on every set
-            top += [c["hp"] for s in SWEEP_SETS if s.name != set_name
-                    for c in rank_sweep(done, method, s.name, SWEEP_EPSILONS[0])[:3]]
         plan += [(e, hp) for e in SWEEP_EPSILONS[1:] for hp in top]
+        if "tuned" not in get_method(method).identity():
+            # one default for every set (``one_default``): the other sets' three best too, at every epsilon
+            # (a stage-2 variant of another set's best may not have run here at all), so that the candidates
+            # are compared on every (set, epsilon)
+            plan += [(e, c["hp"]) for s in SWEEP_SETS if s.name != set_name
+                     for c in rank_sweep(done, method, s.name, SWEEP_EPSILONS[0])[:3] for e in SWEEP_EPSILONS]
     seen, out = set(), []
     for e, hp in plan:
         k = (e, hp_key(hp))
@@ -389,9 +397,9 @@ def load_fid_noise(out: Path) -> dict:
 
 
 def noise_bands(out: Path) -> dict[str, float]:
-    """Per sweep set, 2 sd of the base model's FID over sampling seeds; a set not measured has no band
-    (no halving)."""
-    return {name: 2 * r["sd"] for name, r in load_fid_noise(out)["sets"].items()}
+    """Per sweep set, 2 sd of the difference of two cells' FIDs (2·√2 × the base model's sd over sampling
+    seeds); a set not measured has no band (no halving)."""
+    return {name: 2 * math.sqrt(2) * r["sd"] for name, r in load_fid_noise(out)["sets"].items()}
 
 
 def _merge_cell(path: Path, res: dict, key: str | None = None, cell: dict | None = None,

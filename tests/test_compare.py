@@ -168,9 +168,9 @@ def test_successive_halving_extends_only_rates_within_the_noise_band(tmp_path):
                 if e == SWEEP_EPSILONS[0] and hp["epochs"] > short and set(hp) == set(first[0][1])} == set(rates)
     # the band comes from the stored fid-noise measurement: 2 sd per set, both file versions
     (tmp_path / "fid_noise.json").write_text(json.dumps({"set": "a", "sd": 3.0, "fids": []}))
-    assert noise_bands(tmp_path) == {"a": 6.0}
+    assert noise_bands(tmp_path) == pytest.approx({"a": 6.0 * 2 ** 0.5})  # 2 sd of a difference of two cells
     (tmp_path / "fid_noise.json").write_text(json.dumps({"sets": {"a": {"sd": 1.5}, "b": {"sd": 2.0}}}))
-    assert noise_bands(tmp_path) == {"a": 3.0, "b": 4.0}
+    assert noise_bands(tmp_path) == pytest.approx({"a": 3.0 * 2 ** 0.5, "b": 4.0 * 2 ** 0.5})
     assert noise_bands(tmp_path / "missing") == {}
 
 @needs_fmnist
@@ -310,10 +310,16 @@ def test_one_default_for_both_regimes_is_closest_to_each_sets_best_on_average():
     hp, score = one_default(cells, "qem", ("small", "big"), (1.0, 4.0))
     assert hp == b and score == pytest.approx((303 / 100 + 70 / 69) / 2)
     assert one_default(cells, "slicing", ("small", "big")) is None
-    # once settings have every (set, epsilon), they alone compete, over every epsilon: b overshoots at
-    # epsilon = 4 (as a LoRA strength applied by signal share can), so a, steadier, is the default
+    # once stage 3 is complete (each set's three best at epsilon = 1 have every (set, epsilon)), every
+    # epsilon counts: b overshoots at epsilon = 4 (as a LoRA strength applied by signal share can), so a,
+    # steadier, is the default; while one of them still lacks a cell, the first epsilon decides
+    d1 = {"dim": 1}
     cells.update(dict(enumerate([cell("small", a, 200, eps=4.0), cell("small", b, 500, eps=4.0),
-                                 cell("big", b, 2.0, eps=4.0)], start=100)))
+                                 cell("small", c, 600, eps=4.0), cell("small", d1, 700, eps=4.0),
+                                 cell("big", b, 2.0, eps=4.0), cell("big", c, 3.0, eps=4.0),
+                                 cell("big", d1, 2000)], start=100)))
+    assert one_default(cells, "qem", ("small", "big"), (1.0, 4.0))[0] == b  # d1 lacks big at epsilon = 4
+    cells[200] = cell("big", d1, 4.0, eps=4.0)
     hp, score = one_default(cells, "qem", ("small", "big"), (1.0, 4.0))
     assert hp == a and score == pytest.approx((300 / 100 + 90 / 69 + 200 / 200 + 1.0 / 1.0) / 4)
 
