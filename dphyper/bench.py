@@ -169,9 +169,9 @@ def _hypernet_command(summary: dict) -> str:
 def bench_hypernet(cfg: BenchConfig) -> dict:
     from PIL import Image
 
-    from .data import CLASS_NAMES, load_fashion_mnist, load_folder, make_grid
+    from .data import load_fashion_mnist, load_folder, make_grid
     from .diffusion import sample
-    from .evaluator import classify, fid_kid, load_evaluator
+    from .evaluator import class_agreement as agreement, classify, fid_kid, load_evaluator
     from .examples import EXAMPLE_SETS, heldout_images
     from .pipeline import HypernetPipeline
 
@@ -202,12 +202,6 @@ def bench_hypernet(cfg: BenchConfig) -> dict:
         "| set | n held-out | method | ε | class agreement | FID | KID |",
         "|---|---|---|---|---|---|---|",
     ]
-
-    def agreement(pred: torch.Tensor, classes: tuple[int, ...]) -> float:
-        if len(classes) == len(CLASS_NAMES):
-            hist = torch.bincount(pred, minlength=10).float() / len(pred)
-            return float(1 - 0.5 * (hist - 0.1).abs().sum())
-        return float(torch.isin(pred, torch.tensor(classes)).float().mean())
 
     figure_rows = [base[:10]]
     for s in EXAMPLE_SETS:

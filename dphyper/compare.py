@@ -345,9 +345,9 @@ def sweep_plan(method: str, n: int, done: dict, set_name: str, band: float | Non
     grid = get_method(method).sweep
     if not grid:
         return []
-    stage1 = [hp for hp in grid["stage1"] if run_cost(hp, n, method) <= COMPUTE_CAP]
-    plan = [(SWEEP_EPSILONS[0], hp) for hp in _halved_stage1(stage1, done, method, set_name, band)]
     best = rank_sweep(done, method, set_name, SWEEP_EPSILONS[0])
+    stage1 = [hp for hp in grid["stage1"] if run_cost(hp, n, method) <= COMPUTE_CAP]
+    plan = [(SWEEP_EPSILONS[0], hp) for hp in _halved_stage1(stage1, best, band)]
     if best:
         b = best[0]["hp"]
         plan += [(SWEEP_EPSILONS[0], {**b, **ch}) for ch in grid["stage2"](n)]
@@ -368,14 +368,15 @@ def sweep_plan(method: str, n: int, done: dict, set_name: str, band: float | Non
     return out
 
 
-def _halved_stage1(stage1: list[dict], done: dict, method: str, set_name: str, band: float | None) -> list[dict]:
+def _halved_stage1(stage1: list[dict], ranked: list[dict], band: float | None) -> list[dict]:
     """Stage 1 under successive halving (see ``sweep_plan``): every run at the shortest length, and a longer
-    run only where its shortest sibling is done and within ``band`` of the best shortest run."""
+    run only where its shortest sibling is done and within ``band`` of the best shortest run. ``ranked``:
+    this method's cells on this set at the first epsilon (``rank_sweep``)."""
     lengths = sorted({hp["epochs"] for hp in stage1 if "epochs" in hp})
     if band is None or len(lengths) < 2:
         return list(stage1)
     shortest = [hp for hp in stage1 if hp.get("epochs") == lengths[0]]
-    fid = {hp_key(c["hp"]): c["fid"] for c in rank_sweep(done, method, set_name, SWEEP_EPSILONS[0])}
+    fid = {hp_key(c["hp"]): c["fid"] for c in ranked}
     short_fids = [fid.get(hp_key(hp)) for hp in shortest]
     if any(f is None for f in short_fids):
         return shortest
@@ -552,7 +553,7 @@ def hypernet_id() -> str:
     """A short content hash of the shipped hypernetwork file."""
     from .hypernet import HYPERNET_PATH
 
-    return hashlib.sha256(HYPERNET_PATH.read_bytes()).hexdigest()[:12]
+    return _files_digest("file", HYPERNET_PATH)
 
 
 def hypernet_a_id() -> str:

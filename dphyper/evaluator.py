@@ -73,6 +73,15 @@ def classify(x: torch.Tensor, model: Evaluator | None = None, batch_size: int = 
     return torch.cat([model(x[i:i + batch_size].to(device)).argmax(1).cpu() for i in range(0, len(x), batch_size)])
 
 
+def class_agreement(pred: torch.Tensor, classes: tuple[int, ...]) -> float:
+    """Class agreement of predicted labels with a set's classes: the share in ``classes``; for a set of every
+    class (a uniform mix), 1 - the total-variation distance of the label histogram to the uniform one."""
+    if len(classes) == len(CLASS_NAMES):
+        hist = torch.bincount(pred, minlength=len(CLASS_NAMES)).float() / len(pred)
+        return float(1 - 0.5 * (hist - 1 / len(CLASS_NAMES)).abs().sum())
+    return float(torch.isin(pred, torch.tensor(classes)).float().mean())
+
+
 def class_histogram(x: torch.Tensor, model: Evaluator | None = None) -> dict[str, int]:
     pred = classify(x, model)
     counts = torch.bincount(pred, minlength=len(CLASS_NAMES))

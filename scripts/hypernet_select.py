@@ -19,13 +19,12 @@ import argparse
 import json
 import math
 import time
-from pathlib import Path
 
 import torch
 
 from dphyper.config import ASSETS_DIR, REPO_DIR
 from dphyper.data import CLASS_NAMES, load_fashion_mnist
-from dphyper.evaluator import classify, load_evaluator
+from dphyper.evaluator import class_agreement, classify, load_evaluator
 from dphyper.methods.base import run_method
 from dphyper.methods.hypernet import HYPERNET, HypernetConfig
 from dphyper.models import shared_models
@@ -44,13 +43,6 @@ def public_sets(n: int = 200, seed: int = 1234) -> dict[str, tuple[torch.Tensor,
     return sets
 
 
-def agreement(pred: torch.Tensor, classes: tuple[int, ...]) -> float:
-    if len(classes) == len(CLASS_NAMES):
-        hist = torch.bincount(pred, minlength=10).float() / len(pred)
-        return float(1 - 0.5 * (hist - 0.1).abs().sum())
-    return float(torch.isin(pred, torch.tensor(classes)).float().mean())
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--label", required=True, help="name of this checkpoint in the results file")
@@ -65,7 +57,7 @@ def main() -> None:
     for name, (images, classes) in public_sets().items():
         cfg = HypernetConfig(epsilon=math.inf, samples=a.samples, steps=a.steps, seed=0, lora_scale=a.lora_scale)
         r = run_method(HYPERNET, images, cfg, models)
-        row["sets"][name] = agreement(classify(r.samples, ev), classes)
+        row["sets"][name] = class_agreement(classify(r.samples, ev), classes)
         print(f"{a.label} {name}: {row['sets'][name]:.3f}", flush=True)
     single = [v for k, v in row["sets"].items() if k != "mixed"]
     row["mean_single_class"] = sum(single) / len(single)

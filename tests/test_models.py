@@ -93,3 +93,16 @@ def test_app_warms_up_without_the_dataset(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "points 1000" in out.stdout
+
+
+def test_class_agreement_scores_a_class_set_by_share_and_a_mix_by_closeness_to_uniform():
+    """The one definition behind `bench --suite hypernet` and scripts/hypernet_select.py."""
+    import torch
+
+    from dphyper.evaluator import class_agreement
+
+    pred = torch.tensor([7, 7, 7, 5])
+    assert class_agreement(pred, (7,)) == 0.75 and class_agreement(pred, (5, 7)) == 1.0
+    uniform = torch.arange(10).repeat(3)
+    assert class_agreement(uniform, tuple(range(10))) == pytest.approx(1.0)
+    assert class_agreement(torch.zeros(20, dtype=torch.long), tuple(range(10))) == pytest.approx(0.1)
