@@ -353,7 +353,7 @@ def sweep_plan(method: str, n: int, done: dict, set_name: str, band: float | Non
         plan += [(SWEEP_EPSILONS[0], {**b, **ch}) for ch in grid["stage2"](n)]
         top = [c["hp"] for c in best[:3]]
         plan += [(e, hp) for e in SWEEP_EPSILONS[1:] for hp in top]
-        if "tuned" not in get_method(method).identity():
+        if get_method(method).one_default:
             # one default for every set (``one_default``): the other sets' three best too, at every epsilon
             # (a stage-2 variant of another set's best may not have run here at all), so that the candidates
             # are compared on every (set, epsilon)
@@ -385,6 +385,16 @@ def _halved_stage1(stage1: list[dict], ranked: list[dict], band: float | None) -
         return fid.get(hp_key({**hp, "epochs": lengths[0]}), best) if "epochs" in hp else best
 
     return [hp for hp in stage1 if hp.get("epochs") == lengths[0] or short_fid(hp) <= best + band]
+
+
+def _models_are_on_disk(models) -> None:
+    """A cell is stamped with the hashes of the checkpoint files on disk (``sweep_stamp``, ``method_ids``):
+    refuse to store one computed with models loaded from files that have changed since (a checkpoint
+    replaced while a long benchmark ran would otherwise be credited with cells it did not make)."""
+    changed = models.changed_files() if hasattr(models, "changed_files") else []  # (tests pass stand-ins)
+    if changed:
+        raise RuntimeError(f"checkpoint file(s) changed on disk since this process loaded them: {', '.join(changed)}; "
+                           "the cell is not stored. Restart the benchmark to run it with the new files.")
 
 
 def load_fid_noise(out: Path) -> dict:
@@ -503,6 +513,7 @@ def run_sweep(methods: tuple[str, ...], out: Path, *, sets: tuple[BenchSet, ...]
                         data = build_set(s, Path(out))
                         res["sets"][s.name] = data["info"]
                     cell = run_cell(method, eps, data, models, samples=samples, steps=steps, seed=seed, overrides=hp)
+                    _models_are_on_disk(models)
                     cell.update({"set": s.name, "hp": hp, "cost": run_cost(hp, s.n, method), "epsilon": eps,
                                  "stamp": sweep_stamp(method, hp, samples=samples, steps=steps, seed=seed)})
                     # Merge into what is on disk now (another sweep process may have added cells meanwhile).
@@ -655,7 +666,11 @@ def run_compare(settings: CompareSettings, log=print) -> dict:
             res["sets"][name] = built[name]["info"]
         cell = run_cell(method, math.inf if math.isnan(eps) else eps, built[name], models, samples=st.samples,
                         steps=st.steps, seed=st.seed + rep, overrides=st.overrides.get(method))
-        cell.update({"set": name, "repeat": rep, "method_id": res["method_ids"].get(method, {}).get(str(by_name[name].n))})
+        _models_are_on_disk(models)
+        # The id of the files as they are now (the models were loaded from them: checked above), not as they
+        # were when this run started.
+        mid = method_id(method, st.overrides.get(method), by_name[name].n) if method in res["method_ids"] else None
+        cell.update({"set": name, "repeat": rep, "method_id": mid})
         if method == "base":
             cell["epsilon"] = None
         res = _merge_cell(path, res, key, cell, name)

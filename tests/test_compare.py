@@ -429,3 +429,53 @@ def test_stage3_of_a_one_default_method_runs_every_sets_best_at_every_epsilon():
     done = cells("dpsgd", dp, dp, dp[::-1])
     at4 = [hp for e, hp in sweep_plan("dpsgd", 100, done, small) if e == e4]
     assert at4 == dp[:3]  # its own set's three best only
+
+
+def test_one_default_flag_matches_the_absence_of_a_per_size_table():
+    """A method ships either one default for every size (``one_default``: the sweep picks it over both
+    public sets) or a per-size ``tuned`` table; never both, never neither when it has a sweep."""
+    from dphyper.methods import METHODS
+
+    for m in METHODS.values():
+        if m.sweep:
+            assert m.one_default != ("tuned" in m.identity()), m.name
+    assert {m.name for m in METHODS.values() if m.one_default} >= {"hypernet", "qem", "slicing"}
+
+
+def test_a_cell_is_not_stored_from_models_whose_files_changed_on_disk(tmp_path):
+    """Cells are stamped with the hashes of the checkpoint files on disk; a process that loaded a file
+    before it was replaced must refuse to store a cell (it would credit the new file with the old model)."""
+    import os
+
+    import pytest
+
+    from dphyper.compare import _models_are_on_disk
+    from dphyper.models import PublicModels
+
+    f = tmp_path / "h.safetensors"
+    f.write_bytes(b"old")
+    models = PublicModels(torch.device("cpu"))
+    assert models._get("h", lambda: "model", f) == "model"
+    _models_are_on_disk(models)  # unchanged: fine
+    f.write_bytes(b"new!")
+    os.utime(f, ns=(1, 1))
+    assert models.changed_files() == [str(f)]
+    with pytest.raises(RuntimeError, match="changed on disk"):
+        _models_are_on_disk(models)
+
+
+@pytest.mark.parametrize("method", ["qem", "slicing", "sparse"])
+def test_a_methods_identity_holds_every_shipped_default(method):
+    """A compare cell is reused while its method's identity is unchanged: so the identity must hold every
+    config default a run depends on (QEM's ``shrink`` and slicing's ``projection_seed`` were once left out:
+    changing them would have kept stale cells)."""
+    from dataclasses import fields
+
+    from dphyper.methods import get_method
+    from dphyper.methods.base import RUN_FIELDS
+
+    m = get_method(method)
+    ident = m.identity()
+    per_size = {"epochs", "batch_size", "lr", "max_grad_norm"} if "tuned" in ident else set()
+    names = {f.name for f in fields(m.config_cls)} - set(RUN_FIELDS) - per_size
+    assert set(ident["defaults"]) == names

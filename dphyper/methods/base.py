@@ -87,6 +87,21 @@ def load_adapter_into(unet, path: Path):
     return load_sparse_delta_into(unet, path) if sparse else load_lora_into(unet, path)
 
 
+# Config fields that do not change what a run releases: the cell key or the call holds them (epsilon, delta,
+# samples, steps, seed), or they only say where and how often to write (images, out, chunk_seconds).
+RUN_FIELDS = ("images", "epsilon", "delta", "samples", "steps", "seed", "out", "chunk_seconds")
+
+
+def shipped_defaults(config_cls: type, exclude: tuple[str, ...] = ()) -> dict:
+    """Every shipped default of a method's config that its result depends on, for its ``identity``: a stored
+    benchmark cell is reused only while none of them has changed (a hand-picked list misses the one that
+    is changed later). ``exclude``: fields another part of the identity holds (a per-size ``tuned`` table)."""
+    from dataclasses import fields
+
+    d = config_cls()
+    return {f.name: getattr(d, f.name) for f in fields(d) if f.name not in RUN_FIELDS + tuple(exclude)}
+
+
 @dataclass(frozen=True)
 class Method:
     """A registry entry: the name the CLI, app, benchmark and audit use, and how to run it."""
@@ -113,6 +128,10 @@ class Method:
     refit: Callable[..., MethodResult] | None = None
     # What its adapter is: "lora" (lora.safetensors) or "sparse" (sparse_delta.safetensors); ADAPTER_FILES.
     adapter_format: str = "lora"
+    # True for a method that keeps n private and so ships one setting for every set size, chosen by the
+    # sweep's ``compare.one_default`` (stage 3 then runs every set's best on every set); False for one with
+    # a per-size ``tuned`` table in its identity (DP-SGD and its relatives, where n is public).
+    one_default: bool = False
 
 
 def run_method(method: Method, images: torch.Tensor, cfg, models, *, progress: Progress | None = None,

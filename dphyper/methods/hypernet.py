@@ -115,5 +115,5 @@ SWEEP = {"stage1": [{"lora_scale": a} for a in (0.5, 0.75, 1.0, 1.5, 2.0)],
 
 
 HYPERNET = Method(name="hypernet", label="Hypernetwork", config_cls=HypernetConfig, train=train, one_shot=True,
-                  noise="once, into a 64-d clipped mean embedding (+ count)", identity=identity, sweep=SWEEP,
+                  noise="once, into a 64-d clipped mean embedding (+ count)", identity=identity, sweep=SWEEP, one_default=True,
                   cost=lambda hp, n: n)  # one encoder pass per image

@@ -87,7 +87,7 @@ import torch
 
 from ..pipeline import PrivateRunConfig
 from ..privacy import private_generator, release_mean
-from .base import Method, MethodResult, gaussian_release_report
+from .base import Method, MethodResult, gaussian_release_report, shipped_defaults
 
 # Opacus' hooks on a model whose inputs need no gradient (only the B weights do) make torch warn on
 # every backward pass. A process-wide filter: warnings.catch_warnings around the call is not
@@ -354,14 +354,10 @@ def train(images: torch.Tensor, cfg: QEMConfig, models, *, progress=None, cancel
     return MethodResult(adapter=lora, report=report, events=(rel.event,), timings=timings)
 
 
-TUNABLE = ("dim", "basis", "clip", "damping", "step", "draws", "t_max", "public")
-
-
 def identity() -> dict:
     from ..compare import hypernet_a_id
 
-    d = QEMConfig()
-    return {"defaults": {k: getattr(d, k) for k in TUNABLE}, "A": hypernet_a_id()}
+    return {"defaults": shipped_defaults(QEMConfig), "A": hypernet_a_id()}
 
 
 def cost(hp: dict, n: int) -> int:
@@ -383,4 +379,4 @@ SWEEP = {"stage1": [{"dim": k, "step": st, "t_max": tm, "clip": 0.05, "draws": 8
 
 QEM = Method(name="qem", label="Quadratic EM", config_cls=QEMConfig, train=train, one_shot=True,
              noise="once, into whitened per-example gradients (a Gaussian sample of LoRA weights)",
-             identity=identity, sweep=SWEEP, cost=cost, duration="about a minute on CPU")
+             identity=identity, sweep=SWEEP, one_default=True, cost=cost, duration="about a minute on CPU")

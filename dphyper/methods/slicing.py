@@ -86,7 +86,7 @@ from ..data import DataError
 from ..errors import Cancelled
 from ..pipeline import PrivateRunConfig
 from ..privacy import PrivacyEvent, PrivacyWarning, calibrate_gaussian, check_epsilon_delta, clip_embeddings, private_generator
-from .base import Method, MethodResult, epsilon_for_report
+from .base import Method, MethodResult, epsilon_for_report, shipped_defaults
 
 SPACES = ("embedding", "pixels")
 PUBLIC_POOL = 4096  # the fixed public pool (Fashion-MNIST train), as in qem and pda-dpmd
@@ -529,16 +529,11 @@ def train(images: torch.Tensor, cfg: SlicingConfig, models, *, progress=None, ca
     return result
 
 
-TUNABLE = ("space", "slices", "clip", "rows", "directions", "bandwidth", "smooth", "reg", "fit_iters", "pool",
-           "fit_steps", "lr", "batch")
-
-
 def identity() -> dict:
     from ..compare import encoder_id, hypernet_a_id
 
-    d = SlicingConfig()
     # the encoder (embedding space) and H's public A with the base UNet (the LoRA it fits starts there)
-    return {"defaults": {k: getattr(d, k) for k in TUNABLE}, "encoder": encoder_id(), "A": hypernet_a_id()}
+    return {"defaults": shipped_defaults(SlicingConfig), "encoder": encoder_id(), "A": hypernet_a_id()}
 
 
 def cost(hp: dict, n: int) -> int:
@@ -556,4 +551,4 @@ SWEEP = {"stage1": [{"space": sp, "slices": k, "clip": c}
 
 SLICING = Method(name="slicing", label="Slicing", config_cls=SlicingConfig, train=train, one_shot=False,
                  noise="once, into N padded random projections of the images (then a free fit)",
-                 identity=identity, sweep=SWEEP, cost=cost, duration="a few minutes on CPU", refit=refit)
+                 identity=identity, sweep=SWEEP, one_default=True, cost=cost, duration="a few minutes on CPU", refit=refit)

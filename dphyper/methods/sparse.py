@@ -73,7 +73,7 @@ from ..errors import Cancelled
 from ..gpu import ZERO_GPU, gpu
 from ..privacy import (PrivacyEvent, _pld_epsilon, calibrate_gaussian, check_epsilon_delta, clip_embeddings,
                        private_generator)
-from .base import Method, MethodResult
+from .base import Method, MethodResult, shipped_defaults
 
 MASKS = ("private", "random", "public")
 # DP-SGD's settings on the selected rows, per size regime (DP-SGD's phase treats n as public, as Opacus
@@ -466,8 +466,10 @@ def cost(hp: dict, n: int) -> int:
 
 def identity() -> dict:
     d = SparseConfig()
+    # "defaults": every other shipped setting (not in sweep stamps, which hold the whole config already)
     return {"tuned": [dict(r) for r in TUNED], "groups": d.groups, "split": d.split, "draws": d.draws,
-            "group": "conv/linear rows + group-norm channels, RMS score, unit-norm"}
+            "group": "conv/linear rows + group-norm channels, RMS score, unit-norm",
+            "defaults": shipped_defaults(SparseConfig, exclude=("epochs", "batch_size", "lr", "max_grad_norm"))}
 
 
 def _stage2(n: int) -> list[dict]:
