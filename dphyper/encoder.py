@@ -89,7 +89,10 @@ def embed(x: torch.Tensor, encoder: Encoder | None = None, batch_size: int = 64)
 
 @dataclass
 class EncoderTrainConfig:
-    """`python -m dphyper train encoder`: phi on the public train split only."""
+    """`python -m dphyper train encoder`: phi on the public train split only. Resumable: the whole training
+    state (both towers, optimiser, schedule, data order, random generator) is kept in ``state`` every
+    ``save_every`` steps and when a chunk ends (``max_minutes``, ``chunk_steps``); the same command
+    continues where it stopped, to the same weights as an uninterrupted run."""
 
     out: Path = field(default=ENCODER_PATH, metadata={"help": "safetensors file for the vision tower"})
     epochs: int = field(default=2, metadata={"help": "passes over the 60,000 public images"})
@@ -99,6 +102,19 @@ class EncoderTrainConfig:
     limit_images: int = field(default=0, metadata={"help": "use only the first N public images (0 = all; for tests)"})
     seed: int = field(default=0, metadata={"help": "seed for initialisation and data order"})
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0 = torch default)"})
+    state: Path = field(default=Path(""), metadata={"help": "resumable training state (default: OUT with suffix .train.pt; not shipped)"})
+    max_minutes: float = field(default=0.0, metadata={"help": "stop after about this many minutes, keeping the state; rerun to continue (0 = no limit)"})
+    chunk_steps: int = field(default=0, metadata={"help": "stop after this many steps in this invocation, keeping the state (0 = no limit)"})
+    save_every: int = field(default=100, metadata={"help": "keep the state every this many steps"})
+    eval_images: int = field(default=0, metadata={"help": "zero-shot accuracy on the first N test images (0 = all 10,000)"})
+
+
+# What must match for a saved state to be continued (the rest only says where and how long to run).
+_STATE_KEYS = ("epochs", "batch_size", "lr", "contrastive_weight", "limit_images", "seed")
+
+
+def _state_path(cfg: EncoderTrainConfig) -> Path:
+    return Path(cfg.state) if str(cfg.state) not in ("", ".") else Path(cfg.out).with_suffix(".train.pt")
 
 
 def _view(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -130,13 +146,40 @@ def train_encoder(cfg: EncoderTrainConfig) -> dict:
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.05)
     steps_per_epoch = int(np.ceil(len(x) / cfg.batch_size))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.1)
-    t0, history = time.time(), []
-    for epoch in range(cfg.epochs):
+    run = {k: str(getattr(cfg, k)) for k in _STATE_KEYS}
+    state_path = _state_path(cfg)
+    epoch, step, total, history, seconds, perm = 0, 0, 0.0, [], 0.0, None
+    if state_path.exists():
+        st = torch.load(state_path, weights_only=False)
+        if st["run"] != run:
+            raise ValueError(f"{state_path} holds a run with other settings ({st['run']}); remove it or pass another "
+                             "--state to start a new one")
+        clip.load_state_dict(st["clip"])
+        opt.load_state_dict(st["opt"])
+        sched.load_state_dict(st["sched"])
+        gen.set_state(st["gen"])
+        epoch, step, total, history, seconds, perm = (st[k] for k in ("epoch", "step", "total", "history", "seconds", "perm"))
+        log.info("encoder: continuing %s at epoch %d step %d", state_path, epoch + 1, step)
+
+    def keep() -> None:
+        state_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = state_path.with_suffix(".tmp")
+        torch.save({"run": run, "clip": clip.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                    "gen": gen.get_state(), "epoch": epoch, "step": step, "total": total, "history": history,
+                    "seconds": seconds + time.time() - t0, "perm": perm}, tmp)
+        tmp.replace(state_path)  # never a half-written state
+
+    t0, done_now = time.time(), 0
+    while epoch < cfg.epochs:
         clip.train()
-        perm = torch.randperm(len(x), generator=gen)
-        total = 0.0
-        for i in range(steps_per_epoch):
-            idx = perm[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+        if perm is None:
+            perm = torch.randperm(len(x), generator=gen)
+        while step < steps_per_epoch:
+            if (cfg.chunk_steps and done_now >= cfg.chunk_steps) or (cfg.max_minutes and time.time() - t0 > 60 * cfg.max_minutes):
+                keep()
+                return {"done": False, "epoch": epoch, "step": step, "steps_per_epoch": steps_per_epoch,
+                        "state": str(state_path), "train_seconds": round(seconds + time.time() - t0, 1)}
+            idx = perm[step * cfg.batch_size:(step + 1) * cfg.batch_size]
             v1, v2 = encoder(_view(x[idx], gen)), encoder(_view(x[idx], gen))
             text = F.normalize(clip.encode_text(captions), dim=-1)
             scale = clip.logit_scale.exp().clamp(max=100)
@@ -150,13 +193,22 @@ def train_encoder(cfg: EncoderTrainConfig) -> dict:
             opt.step()
             sched.step()
             total += loss.item()
+            step += 1
+            done_now += 1
+            if cfg.save_every and step % cfg.save_every == 0:
+                keep()
         history.append(total / steps_per_epoch)
         log.info("encoder epoch %d loss %.4f", epoch + 1, history[-1])
+        epoch, step, total, perm = epoch + 1, 0, 0.0, None
+    keep()
+    seconds += time.time() - t0
     encoder.eval()
-    result = {"epochs": cfg.epochs, "train_seconds": round(time.time() - t0, 1), "loss_history": history,
+    result = {"done": True, "epochs": cfg.epochs, "train_seconds": round(seconds, 1), "loss_history": history,
               "embed_dim": EMBED_DIM, "model": MODEL_NAME}
     try:  # zero-shot accuracy on the test split, for the record only
         xt, yt = load_fashion_mnist("test")
+        if cfg.eval_images:
+            xt, yt = xt[: cfg.eval_images], yt[: cfg.eval_images]
         with torch.no_grad():
             text = F.normalize(clip.encode_text(captions), dim=-1)
         result["test_zero_shot_accuracy"] = float(((embed(xt, encoder) @ text.T).argmax(1) == yt).float().mean())

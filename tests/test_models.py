@@ -106,3 +106,25 @@ def test_class_agreement_scores_a_class_set_by_share_and_a_mix_by_closeness_to_u
     uniform = torch.arange(10).repeat(3)
     assert class_agreement(uniform, tuple(range(10))) == pytest.approx(1.0)
     assert class_agreement(torch.zeros(20, dtype=torch.long), tuple(range(10))) == pytest.approx(0.1)
+
+
+@needs_fmnist
+def test_encoder_training_resumes_to_the_same_weights_as_one_run(tmp_path):
+    """`train encoder` in chunks (a stop, then the same command again) ends with exactly the weights of an
+    uninterrupted run, and a state from other settings is refused instead of mixed in."""
+    from safetensors.torch import load_file
+
+    from dphyper.encoder import EncoderTrainConfig, train_encoder
+
+    small = dict(epochs=2, batch_size=16, limit_images=48, save_every=2, eval_images=64)
+    one = train_encoder(EncoderTrainConfig(out=tmp_path / "a" / "enc.safetensors", **small))
+    assert one["done"] and len(one["loss_history"]) == 2
+    part = train_encoder(EncoderTrainConfig(out=tmp_path / "b" / "enc.safetensors", chunk_steps=4, **small))
+    assert not part["done"] and (part["epoch"], part["step"]) == (1, 1)
+    assert not (tmp_path / "b" / "enc.safetensors").exists()
+    rest = train_encoder(EncoderTrainConfig(out=tmp_path / "b" / "enc.safetensors", **small))
+    assert rest["done"] and rest["loss_history"] == one["loss_history"]
+    a, b = load_file(str(tmp_path / "a" / "enc.safetensors")), load_file(str(tmp_path / "b" / "enc.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match="other settings"):
+        train_encoder(EncoderTrainConfig(out=tmp_path / "b" / "enc.safetensors", **{**small, "lr": 3e-4}))
