@@ -907,6 +907,16 @@ def sweep_table(res: dict) -> str:
     return "\n".join(rows)
 
 
+def _summary(cfg: BenchConfig, res: dict) -> dict:
+    file = {"compare": "results.json", "sweep": "sweep.json", "dpsgd-sweep": "sweep.json",
+            "fid-noise": "fid_noise.json"}[cfg.suite]
+    cells = res.get("cells", res.get("sets", {}))
+    out = {"suite": cfg.suite, "stored": len(cells), "file": f"bench/{file}", "doc": str(cfg.doc)}
+    if "last_run" in res:
+        out["seconds"] = round(res["last_run"].get("seconds", 0.0), 1)
+    return out
+
+
 def run_bench(cfg: BenchConfig) -> dict:
     fn = {"models": bench_models, "hypernet": bench_hypernet, "theory": bench_theory, "p1": bench_p1,
           "sweep": bench_sweep, "dpsgd-sweep": bench_sweep, "compare": bench_compare, "app": bench_app,
@@ -916,7 +926,9 @@ def run_bench(cfg: BenchConfig) -> dict:
                          "reach, sparse or theory")
     res = fn(cfg)
     if cfg.suite in ("compare", "sweep", "dpsgd-sweep", "fid-noise"):
-        return res  # these write their own resumable files under bench/
+        # These write their own resumable files under bench/ (thousands of lines): the command prints
+        # what it did, not the whole file.
+        return _summary(cfg, res)
     out = REPO_DIR / "bench" / f"{cfg.suite}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1, default=str))

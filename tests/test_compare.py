@@ -479,3 +479,22 @@ def test_a_methods_identity_holds_every_shipped_default(method):
     per_size = {"epochs", "batch_size", "lr", "max_grad_norm"} if "tuned" in ident else set()
     names = {f.name for f in fields(m.config_cls)} - set(RUN_FIELDS) - per_size
     assert set(ident["defaults"]) == names
+
+
+def test_bench_sweep_report_only_prints_a_summary_not_the_whole_file(tmp_path):
+    """`bench --suite sweep --report-only` rewrites the table and prints a short summary (it once printed the
+    whole results file, thousands of lines, after every sweep command)."""
+    import subprocess
+    import sys
+
+    from dphyper.config import REPO_DIR
+
+    doc = tmp_path / "B.md"
+    out = subprocess.run([sys.executable, "-m", "dphyper", "bench", "--suite", "sweep", "--report-only", "--doc", str(doc)],
+                         cwd=REPO_DIR, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)
+    stored = json.loads((REPO_DIR / "bench" / "sweep.json").read_text())["cells"]
+    assert summary["suite"] == "sweep" and 0 < summary["stored"] <= len(stored) and summary["file"] == "bench/sweep.json"
+    assert len(out.stdout.splitlines()) < 20
+    assert "Public sweep" in doc.read_text()
