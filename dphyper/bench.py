@@ -908,7 +908,7 @@ def sweep_table(res: dict) -> str:
 
 
 def _summary(cfg: BenchConfig, res: dict) -> dict:
-    file = {"compare": "results.json", "sweep": "sweep.json", "dpsgd-sweep": "sweep.json",
+    file = {"sweep": "sweep.json", "dpsgd-sweep": "sweep.json",
             "fid-noise": "fid_noise.json"}[cfg.suite]
     cells = res.get("cells", res.get("sets", {}))
     out = {"suite": cfg.suite, "stored": len(cells), "file": f"bench/{file}", "doc": str(cfg.doc)}
@@ -925,7 +925,9 @@ def run_bench(cfg: BenchConfig) -> dict:
         raise ValueError(f"unknown suite {cfg.suite!r}: choose compare, sweep, fid-noise, app, audit, models, hypernet, p1, "
                          "reach, sparse or theory")
     res = fn(cfg)
-    if cfg.suite in ("compare", "sweep", "dpsgd-sweep", "fid-noise"):
+    if cfg.suite == "compare":
+        return res  # its targets and settings (the cells are in bench/results.json)
+    if cfg.suite in ("sweep", "dpsgd-sweep", "fid-noise"):
         # These write their own resumable files under bench/ (thousands of lines): the command prints
         # what it did, not the whole file.
         return _summary(cfg, res)

@@ -513,9 +513,9 @@ def run_sweep(methods: tuple[str, ...], out: Path, *, sets: tuple[BenchSet, ...]
                         data = build_set(s, Path(out))
                         res["sets"][s.name] = data["info"]
                     cell = run_cell(method, eps, data, models, samples=samples, steps=steps, seed=seed, overrides=hp)
-                    _models_are_on_disk(models)
                     cell.update({"set": s.name, "hp": hp, "cost": run_cost(hp, s.n, method), "epsilon": eps,
                                  "stamp": sweep_stamp(method, hp, samples=samples, steps=steps, seed=seed)})
+                    _models_are_on_disk(models)  # after hashing: a file replaced in between is caught too
                     # Merge into what is on disk now (another sweep process may have added cells meanwhile).
                     res = _merge_cell(path, res, key, cell, s.name)
                 finally:
@@ -666,10 +666,12 @@ def run_compare(settings: CompareSettings, log=print) -> dict:
             res["sets"][name] = built[name]["info"]
         cell = run_cell(method, math.inf if math.isnan(eps) else eps, built[name], models, samples=st.samples,
                         steps=st.steps, seed=st.seed + rep, overrides=st.overrides.get(method))
+        # The ids of the files as they are now, not as they were when this run started (the models were
+        # loaded from them: checked right after hashing, so a file replaced in between is caught too).
+        res["method_ids"] = {m: {n: method_id(m, st.overrides.get(m), int(n)) for n in ids}
+                             for m, ids in res["method_ids"].items()}
+        mid = res["method_ids"][method][str(by_name[name].n)] if method in res["method_ids"] else None
         _models_are_on_disk(models)
-        # The id of the files as they are now (the models were loaded from them: checked above), not as they
-        # were when this run started.
-        mid = method_id(method, st.overrides.get(method), by_name[name].n) if method in res["method_ids"] else None
         cell.update({"set": name, "repeat": rep, "method_id": mid})
         if method == "base":
             cell["epsilon"] = None

@@ -146,7 +146,8 @@ def train_encoder(cfg: EncoderTrainConfig) -> dict:
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.05)
     steps_per_epoch = int(np.ceil(len(x) / cfg.batch_size))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.1)
-    run = {k: str(getattr(cfg, k)) for k in _STATE_KEYS}
+    # (threads too: a resumed run is bit-exact only with the same thread count)
+    run = {**{k: str(getattr(cfg, k)) for k in _STATE_KEYS}, "model": MODEL_NAME, "threads": str(cfg.threads)}
     state_path = _state_path(cfg)
     epoch, step, total, history, seconds, perm = 0, 0, 0.0, [], 0.0, None
     if state_path.exists():
@@ -218,4 +219,5 @@ def train_encoder(cfg: EncoderTrainConfig) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in clip.visual.state_dict().items()}, str(out))
     out.with_suffix(".json").write_text(json.dumps(result, indent=1))
+    state_path.unlink(missing_ok=True)  # done: a rerun trains anew (with today's code), never reuses old weights
     return result

@@ -122,9 +122,10 @@ def test_encoder_training_resumes_to_the_same_weights_as_one_run(tmp_path):
     part = train_encoder(EncoderTrainConfig(out=tmp_path / "b" / "enc.safetensors", chunk_steps=4, **small))
     assert not part["done"] and (part["epoch"], part["step"]) == (1, 1)
     assert not (tmp_path / "b" / "enc.safetensors").exists()
+    with pytest.raises(ValueError, match="other settings"):
+        train_encoder(EncoderTrainConfig(out=tmp_path / "b" / "enc.safetensors", **{**small, "lr": 3e-4}))
     rest = train_encoder(EncoderTrainConfig(out=tmp_path / "b" / "enc.safetensors", **small))
     assert rest["done"] and rest["loss_history"] == one["loss_history"]
     a, b = load_file(str(tmp_path / "a" / "enc.safetensors")), load_file(str(tmp_path / "b" / "enc.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    with pytest.raises(ValueError, match="other settings"):
-        train_encoder(EncoderTrainConfig(out=tmp_path / "b" / "enc.safetensors", **{**small, "lr": 3e-4}))
+    assert not (tmp_path / "b" / "enc.train.pt").exists()  # a finished run leaves no state to be reused
