@@ -391,7 +391,7 @@ def _models_are_on_disk(models) -> None:
     """A cell is stamped with the hashes of the checkpoint files on disk (``sweep_stamp``, ``method_ids``):
     refuse to store one computed with models loaded from files that have changed since (a checkpoint
     replaced while a long benchmark ran would otherwise be credited with cells it did not make)."""
-    changed = models.changed_files() if hasattr(models, "changed_files") else []  # (tests pass stand-ins)
+    changed = models.changed_files()
     if changed:
         raise RuntimeError(f"checkpoint file(s) changed on disk since this process loaded them: {', '.join(changed)}; "
                            "the cell is not stored. Restart the benchmark to run it with the new files.")
@@ -572,10 +572,10 @@ def hypernet_a_id() -> str:
     checkpoints: H's shared public A (its ``lora_a`` tensors) and the base UNet they sit in. It changes
     when either does, and not when only H's head is retrained or averaged (issue 18), which leaves their
     cells valid."""
-    from .config import BASE_UNET_DIR
+    from .config import BASE_UNET_WEIGHTS
     from .hypernet import HYPERNET_PATH
 
-    return _files_digest("a", HYPERNET_PATH, BASE_UNET_DIR / "diffusion_pytorch_model.safetensors")
+    return _files_digest("a", HYPERNET_PATH, BASE_UNET_WEIGHTS)
 
 
 def encoder_id() -> str:

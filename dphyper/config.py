@@ -25,6 +25,7 @@ CONTENT_SIZE = 28  # images are fitted into 28x28 and padded, exactly like the p
 CHANNELS = 1
 
 BASE_UNET_DIR = ASSETS_DIR / "base_unet"
+BASE_UNET_WEIGHTS = BASE_UNET_DIR / "diffusion_pytorch_model.safetensors"  # (what identities hash)
 ENCODER_PATH = ASSETS_DIR / "encoder" / "encoder.safetensors"
 EVALUATOR_PATH = ASSETS_DIR / "evaluator" / "evaluator.safetensors"
 EXAMPLES_DIR = ASSETS_DIR / "examples"

@@ -201,7 +201,6 @@ def train_encoder(cfg: EncoderTrainConfig) -> dict:
         history.append(total / steps_per_epoch)
         log.info("encoder epoch %d loss %.4f", epoch + 1, history[-1])
         epoch, step, total, perm = epoch + 1, 0, 0.0, None
-    keep()
     seconds += time.time() - t0
     encoder.eval()
     result = {"done": True, "epochs": cfg.epochs, "train_seconds": round(seconds, 1), "loss_history": history,

@@ -49,9 +49,9 @@ class PublicModels:
         def build():
             unet = add_lora(load_unet(device=self.device))
             return unet.requires_grad_(False).eval()
-        from .config import BASE_UNET_DIR
+        from .config import BASE_UNET_WEIGHTS
 
-        return self._get("unet", build, BASE_UNET_DIR / "diffusion_pytorch_model.safetensors")
+        return self._get("unet", build, BASE_UNET_WEIGHTS)
 
     @property
     def encoder(self):

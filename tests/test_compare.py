@@ -235,7 +235,7 @@ def test_comparison_processes_running_at_once_keep_each_others_cells(tmp_path, m
     import dphyper.models as models
     from dphyper.compare import _cell_key, _still_valid, method_id, run_compare
 
-    monkeypatch.setattr(models, "shared_models", lambda: None)
+    monkeypatch.setattr(models, "shared_models", lambda: models.PublicModels(torch.device("cpu")))  # nothing loaded
     monkeypatch.setattr(compare, "build_set", lambda spec, out: {"info": {"n": spec.n}})
     path = tmp_path / "results.json"
     foreign = _cell_key("sneakers-100", "slicing", 1.0, 0, 8, 2)
