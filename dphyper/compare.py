@@ -579,7 +579,8 @@ def hypernet_a_id() -> str:
 
 
 def encoder_id() -> str:
-    """A short content hash of the shipped encoder φ (what the slicing mechanism's embedding space uses)."""
+    """A short content hash of the shipped encoder φ (the hypernetwork's input space and the slicing mechanism's
+    embedding space)."""
     from .encoder import ENCODER_PATH
 
     return _files_digest("file", ENCODER_PATH)

@@ -403,6 +403,18 @@ def test_qem_and_slicing_cells_depend_on_hs_a_not_on_its_head(tmp_path):
         assert "hypernet" not in get_method(m).identity() and "A" in get_method(m).identity()
 
 
+def test_hypernet_cells_depend_on_the_encoder_too(monkeypatch):
+    """H reads phi's embeddings: a new encoder shipped with the same H changes what every release means, so
+    the hypernetwork's compare cells and sweep stamps must go stale with it (they once hashed H's file only)."""
+    from dphyper import compare
+    from dphyper.compare import method_id, sweep_stamp
+
+    before = (method_id("hypernet", None, 100), sweep_stamp("hypernet", {"lora_scale": 2.0}))
+    monkeypatch.setattr(compare, "encoder_id", lambda: "another-encoder")
+    after = (method_id("hypernet", None, 100), sweep_stamp("hypernet", {"lora_scale": 2.0}))
+    assert before[0] != after[0] and before[1] != after[1]
+
+
 def test_stage3_of_a_one_default_method_runs_every_sets_best_at_every_epsilon():
     """A method with one default for every set (the hypernetwork, the quadratic EM) is scored over every
     (set, epsilon), so stage 3 runs each set's three best at epsilon = 4 on every set; a per-size method

@@ -98,10 +98,12 @@ def _reach(rel) -> dict:
 
 
 def identity() -> dict:
-    from ..compare import hypernet_id
+    from ..compare import encoder_id, hypernet_id
 
     d = HypernetConfig()
-    ident = {"hypernet": hypernet_id()}  # H was trained on public data
+    # H was trained on public data, on phi's embeddings: a new phi with the same H changes every release's
+    # meaning, so both files are part of what a stored cell depends on
+    ident = {"hypernet": hypernet_id(), "encoder": encoder_id()}
     if d.lora_scale != 1.0:  # (left out at 1.0 so that cells made before the setting existed stay valid)
         ident["defaults"] = {"lora_scale": d.lora_scale, "scale_by_signal": d.scale_by_signal}  # not in stamps
     return ident
