@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dphyper.methods.qem import Geometry, QEMConfig, release_gradients, step_from_release
+from dphyper.methods.qem import Geometry, QEMConfig, noise_share, release_gradients, step_from_release
 from dphyper.privacy import PrivacyLedger, calibrate_gaussian, release_mean
 
 from .test_hypernet import needs_models
@@ -84,7 +84,8 @@ def test_without_noise_the_step_is_the_newton_step_of_the_quadratic_model():
 
 def test_shrinkage_falls_back_to_the_base_model_when_the_release_is_noise():
     geo = _geometry(k=64, D=100)
-    cfg = QEMConfig(epsilon=0.25, clip=1.0, samples=0)
+    cfg = QEMConfig(epsilon=0.25, clip=1.0, samples=0, shrink=True)
+    assert not QEMConfig(epsilon=1.0).shrink  # the shipped default (the public sweep's) steps without it
     # One pure-noise release can leave a > 0 (||m||^2 / (k sigma^2) is chi^2_64 / 64, sd 0.18), so
     # judge the rule over many seeded releases: it must keep almost nothing of pure noise.
     shrink = []
@@ -97,6 +98,11 @@ def test_shrinkage_falls_back_to_the_base_model_when_the_release_is_noise():
     strong = release_gradients(geo.basis[:, :1].T.repeat(100000, 1) * 1e3, geo, QEMConfig(epsilon=4.0, samples=0))
     _, a = step_from_release(strong.mean, strong.noise_std_mean, geo, cfg)
     assert a > 0.9
+    # without shrinkage the step is the plain one whatever the noise, and its noise share is still measured
+    plain = QEMConfig(epsilon=0.25, clip=1.0, samples=0, shrink=False)
+    z, a = step_from_release(noise_only.mean, noise_only.noise_std_mean, geo, plain)
+    assert a == 1.0 and noise_share(noise_only.mean, noise_only.noise_std_mean, geo.dim) > 0.5
+    assert noise_share(strong.mean, strong.noise_std_mean, geo.dim) < 0.1
 
 
 def test_qem_and_hypernet_releases_compose_exactly_in_the_ledger():

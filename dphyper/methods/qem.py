@@ -34,10 +34,12 @@ calibration. The private LoRA is then
     z = -eta * a * C * M^{-1/2} m~,   m~ = released sum / max(n~, 1),
 
 the minimiser of the damped quadratic model (eta = ``step`` = 1 is the damped Newton step; once
-clipping is active it is the Newton step of the clipped gradients) times the positive-part
-James-Stein factor a = max(0, 1 - k sigma_m^2 / ||m~||^2), sigma_m = s Delta / max(n~, 1), computed
-from the release and public numbers only (``shrink=False`` sets a = 1). It uses k, not the classic
-k - 2: a little more shrinkage, which only moves the step toward the base model (post-processing).
+clipping is active it is the Newton step of the clipped gradients), with a = 1 by default. With
+``shrink=True``, a is the positive-part James-Stein factor a = max(0, 1 - k sigma_m^2 / ||m~||^2),
+sigma_m = s Delta / max(n~, 1), computed from the release and public numbers only; it uses k, not the
+classic k - 2: a little more shrinkage, which only moves the step toward the base model
+(post-processing). The public sweep ran with shrinkage and chose to ship without it (2026-12-02:
+mean FID ratio to each public (set, epsilon)'s best 1.024 against 1.060; docs/BENCHMARKS.md).
 
 Why this is the exponential mechanism (for a = 1, i.e. ``shrink=False``; with shrinkage a depends on
 the same noisy m~ and z is a shrunk sample of it): let S_clip = C M^{1/2} sum_i w_i (the clipped
@@ -108,7 +110,8 @@ class QEMConfig(PrivateRunConfig):
     clip: float = field(default=0.05, metadata={"help": "C, per-example bound on the whitened gradient norm"})
     damping: float = field(default=0.1, metadata={"help": "lambda / (trace(G) / k): damping of the public curvature"})
     step: float = field(default=3.0, metadata={"help": "eta, scale of the step (1 = the quadratic model's minimiser)"})
-    shrink: bool = field(default=True, metadata={"help": "James-Stein shrinkage of the released mean (post-processing)"})
+    shrink: bool = field(default=False, metadata={"help": "James-Stein shrinkage of the released mean (post-processing; "
+                                                          "off: the public sweep's one default)"})
     draws: int = field(default=8, metadata={"help": "(timestep, noise) draws averaged in each per-example gradient"})
     t_max: int = field(default=1000, metadata={"help": "timesteps drawn uniformly from [0, t_max)"})
     public: int = field(default=512, metadata={"help": "public (train-split) images for the basis and curvature"})
@@ -302,12 +305,18 @@ def release_gradients(grads: torch.Tensor, geo: Geometry, cfg: QEMConfig, genera
     return release_mean(whitened_rows(grads, geo, cfg), epsilon=cfg.epsilon, delta=cfg.delta, generator=generator)
 
 
-def step_from_release(mean: torch.Tensor, noise_std_mean: float, geo: Geometry, cfg: QEMConfig) -> tuple[torch.Tensor, float]:
-    """Post-processing: z = -eta a C M^{-1/2} m~ and the James-Stein factor a (public inputs only)."""
+def noise_share(mean: torch.Tensor, noise_std_mean: float, dim: int) -> float:
+    """k sigma_m^2 / ||m~||^2 capped at 1: the share of the released mean's squared length that the noise
+    explains (E||m~||^2 = ||m||^2 + k sigma_m^2). Public inputs only (post-processing)."""
     m = mean.to(torch.float64)
-    a = 1.0
-    if cfg.shrink and noise_std_mean > 0:
-        a = max(0.0, 1.0 - geo.dim * noise_std_mean ** 2 / max(float(m @ m), 1e-300))
+    return min(1.0, dim * float(noise_std_mean) ** 2 / max(float(m @ m), 1e-300)) if noise_std_mean > 0 else 0.0
+
+
+def step_from_release(mean: torch.Tensor, noise_std_mean: float, geo: Geometry, cfg: QEMConfig) -> tuple[torch.Tensor, float]:
+    """Post-processing: z = -eta a C M^{-1/2} m~ with a = 1, or the James-Stein factor a = 1 - noise share
+    when ``cfg.shrink`` (public inputs only)."""
+    m = mean.to(torch.float64)
+    a = 1.0 - noise_share(m, noise_std_mean, geo.dim) if cfg.shrink else 1.0
     z = -cfg.step * a * cfg.clip * (geo.whitener(cfg.damping) @ m)
     return z, a
 
@@ -340,17 +349,23 @@ def train(images: torch.Tensor, cfg: QEMConfig, models, *, progress=None, cancel
         **gaussian_release_report("qem", rel, cfg.epsilon,
                                   detail="whitened, clipped per-example gradients + count"),
         "shrinkage": round(a, 4),
+        "noise_share": round(noise_share(rel.mean, rel.noise_std_mean, geo.dim), 4),
         "step_norm": float(z.norm()),
         "dim": geo.dim, "basis": cfg.basis if geo.basis is not None else "all LoRA-B weights",
         "clip": cfg.clip, "damping": cfg.damping, "step": cfg.step, "draws": cfg.draws, "t_max": cfg.t_max,
         "public_images": cfg.public,
     }
-    if a < 0.05:
+    share = report["noise_share"]
+    if cfg.shrink and a < 0.05:
         report["note"] = ("at this ε and number of images the released signal was almost all noise, so the model "
                           "was not moved: these are the base model's samples")
-    elif a < 0.999:
+    elif cfg.shrink and a < 0.999:
         report["note"] = (f"noise was about {1 - a:.0%} of the released signal, so the model took only "
                           f"{a:.0%} of the step the data asked for")
+    elif share >= 0.5:  # no shrinkage (the default): the step follows the noise too, so say how much of it
+        report["note"] = (f"noise was about {share:.0%} of the released signal at this ε and number of images, "
+                          "so the step is mostly noise and the samples may be worse than the base model's "
+                          "(shrink=True would fall back toward the base model)")
     return MethodResult(adapter=lora, report=report, events=(rel.event,), timings=timings)
 
 
@@ -371,8 +386,10 @@ def cost(hp: dict, n: int) -> int:
 # Stage 1 (epsilon = 1): subspace size x step length x timestep range, the three that moved the
 # epsilon = inf samples and the per-example gradient alignment most in a first look on
 # public-coats-100; stage 2 around its best: clip, damping, averaging (4 draws: half the time to a LoRA;
-# 32: four times), the paper's random basis.
-SWEEP = {"stage1": [{"dim": k, "step": st, "t_max": tm, "clip": 0.05, "draws": 8}
+# 32: four times), the paper's random basis, no shrinkage. Stage 1 states ``shrink=True``, the setting it
+# ran with (then the default): the sweep chose ``shrink=False`` (2026-12-02), and a grid that leaned on the
+# default would have made every stored cell stale when the default followed the sweep.
+SWEEP = {"stage1": [{"dim": k, "step": st, "t_max": tm, "clip": 0.05, "draws": 8, "shrink": True}
                     for k in (4, 16, 64) for st in (1.0, 3.0) for tm in (250, 1000)],
          "stage2": lambda n: [{"clip": 0.02}, {"clip": 0.2}, {"damping": 1.0}, {"draws": 4}, {"draws": 32},
                               {"basis": "random"}, {"shrink": False}]}
