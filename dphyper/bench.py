@@ -866,7 +866,9 @@ def sweep_table(res: dict) -> str:
             "longer runs only of the rates whose short run is within 2 sd of a two-cell difference (2√2 × the sd below) "
             "of the best short run (cells run before "
             "the rule stay in the tables); stage 2 around stage 1's best: full batch, C = 1, a longer run; stage 3: "
-            "the three best at ε = 4. "
+            "the three best at ε = 4; for a method with one default for every set and ε (it keeps n private: the "
+            "hypernetwork, the quadratic EM, slicing), every set's three best on every set at ε = 4 and 0.25, "
+            "scored together by `compare.one_default` (an ε counts once its column is complete). "
             "Cost = example-gradient evaluations of the run.", ""]
     if FID_NOISE_PATH.exists():
         rows += [fid_noise_text(fid_noise_results()), ""]
@@ -877,7 +879,7 @@ def sweep_table(res: dict) -> str:
                  "and are left out; the next sweep recomputes them.)", ""]
     for method in sorted({c["method"] for c in cells.values()}):
         for s in res.get("sets", {}):
-            for eps in res.get("epsilons", []):
+            for eps in res.get("one_default_epsilons", res.get("epsilons", [])):
                 ranked = rank_sweep(cells, method, s, eps)
                 if not ranked:
                     continue
@@ -894,8 +896,16 @@ def sweep_table(res: dict) -> str:
                     else:  # another method's own settings (qem, slicing)
                         rows.append("| " + ", ".join(f"{k} {v}" for k, v in sorted(hp.items())) + " | " + tail)
                 rows.append("")
+    from .compare import ONE_DEFAULT_EPSILONS, one_default
     from .methods import METHODS
 
+    for m in METHODS.values():
+        pick = one_default(cells, m.name) if m.one_default else None
+        if pick:
+            rows += ["", f"Shipped {m.label} default (one for every set and ε, `compare.one_default` over ε = "
+                     + ", ".join(f"{e:g}" for e in ONE_DEFAULT_EPSILONS) + " where complete): "
+                     + ", ".join(f"{k} {v}" for k, v in sorted(pick[0].items()))
+                     + f" (mean FID / best FID {pick[1]:.3f})."]
     for m in METHODS.values():
         table = m.identity().get("tuned")
         if not table:  # a method without per-size defaults (it keeps n private)

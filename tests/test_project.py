@@ -123,6 +123,9 @@ def test_runtime_debian_packages_have_one_source():
     assert not any("dataset-fashion-mnist" in ln for ln in code)  # not a second list of the same packages
 
 
+# Slow (about 5 minutes, most of it the pip install into a fresh venv): not in the default suite, whose
+# budget is ~5 minutes on 2 cores; run it with `python -m pytest -m slow` before a Space release.
+@pytest.mark.slow
 def test_space_build_check_serves_samples_from_what_a_space_installs():
     """scripts/space_check.sh: only requirements.txt in a fresh venv and the apt packages of
     packages.txt (never setup.sh), the committed tree, the front matter's app_file started as a
