@@ -424,14 +424,17 @@ def noise_bands(out: Path) -> dict[str, float]:
 def _merge_cell(path: Path, res: dict, key: str | None = None, cell: dict | None = None,
                 set_name: str | None = None) -> dict:
     """Save ``res`` (plus one new cell) under an exclusive lock, keeping the cells and sets other processes
-    wrote meanwhile: the sweep and the comparison both run as several processes at once."""
+    wrote meanwhile: the sweep and the comparison both run as several processes at once. The cells are the
+    file's plus the new one: every cell this process holds was read from the file or merged into it, so one
+    the file no longer has was removed or re-keyed meanwhile and must not come back (a long sweep cell once
+    restored 51 re-keyed cells under their old keys)."""
     with _locked(path):
         disk = _load(path)
         new = {key: cell} if key is not None else {}
         sets = {**res.get("sets", {}), **disk.get("sets", {})}
         if set_name is not None:
             sets[set_name] = res["sets"][set_name]
-        merged = {**res, "cells": {**res.get("cells", {}), **disk.get("cells", {}), **new}, "sets": sets}
+        merged = {**res, "cells": {**disk.get("cells", {}), **new}, "sets": sets}
         _save(path, merged)
     return merged
 

@@ -540,3 +540,17 @@ def test_bench_sweep_report_only_prints_a_summary_not_the_whole_file(tmp_path):
     assert len(out.stdout.splitlines()) < 20
     assert "Public sweep" in doc.read_text()
     assert doc.read_text().count("default (one for every set and ε") == 3  # hypernet, qem, slicing: the rule's pick
+
+
+def test_a_merge_keeps_other_processes_cells_and_never_restores_a_removed_one(tmp_path):
+    """Several benchmark processes share one results file. A merge adds this process's new cell to what the
+    file holds now: cells others wrote meanwhile stay, and a cell re-keyed or removed on disk after this
+    process read the file does not come back (a long sweep cell once restored 51 re-keyed QEM cells)."""
+    from dphyper.compare import _load, _merge_cell, _save
+
+    path = tmp_path / "sweep.json"
+    _save(path, {"cells": {"old-key": {"fid": 1.0}, "kept": {"fid": 2.0}}, "sets": {}})
+    mine = _load(path)  # a long-running process reads the file ...
+    _save(path, {"cells": {"new-key": {"fid": 1.0}, "kept": {"fid": 2.0}, "other": {"fid": 3.0}}, "sets": {}})
+    _merge_cell(path, mine, "my-cell", {"fid": 4.0}, None)  # ... and stores its cell after a re-key elsewhere
+    assert set(_load(path)["cells"]) == {"new-key", "kept", "other", "my-cell"}

@@ -85,7 +85,7 @@ def test_without_noise_the_step_is_the_newton_step_of_the_quadratic_model():
 def test_shrinkage_falls_back_to_the_base_model_when_the_release_is_noise():
     geo = _geometry(k=64, D=100)
     cfg = QEMConfig(epsilon=0.25, clip=1.0, samples=0, shrink=True)
-    assert not QEMConfig(epsilon=1.0).shrink  # the shipped default (the public sweep's) steps without it
+    assert QEMConfig(epsilon=1.0).shrink  # the shipped default (the public sweep's, over epsilon 1, 4 and 0.25)
     # One pure-noise release can leave a > 0 (||m||^2 / (k sigma^2) is chi^2_64 / 64, sd 0.18), so
     # judge the rule over many seeded releases: it must keep almost nothing of pure noise.
     shrink = []
