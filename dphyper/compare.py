@@ -423,11 +423,13 @@ def noise_bands(out: Path) -> dict[str, float]:
 
 def _merge_cell(path: Path, res: dict, key: str | None = None, cell: dict | None = None,
                 set_name: str | None = None) -> dict:
-    """Save ``res`` (plus one new cell) under an exclusive lock, keeping the cells and sets other processes
-    wrote meanwhile: the sweep and the comparison both run as several processes at once. The cells are the
-    file's plus the new one: every cell this process holds was read from the file or merged into it, so one
+    """Add one new cell (``key``, ``cell``) to the file under an exclusive lock, with ``res``'s other fields
+    (settings, method ids, sets), keeping the cells and sets other processes wrote meanwhile: the sweep and
+    the comparison both run as several processes at once. The cells written are the file's plus the new one,
+    never ``res["cells"]``: every cell this process holds was read from the file or merged into it, so one
     the file no longer has was removed or re-keyed meanwhile and must not come back (a long sweep cell once
-    restored 51 re-keyed cells under their old keys)."""
+    restored 50 re-keyed cells under their old keys). To rewrite stored cells, edit the file under
+    ``_locked`` while no benchmark runs."""
     with _locked(path):
         disk = _load(path)
         new = {key: cell} if key is not None else {}

@@ -35,7 +35,7 @@ releases the per-example gradients theta_0 - x_i = -x_i (norm <= 1: the same cli
 the count, once: here parameter space *is* the data space, so the release is the one-shot sum above.
 What differs is the map. The quadratic EM takes the Newton step theta = S~[:d] / D (no public
 datasets, no prior) and shrinks it James-Stein style from the release alone, as the image method
-does (its ``shrink`` default, kept by the public sweep: at epsilon 0.25 the plain step is far worse):
+does (its ``shrink`` default, kept by the public sweep: at epsilon 0.25 the plain step is worse):
 a = max(0, 1 - d sigma_m^2 / ||m~||^2), sigma_m = sigma Delta / D. Closed form for the plain
 Newton step (a = 1): the one-shot formula with lambda = 1; with the shrinkage, simulation. (In the
 image model the two one-shot methods differ more: the quadratic EM releases k parameter-space

@@ -145,6 +145,27 @@ def test_three_methods_run_side_by_side_through_the_api_and_every_method_has_its
     _side_by_side(c, SIDE_BY_SIDE_QUICK)
 
 
+@needs_models
+def test_every_event_of_a_result_enters_the_sessions_ledger(app_module):
+    """DP sparse releases twice (its noisy selection, then its DP-SGD steps) and is not in the quick side-by-side
+    run above: the app must record every event of a result, not the first, in this session's ledger."""
+    import torch
+
+    from dphyper.app import _finish, load_example
+    from dphyper.ledger import LedgerBook
+    from dphyper.methods import get_method
+    from dphyper.methods.base import MethodResult
+    from dphyper.privacy import release_mean
+
+    data = load_example("bags")[0]
+    events = tuple(release_mean(torch.rand(10, 4) / 4, epsilon=e, delta=1e-5).event for e in (0.25, 0.75))
+    result = MethodResult(adapter={"w": torch.zeros(2, 2)}, report={"method": "sparse", "epsilon": 1.0, "delta": 1e-5}, events=events,
+                          samples=torch.zeros(4, 1, 32, 32), adapter_format="sparse")
+    book = LedgerBook()
+    out = _finish(get_method("sparse"), result, data, 1.0, 1.0, book, [], 0.0, False, None)
+    assert len(book) == 2 and _ledger_rows(out[4]) == [1, 2]
+
+
 @pytest.mark.slow
 @needs_models
 def test_every_registered_method_runs_side_by_side_through_the_api(app_url):

@@ -449,27 +449,30 @@ def test_stage3_of_a_one_default_method_runs_every_sets_best_at_every_epsilon():
 
 def test_a_new_sweep_epsilon_counts_only_once_its_column_is_complete():
     """``one_default`` scores an epsilon only when every top setting has a cell on every set there: adding
-    epsilon 0.25 to the plan changes no shipped default until that column is complete, and then it can (a
-    setting that overshoots where the release is mostly noise loses, as the quadratic EM without shrinkage
-    did on a test cell: FID 636.7 against 436.7 with shrinkage, sneakers-100 at epsilon 0.25)."""
+    epsilon 0.25 to the plan changes no shipped default until that column is complete (the complete epsilon 4
+    column still counts meanwhile), and then it can (a setting that overshoots where the release is mostly
+    noise loses, as the quadratic EM without shrinkage did on a test cell: FID 636.7 against 436.7 with
+    shrinkage, sneakers-100 at epsilon 0.25)."""
     from dphyper.compare import one_default
 
     def cell(s, hp, fid, eps):
         return {"method": "qem", "set": s, "epsilon": eps, "hp": hp, "fid": fid}
 
     plain, shrunk = {"shrink": False}, {"shrink": True}
-    cells = dict(enumerate([cell("small", plain, 300, 1.0), cell("small", shrunk, 310, 1.0),
-                            cell("big", plain, 70, 1.0), cell("big", shrunk, 72, 1.0),
-                            cell("small", plain, 220, 4.0), cell("small", shrunk, 250, 4.0),
-                            cell("big", plain, 70, 4.0), cell("big", shrunk, 71, 4.0)]))
     eps = (1.0, 4.0, 0.25)
-    assert one_default(cells, "qem", ("small", "big"), eps)[0] == plain
+    cells = dict(enumerate([cell("small", plain, 300, 1.0), cell("small", shrunk, 290, 1.0),
+                            cell("big", plain, 70, 1.0), cell("big", shrunk, 72, 1.0)]))
+    hp, score = one_default(cells, "qem", ("small", "big"), eps)  # epsilon 1 alone
+    assert hp == shrunk and score == pytest.approx((1 + 72 / 70) / 2)
+    cells.update({4: cell("small", plain, 220, 4.0), 5: cell("small", shrunk, 250, 4.0),
+                  6: cell("big", plain, 70, 4.0), 7: cell("big", shrunk, 71, 4.0)})
     cells.update({10: cell("small", plain, 600, 0.25), 11: cell("small", shrunk, 320, 0.25),
-                  12: cell("big", plain, 90, 0.25)})  # the column lacks one cell: it does not count yet
-    assert one_default(cells, "qem", ("small", "big"), eps)[0] == plain
+                  12: cell("big", plain, 90, 0.25)})  # the 0.25 column lacks one cell: epsilon 1 and 4 decide
+    hp, score = one_default(cells, "qem", ("small", "big"), eps)
+    assert hp == plain and score == pytest.approx((300 / 290 + 1 + 1 + 1) / 4)
     cells[13] = cell("big", shrunk, 75, 0.25)
     hp, score = one_default(cells, "qem", ("small", "big"), eps)
-    assert hp == shrunk and score == pytest.approx((310 / 300 + 72 / 70 + 250 / 220 + 71 / 70 + 1 + 1) / 6)
+    assert hp == shrunk and score == pytest.approx((1 + 72 / 70 + 250 / 220 + 71 / 70 + 1 + 1) / 6)
 
 
 def test_one_default_flag_matches_the_absence_of_a_per_size_table():
@@ -545,7 +548,7 @@ def test_bench_sweep_report_only_prints_a_summary_not_the_whole_file(tmp_path):
 def test_a_merge_keeps_other_processes_cells_and_never_restores_a_removed_one(tmp_path):
     """Several benchmark processes share one results file. A merge adds this process's new cell to what the
     file holds now: cells others wrote meanwhile stay, and a cell re-keyed or removed on disk after this
-    process read the file does not come back (a long sweep cell once restored 51 re-keyed QEM cells)."""
+    process read the file does not come back (a long sweep cell once restored 50 re-keyed QEM cells)."""
     from dphyper.compare import _load, _merge_cell, _save
 
     path = tmp_path / "sweep.json"

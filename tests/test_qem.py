@@ -209,6 +209,21 @@ def test_a_run_leaves_the_served_model_untouched_and_the_geometry_public():
     assert all(p.grad is None for p in models.unet.parameters())
 
 
+@needs_models
+def test_the_caption_says_when_an_unshrunk_step_is_mostly_noise():
+    """Without shrinkage the step follows the noise, so the report carries the release's noise share and the
+    caption says when noise dominates (5 images at epsilon 0.1); with shrinkage the old fall-back note stays."""
+    from dphyper.methods import get_method
+    from dphyper.models import PublicModels
+
+    models = PublicModels(torch.device("cpu"))
+    images = torch.rand(5, 1, 32, 32) * 2 - 1
+    plain = get_method("qem").train(images, _tiny_cfg(epsilon=0.1, shrink=False), models).report
+    assert plain["shrinkage"] == 1.0 and plain["noise_share"] >= 0.5 and "mostly noise" in plain["note"]
+    shrunk = get_method("qem").train(images, _tiny_cfg(epsilon=0.1, shrink=True), models).report
+    assert shrunk["shrinkage"] < 1.0 and "mostly noise" not in shrunk.get("note", "")
+
+
 def test_public_basis_needs_enough_public_images():
     with pytest.raises(ValueError, match="public"):
         QEMConfig(dim=64, public=32)

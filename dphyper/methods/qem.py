@@ -39,9 +39,10 @@ the positive-part James-Stein factor a = max(0, 1 - k sigma_m^2 / ||m~||^2), sig
 max(n~, 1), computed from the release and public numbers only (``shrink=False`` sets a = 1). It uses k,
 not the classic k - 2: a little more shrinkage, which only moves the step toward the base model
 (post-processing). The public sweep keeps it (2026-12-02): without it the step was a little better at
-epsilon 1 and 4 (mean FID ratio to each public (set, epsilon)'s best 1.024 against 1.060) and far worse
-at epsilon 0.25, where the release is mostly noise (coats 411.1 against 296.4, the mix 88.8 against
-75.3; over the three epsilons 1.049 for the shrunk step; docs/BENCHMARKS.md).
+epsilon 1 and 4 (mean FID ratio to each public (set, epsilon)'s best 1.024 against 1.060) and worse at
+epsilon 0.25, where the release is mostly noise (public coats 411.1 against 296.4, beyond that set's
+noise; the mix 88.8 against 75.3, within it); over the three epsilons 1.049 for the shrunk step
+(docs/BENCHMARKS.md).
 
 Why this is the exponential mechanism (for a = 1, i.e. ``shrink=False``; with shrinkage a depends on
 the same noisy m~ and z is a shrunk sample of it): let S_clip = C M^{1/2} sum_i w_i (the clipped
@@ -364,7 +365,7 @@ def train(images: torch.Tensor, cfg: QEMConfig, models, *, progress=None, cancel
     elif cfg.shrink and a < 0.999:
         report["note"] = (f"noise was about {1 - a:.0%} of the released signal, so the model took only "
                           f"{a:.0%} of the step the data asked for")
-    elif share >= 0.5:  # no shrinkage (the default): the step follows the noise too, so say how much of it
+    elif share >= 0.5:  # no shrinkage (shrink=False): the step follows the noise too, so say how much of it
         report["note"] = (f"noise was about {share:.0%} of the released signal at this ε and number of images, "
                           "so the step is mostly noise and the samples may be worse than the base model's "
                           "(shrink=True would fall back toward the base model)")
