@@ -342,10 +342,13 @@ def test_hosted_demo_mode_warns_or_turns_uploads_off(monkeypatch, tmp_path):
         app.hosted_mode()
 
 
-def test_sweeper_deletes_only_old_loose_files_of_the_upload_cache(app_module):
+def test_sweeper_deletes_only_old_loose_files_of_the_upload_cache(app_module, tmp_path, monkeypatch):
     import os
     import time
 
+    # a cache of its own: the real one is shared with any other app or test run on the machine, whose
+    # Gradio leftovers once made the count 2 here
+    monkeypatch.setattr(app_module, "TEMP_DIR", tmp_path)
     top = app_module.TEMP_DIR
     old_file, new_file, run = top / "tmpold", top / "tmpnew", top / "run-keep"
     old_file.write_bytes(b"")
