@@ -169,6 +169,7 @@ def method_id(name: str, overrides: dict | None = None, n: int | None = None) ->
     ident = {"floor": floor_id()} if name == "nonprivate" else {} if name == "base" else get_method(name).identity()
     if n is not None and "tuned" in ident:
         ident = {**ident, "tuned": tuned_defaults(n, tuple(ident["tuned"]))}
+    ident = {**ident, "base_unet": base_unet_id()}  # every method adapts (and samples from) the base UNet
     blob = json.dumps({"id": ident, "overrides": overrides or {}}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -284,6 +285,7 @@ def sweep_stamp(method: str, hp: dict, *, samples: int = 128, steps: int = 25, s
     cfg = m.config_cls(epsilon=1.0, delta=DELTA, samples=samples, steps=steps, seed=seed, **hp)
     run = {k: v for k, v in asdict(cfg).items() if k != "epsilon"}  # epsilon is in the key
     assets = {k: v for k, v in m.identity().items() if k not in ("defaults", "tuned")}  # tuned: the sweep's output
+    assets["base_unet"] = base_unet_id()
     blob = json.dumps({"run": run, "assets": assets}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -580,6 +582,14 @@ def hypernet_id() -> str:
     return _files_digest("file", HYPERNET_PATH)
 
 
+def base_unet_id() -> str:
+    """A short content hash of the shipped base UNet's weights: part of every method's id and sweep stamp, so a
+    rebuilt base model makes every stored cell stale (the base model's and the floor's too)."""
+    from .config import BASE_UNET_WEIGHTS
+
+    return _files_digest("file", BASE_UNET_WEIGHTS)
+
+
 def hypernet_a_id() -> str:
     """A short content hash of what the quadratic EM and the slicing mechanism take from the shipped
     checkpoints: H's shared public A (its ``lora_a`` tensors) and the base UNet they sit in. It changes
@@ -623,9 +633,8 @@ def _files_digest(kind: str, *paths: Path) -> str:
 
 
 def _still_valid(cell: dict, res: dict) -> bool:
-    """A stored cell is reused only if its method's defaults, checkpoints and overrides are today's."""
-    if cell["method"] == "base":
-        return True
+    """A stored cell is reused only if its method's defaults, checkpoints and overrides are today's (the base
+    model's cells too: they depend on the base UNet's file)."""
     n = res.get("sets", {}).get(cell["set"], {}).get("n")
     want = res.get("method_ids", {}).get(cell["method"], {}).get(str(n))  # per set size (see method_id)
     return cell.get("method_id") is not None and cell.get("method_id") == want
@@ -656,7 +665,7 @@ def run_compare(settings: CompareSettings, log=print) -> dict:
     # Every method's id, not only this run's: another process's cells stay valid in the file and the tables.
     sizes = sorted({s.n for s in BENCH_SETS})  # run_compare accepts benchmark sets only
     res["method_ids"] = {m: {str(n): method_id(m, st.overrides.get(m), n) for n in sizes}
-                         for m in (*METHODS, "nonprivate")}
+                         for m in ("base", *METHODS, "nonprivate")}
     from .models import shared_models
 
     models = shared_models()  # the process's public models: one place, no method

@@ -415,6 +415,27 @@ def test_hypernet_cells_depend_on_the_encoder_too(monkeypatch):
     assert before[0] != after[0] and before[1] != after[1]
 
 
+def test_every_cell_depends_on_the_base_unet(monkeypatch):
+    """Every method adapts and samples from the base UNet: a rebuilt base model makes every stored cell stale,
+    the base model's own and the floor's too (base cells were once always valid, and no method id held it)."""
+    from dphyper import compare
+    from dphyper.compare import _still_valid, method_id, sweep_stamp
+    from dphyper.methods import METHODS
+
+    names = ("base", "nonprivate", *METHODS)
+    before = {m: method_id(m, None, 100) for m in names}
+    stamps = {m: sweep_stamp(m, {}) for m in METHODS}
+    res = {"sets": {"s": {"n": 100}}, "method_ids": {m: {"100": before[m]} for m in names}}
+    base_cell = {"method": "base", "set": "s", "method_id": before["base"]}
+    assert _still_valid(base_cell, res)
+    monkeypatch.setattr(compare, "base_unet_id", lambda: "another-base-unet")
+    after = {m: method_id(m, None, 100) for m in names}
+    assert all(after[m] != before[m] for m in names)
+    assert all(sweep_stamp(m, {}) != stamps[m] for m in METHODS)
+    res["method_ids"] = {m: {"100": after[m]} for m in names}
+    assert not _still_valid(base_cell, res)
+
+
 def test_stage3_of_a_one_default_method_runs_every_sets_best_at_every_epsilon():
     """A method with one default for every set (the hypernetwork, the quadratic EM) is scored over every
     (set, epsilon), so stage 3 runs each set's three best at epsilon = 4 on every set; a per-size method
