@@ -900,15 +900,16 @@ def sweep_table(res: dict) -> str:
     from .methods import METHODS
 
     for m in METHODS.values():
-        pick = one_default(cells, m.name) if m.one_default else None
-        if pick:
-            rows += ["", f"Shipped {m.label} default (one for every set and ε, `compare.one_default` over ε = "
-                     + ", ".join(f"{e:g}" for e in ONE_DEFAULT_EPSILONS) + " where complete): "
-                     + ", ".join(f"{k} {v}" for k, v in sorted(pick[0].items()))
-                     + f" (mean FID / best FID {pick[1]:.3f})."]
-    for m in METHODS.values():
+        if m.one_default:  # one setting for every size (it keeps n private): the sweep rule's pick
+            pick = one_default(cells, m.name)
+            if pick:
+                rows += ["", f"Shipped {m.label} default (one for every set and ε, `compare.one_default` over ε = "
+                         + ", ".join(f"{e:g}" for e in ONE_DEFAULT_EPSILONS) + " where complete): "
+                         + ", ".join(f"{k} {v}" for k, v in sorted(pick[0].items()))
+                         + f" (mean FID / best FID {pick[1]:.3f})."]
+            continue
         table = m.identity().get("tuned")
-        if not table:  # a method without per-size defaults (it keeps n private)
+        if not table:
             continue
         rows += ["", f"Shipped {m.label} defaults per size: " + "; ".join(
             f"{'n ≤ ' + str(r['n_max']) if r['n_max'] else 'larger n'}: lr {r['lr']:g}, C {r['max_grad_norm']:g}, "

@@ -101,8 +101,8 @@ def test_shrinkage_falls_back_to_the_base_model_when_the_release_is_noise():
     # without shrinkage the step is the plain one whatever the noise, and its noise share is still measured
     plain = QEMConfig(epsilon=0.25, clip=1.0, samples=0, shrink=False)
     z, a = step_from_release(noise_only.mean, noise_only.noise_std_mean, geo, plain)
-    assert a == 1.0 and noise_share(noise_only.mean, noise_only.noise_std_mean, geo.dim) > 0.5
-    assert noise_share(strong.mean, strong.noise_std_mean, geo.dim) < 0.1
+    assert a == 1.0 and noise_share(noise_only.mean, noise_only.noise_std_mean) > 0.5
+    assert noise_share(strong.mean, strong.noise_std_mean) < 0.1
 
 
 def test_qem_and_hypernet_releases_compose_exactly_in_the_ledger():

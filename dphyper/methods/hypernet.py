@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..pipeline import PrivateRunConfig
-from ..privacy import clipped_mean, release_mean
+from ..privacy import clipped_mean, release_mean, signal_share  # signal_share: H's LoRA strength (issue 18)
 from .base import Method, MethodResult, gaussian_release_report
 
 
@@ -69,20 +69,6 @@ def train(images: torch.Tensor, cfg: HypernetConfig, models, *, progress=None, c
     report["note"] = report["reach"]["message"]  # every verdict is said, "within" and a failed check too
     return MethodResult(adapter=lora, report=report, events=(rel.event,), owner={"clean_mean": clean, "release": rel},
                         timings=timings)
-
-
-def signal_share(mean: torch.Tensor, noise_std: float, anchor: torch.Tensor | None) -> float:
-    """rho = max(0, 1 - d s^2 / ||m~ - a||^2): the share of the released mean's distance from H's public anchor
-    a that is not explained by the noise (E||m~ - a||^2 = ||m - a||^2 + d s^2), James-Stein style. A function
-    of the release and public constants only. Measured first (issue 18): a fixed scale of 2 helped at
-    epsilon >= 1 and doubled FID on least-seen-100 at epsilon <= 0.5, where the release is mostly noise."""
-    m = mean.detach().reshape(-1).double().cpu()
-    a = torch.zeros_like(m) if anchor is None else anchor.detach().reshape(-1).double().cpu()
-    dist2 = float(((m - a) ** 2).sum())
-    noise2 = m.numel() * float(noise_std) ** 2
-    if not math.isfinite(noise2) or not math.isfinite(dist2) or dist2 <= 0:
-        return 0.0
-    return max(0.0, 1.0 - noise2 / dist2)
 
 
 def _reach(rel) -> dict:

@@ -91,7 +91,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..pipeline import PrivateRunConfig
-from ..privacy import private_generator, release_mean
+from ..privacy import private_generator, release_mean, signal_share
 from .base import Method, MethodResult, gaussian_release_report, shipped_defaults
 
 # Opacus' hooks on a model whose inputs need no gradient (only the B weights do) make torch warn on
@@ -308,18 +308,18 @@ def release_gradients(grads: torch.Tensor, geo: Geometry, cfg: QEMConfig, genera
     return release_mean(whitened_rows(grads, geo, cfg), epsilon=cfg.epsilon, delta=cfg.delta, generator=generator)
 
 
-def noise_share(mean: torch.Tensor, noise_std_mean: float, dim: int) -> float:
-    """k sigma_m^2 / ||m~||^2 capped at 1: the share of the released mean's squared length that the noise
-    explains (E||m~||^2 = ||m||^2 + k sigma_m^2). Public inputs only (post-processing)."""
-    m = mean.to(torch.float64)
-    return min(1.0, dim * float(noise_std_mean) ** 2 / max(float(m @ m), 1e-300)) if noise_std_mean > 0 else 0.0
+def noise_share(mean: torch.Tensor, noise_std_mean: float) -> float:
+    """k sigma_m^2 / ||m~||^2 capped at 1 (k = the release's dimension): the share of the released mean's
+    squared length that the noise explains, ``1 - privacy.signal_share``; 0 for a noise-free release. Public
+    inputs only (post-processing)."""
+    return 1.0 - signal_share(mean, noise_std_mean) if noise_std_mean > 0 else 0.0
 
 
 def step_from_release(mean: torch.Tensor, noise_std_mean: float, geo: Geometry, cfg: QEMConfig) -> tuple[torch.Tensor, float]:
     """Post-processing: z = -eta a C M^{-1/2} m~ with a = 1, or the James-Stein factor a = 1 - noise share
     when ``cfg.shrink`` (public inputs only)."""
     m = mean.to(torch.float64)
-    a = 1.0 - noise_share(m, noise_std_mean, geo.dim) if cfg.shrink else 1.0
+    a = 1.0 - noise_share(m, noise_std_mean) if cfg.shrink else 1.0
     z = -cfg.step * a * cfg.clip * (geo.whitener(cfg.damping) @ m)
     return z, a
 
@@ -352,7 +352,7 @@ def train(images: torch.Tensor, cfg: QEMConfig, models, *, progress=None, cancel
         **gaussian_release_report("qem", rel, cfg.epsilon,
                                   detail="whitened, clipped per-example gradients + count"),
         "shrinkage": round(a, 4),
-        "noise_share": round(noise_share(rel.mean, rel.noise_std_mean, geo.dim), 4),
+        "noise_share": round(noise_share(rel.mean, rel.noise_std_mean), 4),
         "step_norm": float(z.norm()),
         "dim": geo.dim, "basis": cfg.basis if geo.basis is not None else "all LoRA-B weights",
         "clip": cfg.clip, "damping": cfg.damping, "step": cfg.step, "draws": cfg.draws, "t_max": cfg.t_max,
