@@ -17,6 +17,7 @@ folder): see ``docs/BENCHMARKS.md``.
 
 from __future__ import annotations
 
+import functools
 import math
 import secrets
 import threading
@@ -118,7 +119,21 @@ class DPSGDResult:
 
 def dpsgd_noise_multiplier(*, epsilon: float, delta: float, sample_rate: float, steps: int,
                            accountant: str = "prv") -> float:
-    """sigma for `steps` Poisson-sampled Gaussian steps at (epsilon, delta): Opacus' own search."""
+    """sigma for `steps` Poisson-sampled Gaussian steps at (epsilon, delta): Opacus' own search.
+
+    Memoised per process: the search costs 4-8 s on 2 CPU cores (Opacus' PRV domain bound evaluates
+    RDP at fractional orders), and the app asks again for every plan and run. Only public settings
+    are keys: epsilon, delta, the number of steps and the rate 1 / ceil(n / B), whose n DP-SGD's
+    accounting already treats as public (it is in the plan every user sees). A hit returns the
+    same float a fresh search would (the search is deterministic), so no session's sigma depends on
+    another's; what another session can learn is only that these public settings were asked for
+    before, from the time the page takes.
+    """
+    return _noise_multiplier(float(epsilon), float(delta), float(sample_rate), int(steps), str(accountant))
+
+
+@functools.lru_cache(maxsize=1024)
+def _noise_multiplier(epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str) -> float:
     from opacus.accountants.utils import get_noise_multiplier
 
     return float(get_noise_multiplier(target_epsilon=epsilon, target_delta=delta, sample_rate=sample_rate,

@@ -107,7 +107,7 @@ def test_nothing_usable_is_one_clear_error(tmp_path):
 
 
 @needs_models
-def test_hostile_folder_cli(tmp_path):
+def test_hostile_folder_cli(tmp_path, capsys):
     build_hostile(tmp_path / "hostile")
     env = {**os.environ, "DPHYPER_DEVICE": "cpu"}
     run = subprocess.run([sys.executable, "-m", "dphyper", "generate", "--images", str(tmp_path / "hostile"),
@@ -121,9 +121,12 @@ def test_hostile_folder_cli(tmp_path):
     junk = tmp_path / "junk"
     junk.mkdir()
     (junk / "x.png").write_bytes(b"nope")
-    run = subprocess.run([sys.executable, "-m", "dphyper", "dpsgd", "--images", str(junk), "--epsilon", "1",
-                          "--out", str(tmp_path / "o2")], capture_output=True, text=True, env=env, timeout=300)
-    assert run.returncode == 2 and run.stderr.startswith("error: No usable image") and "Traceback" not in run.stderr
+    from dphyper.__main__ import main  # in-process: the same entry point, without a second interpreter start
+
+    capsys.readouterr()
+    code = main(["dpsgd", "--images", str(junk), "--epsilon", "1", "--out", str(tmp_path / "o2")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: No usable image"), err
 
 
 @needs_models

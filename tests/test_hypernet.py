@@ -309,3 +309,16 @@ def test_checkpoint_average_means_every_tensor_but_the_kept_ones(tmp_path):
         mod.average([paths[0], bad])
     with pytest.raises(ValueError, match="at least two"):
         mod.average(paths[:1])
+
+
+def test_min_snr_weight_keeps_the_noisy_steps_and_scales_the_clean_ones_down():
+    from dphyper.diffusion import make_train_scheduler
+    from dphyper.train_hypernet import min_snr_weight
+
+    a = make_train_scheduler().alphas_cumprod
+    snr = a / (1 - a)
+    w = min_snr_weight(a, 1.0)
+    assert torch.equal(min_snr_weight(a, 0.0), torch.ones_like(a))  # off: the plain loss
+    assert torch.all(w[snr <= 1] == 1) and (snr <= 1).any()
+    assert torch.allclose(w[snr > 1], 1 / snr[snr > 1]) and (snr > 1).any()
+    assert torch.all(w[1:] >= w[:-1])  # never more weight on a cleaner step
