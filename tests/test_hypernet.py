@@ -322,3 +322,17 @@ def test_min_snr_weight_keeps_the_noisy_steps_and_scales_the_clean_ones_down():
     assert torch.all(w[snr <= 1] == 1) and (snr <= 1).any()
     assert torch.allclose(w[snr > 1], 1 / snr[snr > 1]) and (snr > 1).any()
     assert torch.all(w[1:] >= w[:-1])  # never more weight on a cleaner step
+
+
+def test_one_class_public_sets_are_pure_and_off_by_default_change_no_draw():
+    from dphyper.train_hypernet import HypernetTrainConfig, PublicSetSampler
+
+    emb = torch.nn.functional.normalize(torch.randn(600, 8), dim=1)
+    labels = torch.arange(600) % 10
+    plain = PublicSetSampler(emb, HypernetTrainConfig(), torch.Generator().manual_seed(0))
+    with_labels = PublicSetSampler(emb, HypernetTrainConfig(), torch.Generator().manual_seed(0), labels)
+    assert all(torch.equal(plain.draw(), with_labels.draw()) for _ in range(30))  # the shipped draws, replayable
+    pure = PublicSetSampler(emb, HypernetTrainConfig(p_class_sets=1.0), torch.Generator().manual_seed(0), labels)
+    sets = [pure.draw() for _ in range(30)]
+    assert all(len(torch.unique(labels[s])) == 1 and len(torch.unique(s)) == len(s) for s in sets)
+    assert len({int(labels[s[0]]) for s in sets}) > 3  # the class is drawn, not fixed
