@@ -60,6 +60,8 @@ class HypernetTrainConfig:
     anchor_radius: float = field(default=0.1, metadata={"help": "how far the anchor reaches (0 = everywhere); chosen on public sets"})
     p_class_sets: float = field(default=0.0, metadata={"help": "share of drawn sets that are one class of the public train "
                                                                 "labels (0 = k-NN sets and mixtures only, as shipped)"})
+    freeze_a: bool = field(default=False, metadata={"help": "keep H's shared LoRA down-projections A as they start "
+                                                            "(continuing a shipped H: the QEM and slicing use its A)"})
     snr_gamma: float = field(default=0.0, metadata={"help": "Min-SNR-gamma loss weight min(SNR, g) / SNR per timestep "
                                                             "(Hang et al. 2023; 0 = the plain noise MSE)"})
 
@@ -159,7 +161,9 @@ def train_hypernet(cfg: HypernetTrainConfig, images: torch.Tensor | None = None)
     hyper = HyperNetwork(lora_shapes_of(unet), embed_dim=emb.shape[1], hidden=cfg.hidden).to(device)
     if cfg.anchor:
         hyper.set_anchor(clipped_mean(emb), radius=cfg.anchor_radius)  # the public population's mean
-    opt = torch.optim.AdamW(hyper.parameters(), lr=cfg.lr, weight_decay=1e-4)
+    if cfg.freeze_a:
+        hyper.lora_a.requires_grad_(False)
+    opt = torch.optim.AdamW([p for p in hyper.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=1e-4)
     # Each process draws different sets (seed + rank); the model starts identical everywhere.
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + acc.process_index)
     step, history, seconds = 0, [], 0.0
@@ -172,7 +176,8 @@ def train_hypernet(cfg: HypernetTrainConfig, images: torch.Tensor | None = None)
         if unexpected or set(missing) - {"anchor"}:
             raise RuntimeError(f"{state_path} does not match this configuration (missing {missing}, "
                                f"unexpected {unexpected}); use another --work-dir")
-        opt.load_state_dict(state["opt"])
+        if state["opt"]["state"]:  # a seeded state (scripts/hypernet_continue.py) has fresh moments: nothing to load
+            opt.load_state_dict(state["opt"])
         gen.set_state(state["gen"])
         step, history, seconds = state["step"], state["history"], state["seconds"]
         anchor_from = state.get("anchor_from", anchor_from if "anchor" in state["model"] else None)

@@ -336,3 +336,20 @@ def test_one_class_public_sets_are_pure_and_off_by_default_change_no_draw():
     sets = [pure.draw() for _ in range(30)]
     assert all(len(torch.unique(labels[s])) == 1 and len(torch.unique(s)) == len(s) for s in sets)
     assert len({int(labels[s[0]]) for s in sets}) > 3  # the class is drawn, not fixed
+
+
+@needs_models
+def test_freeze_a_keeps_the_shared_down_projections(tmp_path):
+    from safetensors.torch import load_file
+
+    from dphyper.train_hypernet import HypernetTrainConfig, train_hypernet
+
+    cfg = HypernetTrainConfig(out=tmp_path / "h1.safetensors", work_dir=tmp_path / "work", max_steps=1, sets_per_step=2,
+                              images_per_set=2, n_max=100, limit_images=300, freeze_a=True, warmup_steps=1)
+    train_hypernet(cfg)
+    cfg.out, cfg.max_steps = tmp_path / "h2.safetensors", 2
+    train_hypernet(cfg)  # resumed: one more step
+    h1, h2 = load_file(str(tmp_path / "h1.safetensors")), load_file(str(tmp_path / "h2.safetensors"))
+    a_keys = [k for k in h1 if k.startswith("lora_a.")]
+    assert a_keys and all(torch.equal(h1[k], h2[k]) for k in a_keys)  # A stayed where it was
+    assert any(not torch.equal(h1[k], h2[k]) for k in h1 if k.startswith("head."))  # the step moved the head
