@@ -13,10 +13,7 @@ class agreement by the evaluator and FID/KID against the held-out images. Writes
 from __future__ import annotations
 
 import json
-import sys
 import time
-
-import torch
 
 from dphyper.config import ASSETS_DIR, REPO_DIR
 from dphyper.data import load_folder
