@@ -43,6 +43,8 @@ class BenchConfig:
                                                 "non-private floor)"})
     max_cells: int = field(default=0, metadata={"help": "sweep: stop after this many new cells (0 = no limit); rerun to continue"})
     report_only: bool = field(default=False, metadata={"help": "compare/sweep: compute nothing, rewrite the tables from the stored cells"})
+    plan: bool = field(default=False, metadata={"help": "sweep: compute nothing, list the cells still to run (cost, "
+                                                 "estimated time, which worker holds one)"})
     quick: bool = field(default=False, metadata={"help": "compare: 3 sets x 3 epsilons x 64 samples (<= 30 min on 2 CPU cores)"})
     compare_samples: int = field(default=128, metadata={"help": "compare: generated images per cell (64 with --quick)"})
     sets: str = field(default="", metadata={"help": "compare: comma-separated set names (default: the full or quick list)"})
@@ -793,6 +795,12 @@ def bench_sweep(cfg: BenchConfig) -> dict:
     names = tuple(m for m in cfg.methods.split(",") if m) or tuple(n for n, m in METHODS.items() if m.sweep)
     wanted = [x for x in cfg.sets.split(",") if x]
     sets = tuple(s for s in SWEEP_SETS if not wanted or s.name in wanted)
+    if cfg.plan:
+        from .compare import pending_text, sweep_pending
+
+        rows = sweep_pending(REPO_DIR / "bench", names, sets)
+        print(pending_text(rows), flush=True)
+        return {"pending": rows}
     if cfg.report_only:
         res = json.loads((REPO_DIR / "bench" / "sweep.json").read_text())
     else:

@@ -543,6 +543,54 @@ def run_sweep(methods: tuple[str, ...], out: Path, *, sets: tuple[BenchSet, ...]
     return _load(path)
 
 
+ESTIMATE_MIN_COST = 10_000  # cells cheaper than this are mostly sampling and scoring: no time estimate from them
+
+
+def sweep_pending(out: Path, methods: tuple[str, ...], sets: tuple[BenchSet, ...] = ()) -> list[dict]:
+    """The cells the sweep would run next, without running any (``bench --suite sweep --plan``): per set and
+    method, today's plan minus the fresh stored cells, each with its cost, the pid of a live worker holding
+    it, and an estimate of its seconds from this method's stored cells (median seconds per example-gradient
+    evaluation of its cells that cost at least 10,000: the fixed sampling and scoring cost dominates cheaper
+    ones). Only what the stored cells plan now: a later stage is planned once the cells before it are done."""
+    path = Path(out) / "sweep.json"
+    res = _load(path)
+    fresh = fresh_sweep_cells(res)
+    bands = noise_bands(Path(out))
+    claims = {k: pid for k, pid in _load(_claims_path(path)).items() if _alive(pid)}
+    rows = []
+    for s in sets or SWEEP_SETS:
+        for method in methods:
+            rates = [c["seconds_to_lora"] / c["cost"] for c in fresh.values()
+                     if c["method"] == method and c.get("cost", 0) >= ESTIMATE_MIN_COST and c.get("seconds_to_lora")]
+            rate = float(np.median(rates)) if rates else None
+            for eps, hp in sweep_plan(method, s.n, fresh, s.name, bands.get(s.name)):
+                key = _sweep_key(method, s.name, eps, hp)
+                if key in fresh:
+                    continue
+                cost = run_cost(hp, s.n, method)
+                rows.append({"key": key, "set": s.name, "method": method, "epsilon": eps, "hp": hp, "cost": cost,
+                             "claimed_by": claims.get(key),
+                             "est_seconds": None if rate is None else rate * cost})
+    return rows
+
+
+def pending_text(rows: list[dict]) -> str:
+    """``sweep_pending``'s rows as the lines ``bench --suite sweep --plan`` prints."""
+    if not rows:
+        return "no sweep cell is pending: every planned cell is stored and fresh"
+    lines = []
+    for r in rows:
+        est = "no estimate" if r["est_seconds"] is None else f"~{r['est_seconds'] / 60:.0f} min on one thread here"
+        held = f", running (pid {r['claimed_by']})" if r["claimed_by"] else ""
+        lines.append(f"{r['key']}: {r['cost']:,} example gradients, {est}{held}")
+    total = sum(r["cost"] for r in rows)
+    known = [r["est_seconds"] for r in rows if r["est_seconds"] is not None]
+    lines.append(f"{len(rows)} cells, {total:,} example gradients" +
+                 (f", ~{sum(known) / 3600:.1f} h on one thread here" if known else "") +
+                 " (later stages are planned as these finish)")
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------- the comparison
 
 
@@ -735,7 +783,7 @@ def targets(summary: dict, sets_info: dict, epsilons: tuple[float, ...]) -> dict
     """F1, F2, P2 and P4 as measured (no judgement is hard-coded: each is computed here)."""
     f1_rows, f2_rows, p2_rows, p4_rows = [], [], [], []
     for s, m in summary.items():
-        hyp, dp, npv = m.get("hypernet", {}), m.get("dpsgd", {}), m.get("nonprivate", {})
+        hyp, dp = m.get("hypernet", {}), m.get("dpsgd", {})
         for e in epsilons:
             k = str(e)
             if k in hyp and k in dp:

@@ -292,6 +292,54 @@ def test_sweep_workers_share_the_plan(tmp_path, monkeypatch):
         other.kill()
 
 
+def test_sweep_plan_lists_what_a_worker_would_run_next_and_runs_nothing(tmp_path, monkeypatch):
+    """`bench --suite sweep --plan`: the pending cells are exactly the ones the next worker call runs, in
+    its order, with their cost, the live worker holding one, and a time estimate from stored cells."""
+    import subprocess
+    import sys
+
+    import dphyper.compare as compare
+    from dphyper.compare import (SWEEP_SETS, _claims_path, pending_text, run_cost, run_sweep, sweep_pending,
+                                 sweep_plan)
+
+    calls = []
+
+    def fake_cell(method, eps, data, models, *, samples, steps, seed, overrides):
+        calls.append((eps, dict(overrides)))
+        return {"method": method, "epsilon": eps, "fid": 100 + overrides["lr"], "agreement": 0.5,
+                "seconds_to_lora": 0.002 * run_cost(overrides, s.n, method)}
+
+    monkeypatch.setattr(compare, "run_cell", fake_cell)
+    monkeypatch.setattr(compare, "build_set", lambda spec, out: {"info": {"n": spec.n}})
+    s = SWEEP_SETS[0]
+    rows = sweep_pending(tmp_path, ("dpsgd",), (s,))
+    plan = sweep_plan("dpsgd", s.n, {}, s.name)
+    assert [(r["epsilon"], r["hp"]) for r in rows] == plan and not calls  # nothing computed
+    assert all(r["est_seconds"] is None and r["claimed_by"] is None for r in rows)
+    assert "no estimate" in pending_text(rows) and f"{len(rows)} cells" in pending_text(rows)
+    run_sweep(("dpsgd",), tmp_path, sets=(s,), max_cells=2, log=lambda m: None)
+    after = sweep_pending(tmp_path, ("dpsgd",), (s,))
+    assert [hp for _, hp in calls] == [rows[0]["hp"], rows[1]["hp"]]
+    assert rows[0]["key"] not in {r["key"] for r in after} and rows[1]["key"] not in {r["key"] for r in after}
+    run_sweep(("dpsgd",), tmp_path, sets=(s,), max_cells=1, log=lambda m: None)
+    assert calls[-1][1] == after[0]["hp"]  # the plan's first pending cell is the one the next call runs
+    rest = sweep_pending(tmp_path, ("dpsgd",), (s,))
+    timed = any(run_cost(hp, s.n, "dpsgd") >= compare.ESTIMATE_MIN_COST for _, hp in calls)
+    assert all((r["est_seconds"] is not None) == timed for r in rest)  # estimated only from costly cells
+    monkeypatch.setattr(compare, "ESTIMATE_MIN_COST", 0)
+    rest = sweep_pending(tmp_path, ("dpsgd",), (s,))
+    assert rest and all(r["est_seconds"] == pytest.approx(0.002 * r["cost"]) for r in rest)
+    assert "min on one thread here" in pending_text(rest)
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        _claims_path(tmp_path / "sweep.json").write_text(json.dumps({rest[0]["key"]: worker.pid}))
+        held = sweep_pending(tmp_path, ("dpsgd",), (s,))
+        assert held[0]["claimed_by"] == worker.pid and f"running (pid {worker.pid})" in pending_text(held)
+    finally:
+        worker.kill()
+    assert pending_text([]).startswith("no sweep cell is pending")
+
+
 def test_one_default_for_both_regimes_is_closest_to_each_sets_best_on_average():
     from dphyper.compare import one_default
 

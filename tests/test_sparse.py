@@ -10,7 +10,7 @@ import torch
 from dphyper.methods.sparse import (SparseConfig, calibrate, composed_epsilon, delta_params, layers_of,
                                     load_sparse_delta_into, masks_from_groups, release_scores,
                                     save_sparse_delta, top_groups, unit_rows)
-from dphyper.privacy import PrivacyEvent, PrivacyLedger, calibrate_gaussian
+from dphyper.privacy import PrivacyEvent, PrivacyLedger
 
 from .test_hypernet import needs_models
 
