@@ -34,12 +34,13 @@ from .dpsgd import train as train_dpsgd_method
 
 # Per-size defaults from PDA-DPMD's own public sweep (bench/sweep.json; a test checks them against it). n <= 316:
 # stage 1 and 2 on public-coats-100 at epsilon = 1 pick the same settings as DP-SGD's (lr 0.03, 10 epochs: FID
-# 305.2, every cell within FID noise of the base model). Larger n: not swept yet (public-mixed-1000 is 668,000
-# example gradients for stage 1 alone): DP-SGD's public-mixed-1000 choice, said so by tuned_on None.
+# 305.2, every cell within FID noise of the base model). Larger n: its public-mixed-1000 sweep is under way
+# (bench --suite sweep --plan lists what is left); until it is complete, DP-SGD's public-mixed-1000 choice,
+# said so by tuned_on None.
 TUNED = (
     {"n_max": 316, "tuned_on": "public-coats-100", "lr": 3e-2, "max_grad_norm": 0.01, "epochs": 10.0,
      "batch_size": 64},
-    {"n_max": None, "tuned_on": None, "lr": 1e-3, "max_grad_norm": 0.01, "epochs": 100.0, "batch_size": 64},
+    {"n_max": None, "tuned_on": None, "lr": 1e-3, "max_grad_norm": 1.0, "epochs": 100.0, "batch_size": 64},
 )
 
 _pool_lock = threading.Lock()
