@@ -463,13 +463,18 @@ def _claim(path: Path, keys: list[str]) -> int | None:
     live worker holds. Returns its index in ``keys`` (None: nothing left for this worker)."""
     with _locked(path):
         cp = _claims_path(path)
-        claims = {k: pid for k, pid in _load(cp).items() if _alive(pid)}
+        claims = _live_claims(path)
         for i, k in enumerate(keys):
             if k not in claims:
                 claims[k] = os.getpid()
                 _save(cp, claims)
                 return i
     return None
+
+
+def _live_claims(path: Path) -> dict[str, int]:
+    """The claims of ``path``'s sweep whose worker is still alive (key -> pid)."""
+    return {k: pid for k, pid in _load(_claims_path(path)).items() if _alive(pid)}
 
 
 def _unclaim(path: Path, key: str) -> None:
@@ -488,6 +493,13 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _todo(method: str, s: BenchSet, fresh: dict, bands: dict[str, float]) -> list[tuple[float, dict]]:
+    """The (epsilon, settings) of ``method`` on sweep set ``s`` that today's plan wants and no fresh cell holds,
+    in the plan's order: what a sweep worker runs next (``run_sweep``) and what ``--plan`` lists."""
+    return [(e, hp) for e, hp in sweep_plan(method, s.n, fresh, s.name, bands.get(s.name))
+            if _sweep_key(method, s.name, e, hp) not in fresh]
 
 
 def run_sweep(methods: tuple[str, ...], out: Path, *, sets: tuple[BenchSet, ...] = (), samples: int = 128,
@@ -516,8 +528,7 @@ def run_sweep(methods: tuple[str, ...], out: Path, *, sets: tuple[BenchSet, ...]
                     break
                 res = _merge_cell(path, res)  # see the cells other workers finished meanwhile
                 fresh = fresh_sweep_cells(res)
-                todo = [(e, hp) for e, hp in sweep_plan(method, s.n, fresh, s.name, bands.get(s.name))
-                        if _sweep_key(method, s.name, e, hp) not in fresh]
+                todo = _todo(method, s, fresh, bands)
                 claimed = _claim(path, [_sweep_key(method, s.name, e, hp) for e, hp in todo])
                 if claimed is None:
                     break
@@ -550,27 +561,26 @@ def sweep_pending(out: Path, methods: tuple[str, ...], sets: tuple[BenchSet, ...
     """The cells the sweep would run next, without running any (``bench --suite sweep --plan``): per set and
     method, today's plan minus the fresh stored cells, each with its cost, the pid of a live worker holding
     it, and an estimate of its seconds from this method's stored cells (median seconds per example-gradient
-    evaluation of its cells that cost at least 10,000: the fixed sampling and scoring cost dominates cheaper
-    ones). Only what the stored cells plan now: a later stage is planned once the cells before it are done."""
+    evaluation of its cells that cost at least ``ESTIMATE_MIN_COST``: the fixed sampling and scoring cost
+    dominates cheaper ones). Only what the stored cells plan now: a later stage is planned once the cells
+    before it are done."""
     path = Path(out) / "sweep.json"
-    res = _load(path)
-    fresh = fresh_sweep_cells(res)
+    fresh = fresh_sweep_cells(_load(path))
     bands = noise_bands(Path(out))
-    claims = {k: pid for k, pid in _load(_claims_path(path)).items() if _alive(pid)}
+    claims = _live_claims(path)
+    rate = {}
+    for method in methods:
+        rates = [c["seconds_to_lora"] / c["cost"] for c in fresh.values()
+                 if c["method"] == method and c.get("cost", 0) >= ESTIMATE_MIN_COST and c.get("seconds_to_lora")]
+        rate[method] = float(np.median(rates)) if rates else None
     rows = []
     for s in sets or SWEEP_SETS:
         for method in methods:
-            rates = [c["seconds_to_lora"] / c["cost"] for c in fresh.values()
-                     if c["method"] == method and c.get("cost", 0) >= ESTIMATE_MIN_COST and c.get("seconds_to_lora")]
-            rate = float(np.median(rates)) if rates else None
-            for eps, hp in sweep_plan(method, s.n, fresh, s.name, bands.get(s.name)):
-                key = _sweep_key(method, s.name, eps, hp)
-                if key in fresh:
-                    continue
-                cost = run_cost(hp, s.n, method)
+            for eps, hp in _todo(method, s, fresh, bands):
+                key, cost = _sweep_key(method, s.name, eps, hp), run_cost(hp, s.n, method)
                 rows.append({"key": key, "set": s.name, "method": method, "epsilon": eps, "hp": hp, "cost": cost,
                              "claimed_by": claims.get(key),
-                             "est_seconds": None if rate is None else rate * cost})
+                             "est_seconds": None if rate[method] is None else rate[method] * cost})
     return rows
 
 
