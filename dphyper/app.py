@@ -174,7 +174,7 @@ def thumbnails_html(images) -> str:
 def _after_load(data: dict, log_eps: float, no_privacy: bool, delta: float, max_steps: int) -> tuple:
     """What depends on n: the privacy summary, the DP-SGD plan, the benchmark set shown."""
     return (privacy_summary(log_eps, no_privacy, delta, data["n"]),
-            dpsgd_plan(data, log_eps, no_privacy, delta, max_steps), gr.update(value=default_curve_set(data["n"])))
+            methods_plan(data, log_eps, no_privacy, delta, max_steps), gr.update(value=default_curve_set(data["n"])))
 
 
 def load_example(example: str | None, log_eps: float = 0.0, no_privacy: bool = False, delta: float = 1e-5,
@@ -662,58 +662,20 @@ run_hypernet = one_shot_runner("hypernet")
 run_dpsgd = training_runner("dpsgd")
 
 
-def dpsgd_plan(data: dict | None, log_eps: float, no_privacy: bool, delta: float, max_steps: int) -> str:
-    """What the DP-SGD button will do for this n and epsilon (computed, nothing private shown)."""
-    from .dpsgd import TUNED_KEYS, DPSGDConfig, resolve
+def methods_plan(data: dict | None, log_eps: float, no_privacy: bool, delta: float, max_steps: int) -> str:
+    """What each method with a plan (``Method.plan``) will do for this n and epsilon, in words (computed,
+    nothing private shown); methods whose plans read the same share one line."""
+    from .methods import METHODS
 
     if not data:
         return ""
-    from .methods.pda_dpmd import PDADPMDConfig
-    from .methods.pda_dpmd import resolve as resolve_pda
-
-    n = data["n"]
-    d = resolve(DPSGDConfig(max_steps=int(max_steps or 0)), n)
-    p = resolve_pda(PDADPMDConfig(max_steps=int(max_steps or 0)), n)
-    same = all(getattr(d, k) == getattr(p, k) for k in TUNED_KEYS)
-    lines = [_training_plan("DP-SGD and PDA-DPMD" if same else "DP-SGD", d, n, log_eps, no_privacy, delta)]
-    if not same:
-        lines.append(_training_plan("PDA-DPMD", p, n, log_eps, no_privacy, delta))
-    return "  \n".join(lines + [_sparse_plan(n, 10 ** log_eps, delta, int(max_steps or 0))])
-
-
-def _training_plan(label: str, d, n: int, log_eps: float, no_privacy: bool, delta: float) -> str:
-    """One DP-SGD-like method's schedule for n images (resolved settings), in words."""
-    from .dpsgd import dpsgd_noise_multiplier, schedule
-
-    q, _, steps = schedule(n, d)  # the same schedule train_dpsgd will run
-    text = (f"{label} plan: {steps} steps, expected batch {n * q:.0f} (sample rate {q:.3g}), lr {d.lr:g}, "
-            f"clip C {d.max_grad_norm:g}")
-    if no_privacy:
-        return text + ", no noise (ε = ∞)."
-    try:
-        sigma = dpsgd_noise_multiplier(epsilon=10 ** log_eps, delta=delta, sample_rate=q, steps=steps)
-        return text + f", noise multiplier σ = {sigma:.2f} per step (Opacus PRV accountant)."
-    except Exception:  # noqa: BLE001 - the accountant's search can fail at extreme settings
-        return text + "."
-
-
-def _sparse_plan(n: int, epsilon: float, delta: float, max_steps: int) -> str:
-    """What the DP sparse button will do. The selection's noise is the analytic Gaussian's (instant);
-    DP-SGD's sigma comes from a PLD bisection of about a second, too slow for every slider move, so the
-    plan names the rule and the report gives the number."""
-    from .dpsgd import schedule
-    from .methods.sparse import SparseConfig, resolve
-    from .privacy import calibrate_gaussian
-
-    d = resolve(SparseConfig(max_steps=max_steps), n)
-    _, _, steps = schedule(n, d)
-    try:
-        s1 = calibrate_gaussian(epsilon=d.split * epsilon, delta=delta)
-    except ValueError:
-        return ""
-    return (f"DP sparse plan: {d.groups} rows chosen by one release with noise σ = {s1:.1f} ({d.split:g} of ε alone), "
-            f"then {steps} DP-SGD steps on them (lr {d.lr:g}, clip C {d.max_grad_norm:g}) with the smallest σ that "
-            "the PLD accountant composes with the selection to ε (in the report after the run).")
+    epsilon = math.inf if no_privacy else 10 ** log_eps
+    lines: dict[str, list[str]] = {}
+    for m in METHODS.values():
+        text = m.plan(data["n"], epsilon, delta, int(max_steps or 0)) if m.plan else ""
+        if text:
+            lines.setdefault(text, []).append(m.label)
+    return "  \n".join(f"{' and '.join(labels)} plan: {text}" for text, labels in lines.items())
 
 
 @gpu
@@ -795,7 +757,11 @@ The same audit: `python -m dphyper audit --method hypernet --epsilon 1`.
 def run_audit_panel(method: str, epsilon: float, broken: str, trials: float):
     from .audit import AuditConfig, run_audit
 
-    trials = int(trials) if method == "hypernet" else min(int(trials), 1000)
+    from .methods import METHODS
+
+    m = METHODS.get(method)
+    cap = m.audit.max_app_trials if m is not None and m.audit is not None else None
+    trials = int(trials) if cap is None else min(int(trials), cap)
     try:
         r = run_audit(AuditConfig(method=method, epsilon=float(epsilon), trials=trials, broken=broken))
     except ValueError as exc:
@@ -809,6 +775,16 @@ def run_audit_panel(method: str, epsilon: float, broken: str, trials: float):
             f"held-out trials would show ε ≥ {r['detectable_max']:.2f}: no claim above that can be tested here.  \nAttack on {r['trials_measured']} held-out trials: "
             f"true-positive rate {r['tpr']:.3f}, false-positive rate {r['fpr']:.4f}; {r['seconds']:.0f} s.")
     return text, r
+
+
+def _trials_label(methods) -> str:
+    """The audit's trial slider label, naming the methods whose app audit is capped (a trial is a training run)."""
+    caps: dict[int, list[str]] = {}
+    for m in methods.values():
+        if m.audit is not None and m.audit.max_app_trials:
+            caps.setdefault(m.audit.max_app_trials, []).append(m.label)
+    said = "; ".join(f"{' and '.join(labels)}: capped at {cap}" for cap, labels in caps.items())
+    return f"Trials ({said})" if said else "Trials"
 
 
 # ---------------------------------------------------------------- layout
@@ -836,9 +812,10 @@ in your session only.
 
 
 def build_demo():
-    from .audit import AUDIT_VARIANTS
+    from .audit import audit_variants
     from .methods import METHODS
 
+    variants = audit_variants()
     names = example_names()
     sets = curve_sets()
     with gr.Blocks(title="dphyper", delete_cache=(60, 120)) as demo:
@@ -924,16 +901,16 @@ def build_demo():
         with gr.Tab("Privacy audit"):
             gr.Markdown(AUDIT_TEXT)
             with gr.Row():
-                a_method = gr.Radio([(METHODS[m].label, m) for m in AUDIT_VARIANTS], value="hypernet",
+                a_method = gr.Radio([(METHODS[m].label, m) for m in variants], value="hypernet",
                                     label="Mechanism")
                 a_eps = gr.Slider(0.25, 8, value=1.0, step=0.25, label="ε claimed")
-                a_broken = gr.Dropdown(list(AUDIT_VARIANTS["hypernet"]), value="none",
+                a_broken = gr.Dropdown(list(variants["hypernet"]), value="none",
                                        label="Simulate a bug (teaching only)")
-                a_trials = gr.Slider(200, 20000, value=4000, step=200, label="Trials (training methods: capped at 1000)")
+                a_trials = gr.Slider(200, 20000, value=4000, step=200, label=_trials_label(METHODS))
             a_go = gr.Button("Run the audit (public data only)")
             a_out = gr.Markdown()
             a_json = gr.JSON(label="audit result")
-            a_method.change(lambda m: gr.update(choices=list(AUDIT_VARIANTS[m]), value="none"), a_method, a_broken,
+            a_method.change(lambda m: gr.update(choices=list(variants[m]), value="none"), a_method, a_broken,
                             queue=False, show_progress="hidden")
             a_go.click(run_audit_panel, [a_method, a_eps, a_broken, a_trials], [a_out, a_json], concurrency_limit=1)
         with gr.Tab("Teaching: why one-shot noise helps"):
@@ -956,7 +933,7 @@ def build_demo():
         for comp in (log_eps, no_privacy, delta):
             comp.change(summary_for, [log_eps, no_privacy, delta, data], summary, queue=False,
                         show_progress="hidden")
-        plan_args = dict(fn=dpsgd_plan, inputs=[data, log_eps, no_privacy, delta, max_steps], outputs=plan,
+        plan_args = dict(fn=methods_plan, inputs=[data, log_eps, no_privacy, delta, max_steps], outputs=plan,
                          show_progress="hidden")
         log_eps.release(**plan_args)
         max_steps.release(**plan_args)

@@ -772,11 +772,11 @@ def bench_audit(cfg: BenchConfig) -> dict:
             "| method | variant | ε claimed | ε lower bound | TPR | FPR | trials measured | seconds | pass |",
             "|---|---|---|---|---|---|---|---|---|"]
     res = []
-    from .audit import AUDIT_VARIANTS
+    from .audit import audit_variants
     from .methods import METHODS
 
     for method in METHODS:
-        for broken in AUDIT_VARIANTS[method]:
+        for broken in audit_variants()[method]:
             r = run_audit(AuditConfig(method=method, epsilon=1.0, broken=broken))
             res.append(r)
             rows.append(f"| {method} | {'shipped' if broken == 'none' else broken} | {r['epsilon_claimed']:g} | "

@@ -108,6 +108,19 @@ def schedule(n: int, cfg: "DPSGDConfig") -> tuple[float, int, int]:
     return q, planned, (min(planned, cfg.max_steps) if cfg.max_steps else planned)
 
 
+def training_plan(d: "DPSGDConfig", n: int, epsilon: float, delta: float) -> str:
+    """A DP-SGD-like schedule for n images (resolved settings ``d``), in words (the app's plan line)."""
+    q, _, steps = schedule(n, d)  # the same schedule train_dpsgd will run
+    text = f"{steps} steps, expected batch {n * q:.0f} (sample rate {q:.3g}), lr {d.lr:g}, clip C {d.max_grad_norm:g}"
+    if math.isinf(epsilon):
+        return text + ", no noise (ε = ∞)."
+    try:
+        sigma = dpsgd_noise_multiplier(epsilon=epsilon, delta=delta, sample_rate=q, steps=steps)
+        return text + f", noise multiplier σ = {sigma:.2f} per step (Opacus PRV accountant)."
+    except Exception:  # noqa: BLE001 - the accountant's search can fail at extreme settings
+        return text + "."
+
+
 @dataclass
 class DPSGDResult:
     lora: dict[str, torch.Tensor]

@@ -190,15 +190,53 @@ def test_every_method_end_to_end_on_cuda(name, tmp_path):
 def test_pda_dpmd_has_its_own_tuned_table_and_the_plan_follows_it(monkeypatch):
     """PDA-DPMD's settings come from its own sweep; the app's plan says one line while they equal DP-SGD's
     and a line each when they differ."""
-    from dphyper.app import dpsgd_plan
+    from dphyper.app import methods_plan
     from dphyper.methods import pda_dpmd
     from dphyper.methods.pda_dpmd import PDADPMDConfig, resolve
 
     assert get_method("pda-dpmd").identity()["tuned"] == [dict(r) for r in pda_dpmd.TUNED]
     assert resolve(PDADPMDConfig(), 100).lr == pda_dpmd.TUNED[0]["lr"]
     assert resolve(PDADPMDConfig(lr=0.5), 100).lr == 0.5  # explicit values win
-    text = dpsgd_plan({"n": 100}, 0.0, False, 1e-5, 0)
+    text = methods_plan({"n": 100}, 0.0, False, 1e-5, 0)
     assert "DP-SGD and PDA-DPMD plan: 20 steps" in text
     monkeypatch.setattr(pda_dpmd, "TUNED", ({**pda_dpmd.TUNED[0], "epochs": 20.0}, pda_dpmd.TUNED[-1]))
-    text = dpsgd_plan({"n": 100}, 0.0, False, 1e-5, 0)
+    text = methods_plan({"n": 100}, 0.0, False, 1e-5, 0)
     assert "DP-SGD plan: 20 steps" in text and "PDA-DPMD plan: 40 steps" in text
+
+
+def test_a_new_method_is_one_registry_entry_everywhere(monkeypatch):
+    """Adding a method is its file plus one registry line: a method defined only here, with its own audit
+    (a Gaussian count: correct, and a variant with a hundredth of the noise) and plan, reaches the CLI,
+    the audit, the app's plan line, audit tab and columns (API name), and the benchmark's plot style,
+    with no edit anywhere else."""
+    import numpy as np
+
+    from dphyper.__main__ import build_parser
+    from dphyper.app import build_demo, methods_plan
+    from dphyper.audit import AuditConfig, audit_variants, run_audit
+    from dphyper.compare import style
+    from dphyper.methods import HYPERNET
+    from dphyper.methods.base import BROKEN_VARIANTS, Audit, Method
+    from dphyper.privacy import calibrate_gaussian
+
+    def toy_scores(cfg, member):
+        sigma = calibrate_gaussian(epsilon=cfg.epsilon, delta=cfg.delta) / (100 if cfg.broken == "tiny-noise" else 1)
+        return member + np.random.default_rng(cfg.seed).normal(0.0, sigma, len(member))  # the count (seeded: no flake)
+
+    toy = Method(name="toy", label="Toy", config_cls=HYPERNET.config_cls, train=HYPERNET.train, one_shot=True,
+                 noise="once, into a count", audit=Audit(toy_scores, variants=(*BROKEN_VARIANTS, "tiny-noise")),
+                 plan=lambda n, eps, delta, steps: f"one count of {n} images.")
+    monkeypatch.setitem(METHODS, "toy", toy)
+
+    run_help = build_parser()._subparsers._group_actions[0].choices["run"].format_help()
+    assert "toy" in run_help and "Toy: noise once, into a count" in run_help
+    assert audit_variants()["toy"][-1] == "tiny-noise"
+    assert run_audit(AuditConfig(method="toy", epsilon=1.0, trials=4000))["verdict"] == "consistent"
+    assert run_audit(AuditConfig(method="toy", epsilon=1.0, trials=4000, broken="tiny-noise"))["verdict"] == "violated"
+    with pytest.raises(ValueError):
+        run_audit(AuditConfig(method="hypernet", trials=10, broken="tiny-noise"))  # the toy's own variant only
+    assert "Toy plan: one count of 50 images." in methods_plan({"n": 50}, 0.0, False, 1e-5, 0)
+    assert style("toy")[0] == "Toy LoRA"
+    demo = build_demo()
+    apis = {d.api_name for d in demo.fns.values()}
+    assert {"run_toy", "run_hypernet", "run_pda_dpmd"} <= apis

@@ -215,11 +215,11 @@ def test_an_images_score_does_not_depend_on_the_rest_of_its_batch():
 
 def test_the_app_plans_both_phases_before_a_run():
     """The plan line under the ε slider states the selection's and DP-SGD's noise the run will use."""
-    from dphyper.app import dpsgd_plan
+    from dphyper.app import methods_plan
     from dphyper.dpsgd import schedule
     from dphyper.methods.sparse import resolve
 
-    text = dpsgd_plan({"n": 100}, 0.0, False, 1e-5, 0)
+    text = methods_plan({"n": 100}, 0.0, False, 1e-5, 0)
     d = resolve(SparseConfig(), 100)
     q, _, steps = schedule(100, d)
     s1, _ = calibrate(1.0, 1e-5, d.split, q, steps)

@@ -30,12 +30,15 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
 from ..errors import Cancelled
 from ..privacy import PrivacyEvent
+
+if TYPE_CHECKING:
+    import numpy as np
 
 Progress = Callable[[dict], None]
 
@@ -102,6 +105,27 @@ def shipped_defaults(config_cls: type, exclude: tuple[str, ...] = ()) -> dict:
     return {f.name: getattr(d, f.name) for f in fields(d) if f.name not in RUN_FIELDS + tuple(exclude)}
 
 
+# Every audit can simulate these bugs (tests check that each is caught); a method may add its own.
+BROKEN_VARIANTS = ("none", "no-clip", "weak-noise")
+
+
+@dataclass(frozen=True)
+class Audit:
+    """How ``python -m dphyper audit --method NAME`` tests a method; ``dphyper.audit`` does the statistics.
+
+    ``scores(cfg, member)`` runs the method's release once per trial (``dphyper.audit.AuditConfig``:
+    epsilon, delta, n, seed, broken), with the canary where ``member`` is True, as shipped when
+    ``cfg.broken == "none"``, otherwise deliberately wrong as an explicit argument of its own code path
+    (never a patch of a shared module: a server shares it with every session). It returns one score
+    per trial, or one column per candidate statistic (the audit picks one on the selection half).
+    """
+
+    scores: Callable[..., "np.ndarray"]
+    variants: tuple[str, ...] = BROKEN_VARIANTS  # "none" first, then the bugs it can simulate
+    trials: int = 20000  # the CLI's default number of trials
+    max_app_trials: int | None = None  # the app's cap (a training method's trial is a training run)
+
+
 @dataclass(frozen=True)
 class Method:
     """A registry entry: the name the CLI, app, benchmark and audit use, and how to run it."""
@@ -132,6 +156,12 @@ class Method:
     # sweep's ``compare.one_default`` (stage 3 then runs every set's best on every set); False for one with
     # a per-size ``tuned`` table in its identity (DP-SGD and its relatives, where n is public).
     one_default: bool = False
+    # Its canary audit (``python -m dphyper audit``); every registered method has one (a test checks).
+    audit: Audit | None = None
+    # The app's plan line: (n, epsilon, delta, max_steps) -> what its button will do, in words ("" = none);
+    # epsilon is inf for a run without privacy, max_steps 0 for the tuned schedule. Methods whose words
+    # are the same share one line.
+    plan: Callable[[int, float, float, int], str] | None = None
 
 
 def run_method(method: Method, images: torch.Tensor, cfg, models, *, progress: Progress | None = None,

@@ -10,12 +10,14 @@ with dp_accounting's PLD accountant. The training loop lives in ``dphyper.dpsgd`
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
+import numpy as np
 import torch
 
 from ..dpsgd import DPSGDConfig, train_dpsgd
-from .base import Method, MethodResult
+from .base import Audit, Method, MethodResult
 
 
 def train(images: torch.Tensor, cfg: DPSGDConfig, models, *, progress=None, cancel=None,
@@ -44,5 +46,102 @@ SWEEP = {"stage1": [{"lr": lr, "max_grad_norm": 0.01, "epochs": ep, "batch_size"
                     for lr in (1e-3, 1e-2, 3e-2) for ep in (10.0, 100.0)],
          "stage2": _stage2}
 
+def audit_scores(cfg, member: np.ndarray, steps: int = 20, batches: int = 10,
+                  pda: bool = False) -> np.ndarray:
+    """The audit of ``python -m dphyper audit --method dpsgd`` (and ``pda-dpmd``): the Opacus DP-SGD
+    set-up the baseline uses (``make_private`` with Poisson sampling, per-sample clipping, sigma from
+    ``dpsgd_noise_multiplier``, OS-seeded noise) on a small linear model where the canary's gradient
+    points in a direction no other example touches (a "Dirac" canary), so the attacker's statistic
+    is the final weight on that coordinate. The UNet itself would need hours of runs for the same
+    number of trials.
+
+    ``pda``: the PDA-DPMD update instead (``dpsgd.pda_step``: the noisy private gradient mixed
+    with a public batch's gradient, weight ``pda_alpha``); its broken variant
+    ``private-as-public`` draws the "public" batch from the private records (canary included).
+    """
+    import warnings
+
+    from opacus import PrivacyEngine
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from ..dpsgd import dpsgd_noise_multiplier, make_private, pda_alpha, pda_step, public_gradient
+
+    dim = 8
+    g = torch.Generator().manual_seed(cfg.seed)
+    x = torch.randn(cfg.n, dim, generator=g)
+    x[:, 0] = 0.0  # no ordinary example touches coordinate 0
+    y = torch.randn(cfg.n, 1, generator=g)
+    px = torch.randn(64, dim, generator=g)  # public records (also blind to coordinate 0)
+    px[:, 0] = 0.0
+    py = torch.randn(64, 1, generator=g)
+    public = torch.cat([px, py], 1)
+    idx_gen = torch.Generator().manual_seed(cfg.seed + 2)  # which public rows: public, not privacy noise
+    cx = torch.zeros(1, dim)
+    cx[0, 0] = 100.0  # the canary: a huge gradient on coordinate 0 only (clipped to C when correct)
+    cy = torch.tensor([[-100.0]])
+    # The same Poisson rate with and without the canary (what the accountant assumes): a batch size for
+    # which n and n + 1 records give the same number of batches.
+    batch = math.ceil((cfg.n + 1) / batches)
+    if math.ceil(cfg.n / batch) != math.ceil((cfg.n + 1) / batch):
+        raise ValueError("choose n so that n and n + 1 give the same number of batches")
+    sigma = None
+    scores = np.empty((len(member), 2) if pda else len(member))
+    clip = 1.0
+    for i, m in enumerate(member):
+        xs, ys = (torch.cat([x, cx]), torch.cat([y, cy])) if m else (x, y)
+        loader = DataLoader(TensorDataset(xs, ys), batch_size=batch)
+        if sigma is None:  # calibrated once for the rate without the canary, as for the real run
+            sigma = dpsgd_noise_multiplier(epsilon=cfg.epsilon, delta=cfg.delta,
+                                           sample_rate=1 / len(loader), steps=steps)
+        model = torch.nn.Linear(dim, 1, bias=False)
+        torch.nn.init.zeros_(model.weight)
+        opt = torch.optim.SGD(model.parameters(), lr=1.0)
+        noise_mult, max_norm = sigma, clip
+        if cfg.broken == "weak-noise":
+            noise_mult = sigma / 10
+        if cfg.broken == "no-clip":  # clipping off, noise still sized for C = 1
+            max_norm, noise_mult = 1e6, sigma * clip / 1e6
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            engine = PrivacyEngine(accountant="prv")
+            # The shipped wrapper (OS-seeded Poisson sampling and noise), with the variant's explicit settings.
+            model, opt, dl = make_private(engine, model, opt, TensorDataset(xs, ys), batch_size=batch,
+                                          max_grad_norm=max_norm, sigma=noise_mult, device=torch.device("cpu"))
+            done = 0
+            while done < steps:
+                for xb, yb in dl:
+                    if done >= steps:
+                        break
+                    opt.zero_grad(set_to_none=True)
+                    public_grads = None
+                    if pda:  # the shipped public gradient (Opacus' per-sample hooks off), on (x | y) rows
+                        rows = torch.cat([xs, ys], 1) if cfg.broken == "private-as-public" else public
+                        public_grads = public_gradient(model, list(model.parameters()), rows, len(rows), idx_gen,
+                                                       lambda mdl, b: ((mdl(b[:, :dim]) - b[:, dim:]) ** 2).mean())
+                    if len(xb):
+                        ((model(xb) - yb) ** 2).sum().backward()
+                    else:
+                        for p in model.parameters():
+                            p.grad_sample = torch.zeros((0, *p.shape))
+                    if pda:
+                        pda_step(opt, list(model.parameters()), public_grads, pda_alpha(done, steps), private=True)
+                    else:
+                        opt.step()
+                    done += 1
+        w0 = model._module.weight[0, 0].item()
+        # Each clipped canary step pushes w0 down by C / B. With PDA-DPMD, a canary that leaks into the
+        # mixed update can also make w0 oscillate and grow: two statistics, -w0 and |w0|, and the
+        # audit picks one on the selection half (never on the measured half).
+        scores[i] = (-w0, abs(w0)) if pda else -w0
+    return scores
+
+
+def plan(n: int, epsilon: float, delta: float, max_steps: int) -> str:
+    from ..dpsgd import resolve, training_plan
+
+    return training_plan(resolve(DPSGDConfig(max_steps=max_steps), n), n, epsilon, delta)
+
+
 DPSGD = Method(name="dpsgd", label="DP-SGD", config_cls=DPSGDConfig, train=train, one_shot=False,
-               noise="every step, into clipped per-example LoRA gradients", identity=identity, sweep=SWEEP)
+               noise="every step, into clipped per-example LoRA gradients", identity=identity, sweep=SWEEP,
+               audit=Audit(audit_scores, trials=1000, max_app_trials=1000), plan=plan)

@@ -17,11 +17,12 @@ import math
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from ..pipeline import PrivateRunConfig
 from ..privacy import clipped_mean, release_mean, signal_share  # signal_share: H's LoRA strength (issue 18)
-from .base import Method, MethodResult, gaussian_release_report
+from .base import Audit, Method, MethodResult, gaussian_release_report
 
 
 @dataclass
@@ -101,7 +102,55 @@ def identity() -> dict:
 SWEEP = {"stage1": [{"lora_scale": a} for a in (0.5, 0.75, 1.0, 1.5, 2.0)],
          "stage2": lambda n: [{"lora_scale": a} for a in (3.0, 4.0)]}  # past the grid's edge
 
+def _audited_release(x: torch.Tensor, cfg):
+    """The release under audit: the shipped ``release_mean`` itself, or an explicitly broken copy.
+
+    The broken variants call the noisy sum-and-count step with wrong arguments; they never
+    touch ``dphyper.privacy`` (a server shares it with every session: patching it would weaken
+    other visitors' real releases while an audit runs).
+    """
+    from ..privacy import _gaussian_sum_count, calibrate_gaussian, clip_embeddings, release_mean
+
+    if cfg.broken == "none":
+        return release_mean(x, epsilon=cfg.epsilon, delta=cfg.delta)  # OS-seeded noise, as shipped
+    if cfg.broken == "no-clip":  # clipping off, the noise still sized for C = 1
+        rows, multiplier = x.to(torch.float64), calibrate_gaussian(epsilon=cfg.epsilon, delta=cfg.delta)
+    else:  # weak-noise
+        rows, multiplier = clip_embeddings(x, max_norm=1.0), calibrate_gaussian(epsilon=cfg.epsilon, delta=cfg.delta) / 10
+    return _gaussian_sum_count(rows, epsilon=cfg.epsilon, delta=cfg.delta, noise_multiplier=multiplier, clip_norm=1.0)
+
+
+def audit_scores(cfg, member: np.ndarray) -> np.ndarray:
+    """The audit of ``python -m dphyper audit --method hypernet`` (``dphyper.audit`` does the statistics).
+
+    It audits ``privacy.release_mean`` itself (the exact function ``train`` calls) on real encoder
+    embeddings of public images; the canary is a far-out embedding and the attacker knows every
+    other record (the worst case the guarantee covers). Per trial: release the mean of (D or
+    D + canary); score = the noisy sum along the canary plus the noisy count's excess.
+    """
+    from ..data import load_fashion_mnist_uint8, uint8_to_tensor
+    from ..encoder import embed, load_encoder
+    from ..privacy import clip_embeddings
+
+    images, _ = load_fashion_mnist_uint8("train")
+    rng = np.random.default_rng(cfg.seed)
+    data = embed(uint8_to_tensor(images[rng.choice(len(images), cfg.n, replace=False)]), load_encoder()).double()
+    mean_dir = data.mean(0)
+    canary = torch.randn(data.shape[1], generator=torch.Generator().manual_seed(cfg.seed), dtype=torch.float64)
+    canary -= (canary @ mean_dir) / (mean_dir @ mean_dir) * mean_dir  # away from the data
+    canary = canary / canary.norm() * 100.0  # far outside the clipping ball
+    known = clip_embeddings(data, max_norm=1.0).sum(0)  # the attacker knows every other record
+    u = canary / canary.norm()
+    scores = np.empty(len(member))
+    for i, m in enumerate(member):
+        x = torch.cat([data, canary[None]]) if m else data
+        rel = _audited_release(x, cfg)
+        total = rel.mean.double() * max(rel.noisy_count, 1.0)
+        scores[i] = float((total - known) @ u) + (rel.noisy_count - cfg.n)  # both coordinates move by 1
+    return scores
+
 
 HYPERNET = Method(name="hypernet", label="Hypernetwork", config_cls=HypernetConfig, train=train, one_shot=True,
                   noise="once, into a 64-d clipped mean embedding (+ count)", identity=identity, sweep=SWEEP, one_default=True,
-                  cost=lambda hp, n: n)  # one encoder pass per image
+                  cost=lambda hp, n: n,  # one encoder pass per image
+                  audit=Audit(audit_scores))

@@ -20,6 +20,7 @@ post-processing of that step's release. The same ``dpsgd_poisson_gaussian`` even
 
 from __future__ import annotations
 
+import functools
 import threading
 from dataclasses import dataclass, field
 
@@ -27,8 +28,9 @@ import torch
 
 from ..dpsgd import DPSGDConfig
 from ..dpsgd import resolve as resolve_dpsgd
-from .base import Method, MethodResult
+from .base import BROKEN_VARIANTS, Audit, Method, MethodResult
 from .dpsgd import SWEEP as DPSGD_SWEEP
+from .dpsgd import audit_scores as dpsgd_audit_scores
 from .dpsgd import identity as dpsgd_identity
 from .dpsgd import train as train_dpsgd_method
 
@@ -103,5 +105,18 @@ def identity() -> dict:
 SWEEP = {"stage1": [{**hp, "public_batch_size": 64} for hp in DPSGD_SWEEP["stage1"]],
          "stage2": DPSGD_SWEEP["stage2"]}
 
+def plan(n: int, epsilon: float, delta: float, max_steps: int) -> str:
+    from ..dpsgd import training_plan
+
+    return training_plan(resolve(PDADPMDConfig(max_steps=max_steps), n), n, epsilon, delta)
+
+
+# The audit: DP-SGD's set-up with the shipped PDA-DPMD update (``dpsgd.pda_step``: the noisy gradient mixed
+# with a public batch's gradient). Extra broken variant ``private-as-public``: the private records (canary
+# included) fed in as the "public" batch, the bug that would make the public gradient cost privacy.
+AUDIT = Audit(functools.partial(dpsgd_audit_scores, pda=True), variants=(*BROKEN_VARIANTS, "private-as-public"),
+              trials=1000, max_app_trials=1000)
+
 PDA_DPMD = Method(name="pda-dpmd", label="PDA-DPMD", config_cls=PDADPMDConfig, train=train, one_shot=False,
-                  noise="every step, as DP-SGD, mixed with a public gradient", identity=identity, sweep=SWEEP)
+                  noise="every step, as DP-SGD, mixed with a public gradient", identity=identity, sweep=SWEEP,
+                  audit=AUDIT, plan=plan)

@@ -88,11 +88,12 @@ import time
 import warnings
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from ..pipeline import PrivateRunConfig
 from ..privacy import private_generator, release_mean, signal_share
-from .base import Method, MethodResult, gaussian_release_report, shipped_defaults
+from .base import BROKEN_VARIANTS, Audit, Method, MethodResult, gaussian_release_report, shipped_defaults
 
 # Opacus' hooks on a model whose inputs need no gradient (only the B weights do) make torch warn on
 # every backward pass. A process-wide filter: warnings.catch_warnings around the call is not
@@ -397,6 +398,55 @@ SWEEP = {"stage1": [{"dim": k, "step": st, "t_max": tm, "clip": 0.05, "draws": 8
          "stage2": lambda n: [{"clip": 0.02}, {"clip": 0.2}, {"damping": 1.0}, {"draws": 4}, {"draws": 32},
                               {"basis": "random"}, {"shrink": False}]}
 
+def audit_scores(cfg, member: np.ndarray, k: int = 16) -> np.ndarray:
+    """The audit of ``python -m dphyper audit --method qem``: the quadratic EM's release
+    (``release_gradients``, as shipped: whitening, clipping and the Gaussian sum-and-count) on
+    gradients of 2k weights projected onto a k-dim public subspace whose curvature spans four orders
+    of magnitude. What the method computes after the release is post-processing.
+
+    The per-example gradients are Gaussian rows; the canary's gradient points along the flattest
+    direction of the curvature (where whitening amplifies most) with a huge norm, and the attacker
+    knows every other record. ``clip-before-whitening`` clips the raw gradient and then whitens
+    (sensitivity C / sqrt(lambda_min), not 1): the bug the module docstring warns about.
+    """
+    from ..privacy import _gaussian_sum_count, calibrate_gaussian, clip_embeddings
+
+    g = torch.Generator().manual_seed(cfg.seed)
+    evecs = torch.linalg.qr(torch.randn(k, k, generator=g, dtype=torch.float64)).Q
+    evals = torch.logspace(-4, 0, k, dtype=torch.float64)
+    basis = torch.linalg.qr(torch.randn(2 * k, k, generator=g, dtype=torch.float64)).Q  # a k-dim subspace of 2k weights
+    geo = Geometry(basis=basis, evecs=evecs, evals=evals, dim=k)
+    qcfg = QEMConfig(epsilon=cfg.epsilon, delta=cfg.delta, clip=1.0, damping=0.01, samples=0)
+    data = torch.randn(cfg.n, 2 * k, generator=g, dtype=torch.float64) * 0.05
+    canary = basis @ evecs[:, 0] * 100.0  # the flattest direction, far outside the clipping ball
+    W = geo.whitener(qcfg.damping)
+    multiplier = calibrate_gaussian(epsilon=cfg.epsilon, delta=cfg.delta)
+
+    def rows_of(x: torch.Tensor) -> torch.Tensor:
+        if cfg.broken == "clip-before-whitening":
+            return clip_embeddings(geo.project(x) / qcfg.clip, max_norm=1.0) @ W
+        if cfg.broken == "no-clip":
+            return whitened_rows(x, geo, qcfg)
+        return clip_embeddings(whitened_rows(x, geo, qcfg), max_norm=1.0)
+
+    known = rows_of(data).sum(0)  # the attacker knows every other record
+    c_row = rows_of(canary[None])[0]
+    u = c_row / c_row.norm()
+    scores = np.empty(len(member))
+    for i, m in enumerate(member):
+        x = torch.cat([data, canary[None]]) if m else data
+        if cfg.broken == "none":
+            rel = release_gradients(x, geo, qcfg)  # OS-seeded noise, as shipped
+        else:
+            mult = multiplier / 10 if cfg.broken == "weak-noise" else multiplier
+            rel = _gaussian_sum_count(rows_of(x), epsilon=cfg.epsilon, delta=cfg.delta, noise_multiplier=mult,
+                                      clip_norm=1.0)
+        total = rel.mean.double() * max(rel.noisy_count, 1.0)
+        scores[i] = float((total - known) @ u) + (rel.noisy_count - cfg.n)
+    return scores
+
+
 QEM = Method(name="qem", label="Quadratic EM", config_cls=QEMConfig, train=train, one_shot=True,
              noise="once, into whitened per-example gradients (a Gaussian sample of LoRA weights)",
-             identity=identity, sweep=SWEEP, one_default=True, cost=cost, duration="about a minute on CPU")
+             identity=identity, sweep=SWEEP, one_default=True, cost=cost, duration="about a minute on CPU",
+             audit=Audit(audit_scores, variants=(*BROKEN_VARIANTS, "clip-before-whitening")))

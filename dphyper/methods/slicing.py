@@ -80,13 +80,14 @@ import time
 import warnings
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from ..data import DataError
 from ..errors import Cancelled
 from ..pipeline import PrivateRunConfig
 from ..privacy import PrivacyEvent, PrivacyWarning, calibrate_gaussian, check_epsilon_delta, clip_embeddings, private_generator
-from .base import Method, MethodResult, epsilon_for_report, shipped_defaults
+from .base import BROKEN_VARIANTS, Audit, Method, MethodResult, epsilon_for_report, shipped_defaults
 
 SPACES = ("embedding", "pixels")
 PUBLIC_POOL = 4096  # the fixed public pool (Fashion-MNIST train), as in qem and pda-dpmd
@@ -549,6 +550,58 @@ SWEEP = {"stage1": [{"space": sp, "slices": k, "clip": c}
          "stage2": lambda n: [{"reg": 1e6}, {"reg": 0.0}, {"reg": 0.01}, {"fit_steps": 300}, {"bandwidth": 0.5},
                               {"smooth": False}]}
 
+def audit_scores(cfg, member: np.ndarray, k: int = 8, spare: int = 8) -> np.ndarray:
+    """The audit of ``python -m dphyper audit --method slicing``: the slicing release
+    (``release_slices``, as shipped: clipping, padding to N = n + ``spare`` rows, the random order, the
+    Gaussian noise). Extra broken variants: ``no-padding`` (one row per image: the row count is n)
+    and ``no-shuffle`` (rows in folder order with the canary first, so every other row moves by one place).
+
+    The n known records are rows of norm C = 1 in random directions orthogonal to the canary's
+    direction u; the canary is 100 u (far outside the clipping ball). Statistics (the audit picks
+    one on half the trials): the largest u-coordinate of a released row; the log-sum-exp likelihood
+    ratio of "one row has C u added" at the claimed noise; the number of rows; the likelihood ratio
+    of the one-place shift that an unshuffled release with the canary first would show.
+    """
+    from ..privacy import calibrate_gaussian, clip_embeddings
+
+    g = torch.Generator().manual_seed(cfg.seed)
+    u = torch.zeros(k, dtype=torch.float64)
+    u[0] = 1.0
+    data = torch.randn(cfg.n, k, generator=g, dtype=torch.float64)
+    data[:, 0] = 0.0
+    data = data / data.norm(dim=1, keepdim=True)  # norm C = 1, orthogonal to u
+    canary = 100.0 * u
+    rows = cfg.n + spare
+    multiplier = calibrate_gaussian(epsilon=cfg.epsilon, delta=cfg.delta)
+    mu = 1.0 / multiplier  # the canary's clipped row over the claimed noise
+    # The unshuffled release's expected rows without and with the canary first (padding rows are 0).
+    m0 = torch.zeros(rows, k, dtype=torch.float64)
+    m0[:cfg.n] = data
+    m1 = torch.zeros(rows, k, dtype=torch.float64)
+    m1[0] = u
+    m1[1:cfg.n + 1] = data
+    shift = m1 - m0
+    scores = np.empty((len(member), 4))
+    for i, m in enumerate(member):
+        x = torch.cat([canary[None], data]) if m else data  # canary first: only an unshuffled release sees order
+        if cfg.broken == "none":
+            rel = release_slices(x, rows=rows, clip=1.0, epsilon=cfg.epsilon, delta=cfg.delta)  # OS-seeded
+        else:
+            clipped = x if cfg.broken == "no-clip" else clip_embeddings(x, max_norm=1.0)
+            mult = multiplier / 10 if cfg.broken == "weak-noise" else multiplier
+            rel = _gaussian_rows(clipped, rows=rows, clip=1.0, epsilon=cfg.epsilon, delta=cfg.delta,
+                                 noise_multiplier=mult, pad=cfg.broken != "no-padding",
+                                 shuffle=cfg.broken != "no-shuffle")
+        y = rel.rows
+        along = y[:, 0] / multiplier  # in units of the claimed noise
+        scores[i, 0] = float(along.max())
+        scores[i, 1] = float(torch.logsumexp(mu * along - mu ** 2 / 2, 0))
+        scores[i, 2] = float(len(y))
+        scores[i, 3] = float(((y - m0[:len(y)]) * shift[:len(y)]).sum())
+    return scores
+
+
 SLICING = Method(name="slicing", label="Slicing", config_cls=SlicingConfig, train=train, one_shot=False,
                  noise="once, into N padded random projections of the images (then a free fit)",
-                 identity=identity, sweep=SWEEP, one_default=True, cost=cost, duration="a few minutes on CPU", refit=refit)
+                 identity=identity, sweep=SWEEP, one_default=True, cost=cost, duration="a few minutes on CPU", refit=refit,
+                 audit=Audit(audit_scores, variants=(*BROKEN_VARIANTS, "no-padding", "no-shuffle")))

@@ -65,6 +65,7 @@ import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..dpsgd import DPSGDConfig, TrainState, schedule, train_dpsgd, tuned_defaults
@@ -73,7 +74,7 @@ from ..errors import Cancelled
 from ..gpu import ZERO_GPU, gpu
 from ..privacy import (PrivacyEvent, _pld_epsilon, calibrate_gaussian, check_epsilon_delta, clip_embeddings,
                        private_generator)
-from .base import Method, MethodResult, shipped_defaults
+from .base import BROKEN_VARIANTS, Audit, Method, MethodResult, shipped_defaults
 
 MASKS = ("private", "random", "public")
 # DP-SGD's settings on the selected rows, per size regime (DP-SGD's phase treats n as public, as Opacus
@@ -483,7 +484,69 @@ def _stage2(n: int) -> list[dict]:
 SWEEP = {"stage1": [{"lr": lr, "epochs": ep} for lr in (3e-4, 1e-3, 3e-3) for ep in (10.0, 50.0)],
          "stage2": _stage2}
 
+def audit_scores(cfg, member: np.ndarray, groups: int = 32, k: int = 4) -> np.ndarray:
+    """The audit of ``python -m dphyper audit --method sparse``: the selection (``release_scores`` +
+    ``top_groups``, as shipped: unit-norm score vectors, their Gaussian sum, then the top k) on 32
+    groups: the other records put their score on three groups and a trace on the rest; the canary's
+    raw score vector is 100 times a group nobody else uses. The attacker sees the noisy scores and
+    the mask. Extra broken variant ``exact-selection``: the rows from the scores without noise (only
+    the mask released), the bug of treating "which weights" as free. Scope: the release and the top-k
+    as shipped, at the multiplier ``calibrate_gaussian`` gives for the audited epsilon; the
+    per-example scores (``example_scores``: a test checks one image's score does not depend on the
+    others in its batch) and the split's calibration (tested against independent numbers) are not in
+    it. Phase 2 is Opacus' DP-SGD (``make_private``, audited under ``dpsgd``) with
+    ``dpsgd.masked_step`` around it (masks before the clip and after the noise; tests/test_sparse.py).
+
+    Statistics: the noisy score of the canary's group 0 beyond what the known records put there, and
+    whether group 0 is in the top k (the mask the rest of the run sees).
+    """
+    from ..privacy import calibrate_gaussian
+
+    g = torch.Generator().manual_seed(cfg.seed)
+    data = torch.rand(cfg.n, groups, generator=g, dtype=torch.float64) * 1e-3  # a trace everywhere but group 0
+    data[:, 0] = 0.0
+    data[:, 1:4] += 1.0  # the records' weight is on groups 1-3
+    canary = torch.zeros(1, groups, dtype=torch.float64)
+    canary[0, 0] = 100.0  # far outside the unit ball, on a group nobody else touches
+    multiplier = calibrate_gaussian(epsilon=cfg.epsilon, delta=cfg.delta)
+    known = unit_rows(data).sum(0)[0]
+    scores = np.empty((len(member), 2))
+    for i, m in enumerate(member):
+        x = torch.cat([data, canary]) if m else data
+        if cfg.broken == "none":
+            noisy = release_scores(x, epsilon=cfg.epsilon, delta=cfg.delta, noise_multiplier=multiplier).scores
+        elif cfg.broken == "no-clip":  # raw scores summed, the noise still sized for unit-norm rows
+            noisy = x.sum(0) + torch.randn(groups, dtype=torch.float64) * multiplier
+        elif cfg.broken == "weak-noise":
+            noisy = release_scores(x, epsilon=cfg.epsilon, delta=cfg.delta, noise_multiplier=multiplier / 10).scores
+        else:  # exact-selection: the mask from the noiseless sum; only the mask is released
+            noisy = release_scores(x, epsilon=math.inf, delta=cfg.delta, noise_multiplier=0.0).scores
+        chosen = top_groups(noisy, k)
+        scores[i, 0] = 0.0 if cfg.broken == "exact-selection" else float(noisy[0] - known)
+        scores[i, 1] = float((chosen == 0).any())
+    return scores
+
+
+def plan(n: int, epsilon: float, delta: float, max_steps: int) -> str:
+    """What the app's DP sparse button will do. The selection's noise is the analytic Gaussian's (instant);
+    DP-SGD's sigma comes from a PLD bisection of about a second, too slow for every slider move, so the
+    plan names the rule and the report gives the number."""
+    d = resolve(SparseConfig(max_steps=max_steps), n)
+    _, _, steps = schedule(n, d)
+    if math.isinf(epsilon):
+        return (f"{d.groups} rows chosen from the exact scores, then {steps} steps on them (lr {d.lr:g}, clip C "
+                f"{d.max_grad_norm:g}), no noise (ε = ∞).")
+    try:
+        s1 = calibrate_gaussian(epsilon=d.split * epsilon, delta=delta)
+    except ValueError:
+        return ""
+    return (f"{d.groups} rows chosen by one release with noise σ = {s1:.1f} ({d.split:g} of ε alone), "
+            f"then {steps} DP-SGD steps on them (lr {d.lr:g}, clip C {d.max_grad_norm:g}) with the smallest σ that "
+            "the PLD accountant composes with the selection to ε (in the report after the run).")
+
+
 SPARSE = Method(name="sparse", label="DP sparse", config_cls=SparseConfig, train=train, one_shot=False,
                 noise="once into row scores (which weights), then every step into their clipped gradients",
                 identity=identity, sweep=SWEEP, cost=cost, adapter_format="sparse",
-                duration="minutes on CPU: 0.3 s per image, then DP-SGD")
+                duration="minutes on CPU: 0.3 s per image, then DP-SGD",
+                audit=Audit(audit_scores, variants=(*BROKEN_VARIANTS, "exact-selection")), plan=plan)
