@@ -756,7 +756,6 @@ The same audit: `python -m dphyper audit --method hypernet --epsilon 1`.
 
 def run_audit_panel(method: str, epsilon: float, broken: str, trials: float):
     from .audit import AuditConfig, run_audit
-
     from .methods import METHODS
 
     m = METHODS.get(method)
@@ -781,7 +780,7 @@ def _trials_label(methods) -> str:
     """The audit's trial slider label, naming the methods whose app audit is capped (a trial is a training run)."""
     caps: dict[int, list[str]] = {}
     for m in methods.values():
-        if m.audit is not None and m.audit.max_app_trials:
+        if m.audit is not None and m.audit.max_app_trials is not None:
             caps.setdefault(m.audit.max_app_trials, []).append(m.label)
     said = "; ".join(f"{' and '.join(labels)}: capped at {cap}" for cap, labels in caps.items())
     return f"Trials ({said})" if said else "Trials"

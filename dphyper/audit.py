@@ -35,9 +35,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .methods import METHODS
-from .methods.base import BROKEN_VARIANTS
-
 
 @dataclass
 class AuditConfig:
@@ -100,11 +97,13 @@ def _best_threshold(scores: np.ndarray, member: np.ndarray, delta: float) -> tup
 def audit_variants() -> dict[str, tuple[str, ...]]:
     """Method name -> ("none", then the bugs its audit can simulate), for every registered method with an
     audit (``Method.audit``; a test requires every method to have one), in the registry's order."""
+    from .methods import METHODS  # here, not at import: a method file may import this module
+
     return {name: m.audit.variants for name, m in METHODS.items() if m.audit is not None}
 
 
-def _check_broken(kind: str, method: str = "hypernet") -> None:
-    allowed = audit_variants().get(method, BROKEN_VARIANTS)
+def _check_broken(kind: str, method: str) -> None:
+    allowed = audit_variants()[method]
     if kind not in allowed:
         raise ValueError(f"unknown broken variant {kind!r} for {method}: {', '.join(allowed)}")
 
@@ -124,6 +123,8 @@ def run_audit(cfg: AuditConfig) -> dict:
     _check_broken(cfg.broken, cfg.method)
     if not (math.isfinite(cfg.epsilon) and cfg.epsilon > 0):
         raise ValueError(f"the audited epsilon must be finite and > 0, got {cfg.epsilon}")
+    from .methods import METHODS
+
     audit = METHODS[cfg.method].audit
     trials = cfg.trials or audit.trials
     rng = np.random.default_rng(cfg.seed + 1)

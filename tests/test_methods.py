@@ -227,6 +227,8 @@ def test_a_new_method_is_one_registry_entry_everywhere(monkeypatch):
                  noise="once, into a count", audit=Audit(toy_scores, variants=(*BROKEN_VARIANTS, "tiny-noise")),
                  plan=lambda n, eps, delta, steps: f"one count of {n} images.")
     monkeypatch.setitem(METHODS, "toy", toy)
+    with pytest.raises(ValueError):  # an audit always runs the shipped mechanism first
+        Audit(toy_scores, variants=("tiny-noise",))
 
     run_help = build_parser()._subparsers._group_actions[0].choices["run"].format_help()
     assert "toy" in run_help and "Toy: noise once, into a count" in run_help

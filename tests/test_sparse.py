@@ -224,3 +224,7 @@ def test_the_app_plans_both_phases_before_a_run():
     q, _, steps = schedule(100, d)
     s1, _ = calibrate(1.0, 1e-5, d.split, q, steps)
     assert f"σ = {s1:.1f}" in text and f"{steps} DP-SGD steps" in text and "PLD accountant" in text
+    # Without privacy the plan says no noise (the run then selects on the exact scores), not a σ.
+    text = methods_plan({"n": 100}, 0.0, True, 1e-5, 0)
+    line = next(t for t in text.split("\n") if t.strip().startswith("DP sparse plan"))
+    assert "exact scores" in line and "no noise (ε = ∞)" in line and "σ =" not in line

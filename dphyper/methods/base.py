@@ -125,6 +125,12 @@ class Audit:
     trials: int = 20000  # the CLI's default number of trials
     max_app_trials: int | None = None  # the app's cap (a training method's trial is a training run)
 
+    def __post_init__(self) -> None:
+        if not self.variants or self.variants[0] != "none":
+            raise ValueError("an audit's variants start with 'none' (the shipped mechanism)")
+        if self.trials < 2 or (self.max_app_trials is not None and self.max_app_trials < 2):
+            raise ValueError("trials and max_app_trials must be >= 2 (max_app_trials None = no cap)")
+
 
 @dataclass(frozen=True)
 class Method:

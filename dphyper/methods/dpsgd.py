@@ -46,6 +46,7 @@ SWEEP = {"stage1": [{"lr": lr, "max_grad_norm": 0.01, "epochs": ep, "batch_size"
                     for lr in (1e-3, 1e-2, 3e-2) for ep in (10.0, 100.0)],
          "stage2": _stage2}
 
+
 def audit_scores(cfg, member: np.ndarray, steps: int = 20, batches: int = 10,
                   pda: bool = False) -> np.ndarray:
     """The audit of ``python -m dphyper audit --method dpsgd`` (and ``pda-dpmd``): the Opacus DP-SGD

@@ -102,6 +102,7 @@ def identity() -> dict:
 SWEEP = {"stage1": [{"lora_scale": a} for a in (0.5, 0.75, 1.0, 1.5, 2.0)],
          "stage2": lambda n: [{"lora_scale": a} for a in (3.0, 4.0)]}  # past the grid's edge
 
+
 def _audited_release(x: torch.Tensor, cfg):
     """The release under audit: the shipped ``release_mean`` itself, or an explicitly broken copy.
 

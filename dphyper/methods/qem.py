@@ -398,6 +398,7 @@ SWEEP = {"stage1": [{"dim": k, "step": st, "t_max": tm, "clip": 0.05, "draws": 8
          "stage2": lambda n: [{"clip": 0.02}, {"clip": 0.2}, {"damping": 1.0}, {"draws": 4}, {"draws": 32},
                               {"basis": "random"}, {"shrink": False}]}
 
+
 def audit_scores(cfg, member: np.ndarray, k: int = 16) -> np.ndarray:
     """The audit of ``python -m dphyper audit --method qem``: the quadratic EM's release
     (``release_gradients``, as shipped: whitening, clipping and the Gaussian sum-and-count) on

@@ -550,6 +550,7 @@ SWEEP = {"stage1": [{"space": sp, "slices": k, "clip": c}
          "stage2": lambda n: [{"reg": 1e6}, {"reg": 0.0}, {"reg": 0.01}, {"fit_steps": 300}, {"bandwidth": 0.5},
                               {"smooth": False}]}
 
+
 def audit_scores(cfg, member: np.ndarray, k: int = 8, spare: int = 8) -> np.ndarray:
     """The audit of ``python -m dphyper audit --method slicing``: the slicing release
     (``release_slices``, as shipped: clipping, padding to N = n + ``spare`` rows, the random order, the

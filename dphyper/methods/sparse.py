@@ -484,6 +484,7 @@ def _stage2(n: int) -> list[dict]:
 SWEEP = {"stage1": [{"lr": lr, "epochs": ep} for lr in (3e-4, 1e-3, 3e-3) for ep in (10.0, 50.0)],
          "stage2": _stage2}
 
+
 def audit_scores(cfg, member: np.ndarray, groups: int = 32, k: int = 4) -> np.ndarray:
     """The audit of ``python -m dphyper audit --method sparse``: the selection (``release_scores`` +
     ``top_groups``, as shipped: unit-norm score vectors, their Gaussian sum, then the top k) on 32
