@@ -339,10 +339,12 @@ def _ledger_markdown(book: LedgerBook | None, fingerprints: frozenset | None) ->
         used = f"all {r.of}" if r.shared == r.of else f"{r.shared} of {r.of}"
         rows.append(f"| {i} | {method} | {used} | {e.epsilon:.3g} | {e.delta:g} | {e.noise_multiplier:.3f} | "
                     f"{e.accountant} |")
+    how = ("a run without privacy is in these rows, so nothing bounds what they reveal together"
+           if math.isinf(view.epsilon) else
+           "composed by the accountant, which is less than the rows' plain sum")
     rows += ["", f"**Total spent on these images: {total_text(view)}** — composed by {view.how}. Every run on the "
-             "same images is another look at them, so spending accumulates (composed by the accountant, which is "
-             "less than the rows' plain sum); rerunning until you like the result spends privacy each time.", "",
-             LEDGER_RULES]
+             f"same images is another look at them, so spending accumulates ({how}); rerunning until you like the "
+             "result spends privacy each time.", "", LEDGER_RULES]
     return "\n".join(rows)
 
 
@@ -750,7 +752,7 @@ from the output alone whether the canary was there. Its hit rates give a **lower
 that holds with 95 % confidence: a correct mechanism can never be caught above its claimed ε.
 Pick "simulate a bug" to see the audit catch clipping switched off, noise divided by 10, or
 (PDA-DPMD) private images fed in as the "public" batch.
-The same audit: `python -m dphyper audit --method hypernet --epsilon 1`.
+The same audit from a terminal: `python -m dphyper audit --method METHOD --epsilon E` (the result names the exact command).
 """
 
 
@@ -760,7 +762,8 @@ def run_audit_panel(method: str, epsilon: float, broken: str, trials: float):
 
     m = METHODS.get(method)
     cap = m.audit.max_app_trials if m is not None and m.audit is not None else None
-    trials = int(trials) if cap is None else min(int(trials), cap)
+    asked = int(trials)
+    trials = asked if cap is None else min(asked, cap)
     try:
         r = run_audit(AuditConfig(method=method, epsilon=float(epsilon), trials=trials, broken=broken))
     except ValueError as exc:
@@ -773,7 +776,33 @@ def run_audit_panel(method: str, epsilon: float, broken: str, trials: float):
             f"ε = {r['epsilon_claimed']:g} → {verdict}.  \nA perfect attack on these {r['trials_measured']} "
             f"held-out trials would show ε ≥ {r['detectable_max']:.2f}: no claim above that can be tested here.  \nAttack on {r['trials_measured']} held-out trials: "
             f"true-positive rate {r['tpr']:.3f}, false-positive rate {r['fpr']:.4f}; {r['seconds']:.0f} s.")
+    capped = f" (capped from {asked}: each {m.label} trial is a training run)" if trials < asked else ""
+    broken_arg = "" if broken == "none" else f" --broken {broken}"
+    text += (f"  \n{r['trials']} trials{capped}: half choose the attack's threshold, the other {r['trials_measured']} "
+             f"measure it. The same audit: `python -m dphyper audit --method {method} --epsilon {float(epsilon):g} "
+             f"--trials {r['trials']}{broken_arg}`")
     return text, r
+
+
+# Methods and the base model side by side in one row: 7 columns fit a 1,280 px projector without wrapping
+# (a wrapped column would stretch to the full width and blow its thumbnails up).
+COLUMN_MIN_WIDTH = 150
+# Gradio's gallery gives every thumbnail at least 100 px, which overflows a narrow column (half the samples
+# cut off): in the methods' galleries thumbnails shrink with their column instead.
+CSS = """
+.method-gallery .grid-container {
+  grid-template-columns: repeat(var(--grid-cols), minmax(0, 1fr)) !important;
+  grid-template-rows: none !important;
+  grid-auto-rows: auto !important;
+}
+.method-gallery .grid-container > * { aspect-ratio: 1 / 1; }
+"""
+
+
+def gallery_columns(shown: int) -> int:
+    """Thumbnails per row in each method's gallery when ``shown`` methods (and the base model) sit side by
+    side: a 16-sample grid must fit its column without a horizontal scroll (thumbnails stay >= ~85 px)."""
+    return 4 if shown <= 2 else 3 if shown == 3 else 2
 
 
 def _trials_label(methods) -> str:
@@ -861,7 +890,7 @@ def build_demo():
             cols: dict[str, dict] = {}
             with gr.Row(equal_height=False):
                 for m in METHODS.values():
-                    with gr.Column(min_width=220) as col:
+                    with gr.Column(min_width=COLUMN_MIN_WIDTH) as col:
                         c = cols[m.name] = {"col": col}
                         gr.Markdown(f"**{m.label}** · noise {m.noise}")
                         with gr.Row():
@@ -872,14 +901,16 @@ def build_demo():
                         if m.refit is not None:
                             c["refit"] = gr.Button(f"Re-fit {m.label} from the same release (free: no ε, "
                                                    "no ledger entry)", size="sm")
-                        c["gal"] = gr.Gallery(label=m.label, columns=4, height="auto", object_fit="contain")
+                        c["gal"] = gr.Gallery(label=m.label, columns=gallery_columns(len(METHODS)), height="auto",
+                                              object_fit="contain", elem_classes=["method-gallery"])
                         c["cap"] = gr.Markdown()
                         with gr.Accordion("weights, grid and report.json", open=False):
                             c["dl"] = gr.File(label=f"{m.label}: downloads", file_count="multiple")
                             c["rep"] = gr.JSON(label=f"{m.label} report.json")
-                with gr.Column(min_width=220):
+                with gr.Column(min_width=COLUMN_MIN_WIDTH):
                     gr.Markdown("**Base model** · no fine-tuning, public only (filled after each run)")
-                    gal_b = gr.Gallery(label="Base model", columns=4, height="auto", object_fit="contain")
+                    gal_b = gr.Gallery(label="Base model", columns=gallery_columns(len(METHODS)), height="auto",
+                                       object_fit="contain", elem_classes=["method-gallery"])
                     cap_b = gr.Markdown()
             with gr.Row():
                 with gr.Column():
@@ -934,8 +965,10 @@ def build_demo():
                         show_progress="hidden")
         plan_args = dict(fn=methods_plan, inputs=[data, log_eps, no_privacy, delta, max_steps], outputs=plan,
                          show_progress="hidden")
-        log_eps.release(**plan_args)
-        max_steps.release(**plan_args)
+        # .change, not .release: typing a value or moving the slider with the arrow keys must update the plan
+        # too; always_last runs one accountant search at a time (0.3-0.8 s) and then the latest value.
+        log_eps.change(**plan_args, trigger_mode="always_last")
+        max_steps.change(**plan_args, trigger_mode="always_last")
         no_privacy.change(**plan_args)
         delta.blur(**plan_args)
         for comp in (log_eps, no_privacy, bench_set):
@@ -963,8 +996,13 @@ def build_demo():
                 # Gradio stops the event before the worker's own message can reach the page: say it here.
                 c["stop"].click(lambda label=method.label: f"**{label}** cancelled: nothing was released and no "
                                 "privacy was spent.", None, c["cap"], cancels=cancellable, queue=False)
-        chosen.change(lambda picked: [gr.update(visible=n in (picked or [])) for n in cols], chosen,
-                      [c["col"] for c in cols.values()], queue=False, show_progress="hidden")
+        def show_methods(picked):  # the picked columns, and thumbnails that fit their width
+            per_row = gallery_columns(len(picked or []))
+            return ([gr.update(visible=n in (picked or [])) for n in cols] +
+                    [gr.update(columns=per_row) for _ in list(cols) + ["base"]])
+
+        chosen.change(show_methods, chosen, [c["col"] for c in cols.values()] + [c["gal"] for c in cols.values()] + [gal_b],
+                      queue=False, show_progress="hidden")
         def on_unload(request: gr.Request) -> None:  # the tab was closed or reloaded
             forget_session(demo, request.session_hash)
 
@@ -1045,7 +1083,7 @@ def launch(**kwargs):
     warm_up()
     demo = build_demo()
     # Host and port come from GRADIO_SERVER_NAME / GRADIO_SERVER_PORT (Gradio reads them).
-    return demo.launch(max_file_size=f"{MAX_FILE_MB}mb", **kwargs)
+    return demo.launch(max_file_size=f"{MAX_FILE_MB}mb", css=CSS, **kwargs)
 
 
 if __name__ == "__main__":  # pragma: no cover

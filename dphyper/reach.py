@@ -94,7 +94,7 @@ VERDICT_TEXT = {
                     "can read differently."),
     "too few": ("? Too few images (under {n_min}) to check whether they are like the pictures this model "
                 "learned from."),
-    "within": "✓ Your images look like the pictures this model learned from (checked on their noisy average only).",
+    "within": "✓ Your images look like the pictures this model learned from (checked on their released average only).",
     "unavailable": "The check of whether your images are like the model's pictures is unavailable on this server.",
 }
 VERDICT_DETAIL = {

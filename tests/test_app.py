@@ -37,7 +37,7 @@ def app_url(app_module):
     app_module.TEST_DEMO = demo  # for tests that inspect the server's session store
     port = _free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                max_file_size="10mb")
+                max_file_size="10mb", css=app_module.CSS)
     yield f"http://127.0.0.1:{port}/"
     demo.close()
 
@@ -361,3 +361,11 @@ def test_sweeper_deletes_only_old_loose_files_of_the_upload_cache(app_module, tm
     assert app_module._sweep_upload_leftovers(max_age_s=120) == 1
     assert not old_file.exists() and new_file.exists() and (run / "grid.png").exists()
     new_file.unlink()
+
+
+def test_method_galleries_fit_their_columns():
+    from dphyper.app import gallery_columns
+
+    # More methods side by side: narrower columns, fewer thumbnails per row (never more than 4).
+    widths = [gallery_columns(k) for k in range(1, 8)]
+    assert widths == sorted(widths, reverse=True) and widths[0] == 4 and widths[-1] == 2

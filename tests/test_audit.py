@@ -95,3 +95,19 @@ def test_one_shot_release_audit_catches_the_broken_variants(method, broken):
     r = run_audit(AuditConfig(method=method, epsilon=1.0, trials=trials, broken=broken))
     assert (r["epsilon_lower_bound"] > 1.0) == (broken != "none"), r
     assert r["passed"]
+
+
+def test_the_app_audit_panel_names_its_command_and_says_when_it_capped_the_trials(monkeypatch):
+    import dataclasses
+
+    from dphyper.app import run_audit_panel
+    from dphyper.methods import METHODS
+
+    text, r = run_audit_panel("sparse", 1.0, "exact-selection", 2000)
+    assert r["verdict"] == "violated" and r["trials"] == 2000 and "capped" not in text
+    assert "`python -m dphyper audit --method sparse --epsilon 1 --trials 2000 --broken exact-selection`" in text
+    sparse = METHODS["sparse"]
+    monkeypatch.setitem(METHODS, "sparse", dataclasses.replace(sparse, audit=dataclasses.replace(sparse.audit,
+                                                                                                  max_app_trials=400)))
+    text, r = run_audit_panel("sparse", 1.0, "none", 2000)
+    assert r["trials"] == 400 and "capped from 2000" in text and "--trials 400`" in text

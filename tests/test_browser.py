@@ -55,6 +55,9 @@ def test_upload_folder_move_slider_run_and_compare(page, tmp_path):
     page.wait_for_function(f"() => ({MARKER_JS})() !== null", timeout=30000)
     before = page.evaluate(MARKER_JS)
     summary_before = page.locator("text=Noise multiplier").first.inner_text()
+    plan_js = "() => document.body.innerText.split('\\n').filter(l => l.includes(' plan: ')).join('|')"
+    plan_before = page.evaluate(plan_js)
+    assert "σ =" in plan_before
     slider = page.locator("input[type=range]").first
     slider.focus()
     for _ in range(6):
@@ -63,6 +66,8 @@ def test_upload_folder_move_slider_run_and_compare(page, tmp_path):
     page.wait_for_function(f"() => Math.abs(({MARKER_JS})() - {target}) < 1e-3", timeout=10000)
     assert page.evaluate(MARKER_JS) != before
     assert page.locator("text=Noise multiplier").first.inner_text() != summary_before
+    # The plan line follows keyboard moves too (not only the end of a mouse drag).
+    page.wait_for_function(f"() => ({plan_js})() !== {plan_before!r}", timeout=30000)
 
     page.get_by_role("button", name="Hypernetwork (seconds)").click()
     page.wait_for_selector("text=Total spent on these images", timeout=90000)
@@ -70,6 +75,10 @@ def test_upload_folder_move_slider_run_and_compare(page, tmp_path):
     galleries = page.locator("[data-testid='gallery'], .gallery, .grid-wrap")
     imgs = page.locator("img[src*='/file='], img[src*='gradio_api/file']")
     assert imgs.count() >= 32, f"{imgs.count()} gallery images (hypernetwork + base expected), {galleries.count()} galleries"
+    # Every method's thumbnails fit their column (no sample cut off behind a horizontal scroll).
+    overflowing = page.evaluate("() => Array.from(document.querySelectorAll('.method-gallery .grid-container'))"
+                                ".filter(e => e.scrollWidth > e.clientWidth + 2).length")
+    assert page.locator(".method-gallery").count() >= 2 and overflowing == 0
     shot = os.environ.get("DPHYPER_SCREENSHOT") or str(tmp_path / "app.png")
     page.screenshot(path=shot, full_page=True)
     assert os.path.getsize(shot) > 20_000
