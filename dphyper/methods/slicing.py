@@ -604,5 +604,5 @@ def audit_scores(cfg, member: np.ndarray, k: int = 8, spare: int = 8) -> np.ndar
 
 SLICING = Method(name="slicing", label="Slicing", config_cls=SlicingConfig, train=train, one_shot=False,
                  noise="once, into N padded random projections of the images (then a free fit)",
-                 identity=identity, sweep=SWEEP, one_default=True, cost=cost, duration="a few minutes on CPU", refit=refit,
+                 identity=identity, sweep=SWEEP, one_default=True, cost=cost, duration="1-2 minutes on CPU", refit=refit,
                  audit=Audit(audit_scores, variants=(*BROKEN_VARIANTS, "no-padding", "no-shuffle")))
