@@ -999,7 +999,7 @@ def build_demo():
         def show_methods(picked):  # the picked columns, and thumbnails that fit their width
             per_row = gallery_columns(len(picked or []))
             return ([gr.update(visible=n in (picked or [])) for n in cols] +
-                    [gr.update(columns=per_row) for _ in list(cols) + ["base"]])
+                    [gr.update(columns=per_row) for _ in range(len(cols) + 1)])  # each method's gallery, then the base's
 
         chosen.change(show_methods, chosen, [c["col"] for c in cols.values()] + [c["gal"] for c in cols.values()] + [gal_b],
                       queue=False, show_progress="hidden")

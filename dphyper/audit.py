@@ -102,12 +102,6 @@ def audit_variants() -> dict[str, tuple[str, ...]]:
     return {name: m.audit.variants for name, m in METHODS.items() if m.audit is not None}
 
 
-def _check_broken(kind: str, method: str) -> None:
-    allowed = audit_variants()[method]
-    if kind not in allowed:
-        raise ValueError(f"unknown broken variant {kind!r} for {method}: {', '.join(allowed)}")
-
-
 def detectable_epsilon(members: int, non_members: int, delta: float, confidence: float) -> float:
     """The largest lower bound these measured trials can give: a perfect attack on this split.
 
@@ -118,14 +112,16 @@ def detectable_epsilon(members: int, non_members: int, delta: float, confidence:
 
 
 def run_audit(cfg: AuditConfig) -> dict:
-    if cfg.method not in audit_variants():
-        raise ValueError(f"method must be one of {', '.join(audit_variants())}")
-    _check_broken(cfg.broken, cfg.method)
-    if not (math.isfinite(cfg.epsilon) and cfg.epsilon > 0):
-        raise ValueError(f"the audited epsilon must be finite and > 0, got {cfg.epsilon}")
     from .methods import METHODS
 
-    audit = METHODS[cfg.method].audit
+    method = METHODS.get(cfg.method)
+    audit = method.audit if method is not None else None
+    if audit is None:
+        raise ValueError(f"method must be one of {', '.join(audit_variants())}")
+    if cfg.broken not in audit.variants:
+        raise ValueError(f"unknown broken variant {cfg.broken!r} for {cfg.method}: {', '.join(audit.variants)}")
+    if not (math.isfinite(cfg.epsilon) and cfg.epsilon > 0):
+        raise ValueError(f"the audited epsilon must be finite and > 0, got {cfg.epsilon}")
     trials = cfg.trials or audit.trials
     rng = np.random.default_rng(cfg.seed + 1)
     member = rng.random(trials) < 0.5
