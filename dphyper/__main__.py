@@ -6,6 +6,7 @@ Every option comes from a config dataclass, so its help text lives next to its d
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
@@ -66,55 +67,137 @@ def _cmd_evaluate(cfg: EvaluateConfig) -> dict:
     return evaluate(samples.images, reference.images, kid_subset_size=cfg.kid_subset_size or None)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from .audit import AuditConfig
-    from .bench import BenchConfig
-    from .diffusion import BaseTrainConfig
-    from .dpsgd import DPSGDConfig
-    from .encoder import EncoderTrainConfig
-    from .evaluator import EvaluatorTrainConfig
-    from .methods import METHODS
-    from .public_map import PublicMapConfig
-    from .reach import PublicBankConfig
-    from .theory import TheoryConfig
-    from .train_hypernet import HypernetTrainConfig
+# Every command's config class and runner as "module:attribute", imported only when that command is used:
+# `--help` and a mistyped command answer without loading torch, diffusers or open_clip.
+TRAIN = {  # python -m dphyper train MODEL
+    "base": (".diffusion:BaseTrainConfig", ".diffusion:train_base",
+             "the base diffusion UNet (DDPM on public Fashion-MNIST)"),
+    "encoder": (".encoder:EncoderTrainConfig", ".encoder:train_encoder", "the dataset encoder phi (open_clip, public data)"),
+    "evaluator": (".evaluator:EvaluatorTrainConfig", ".evaluator:train_evaluator",
+                  "the evaluator classifier behind FID/KID"),
+    "hypernet": (".train_hypernet:HypernetTrainConfig", ".train_hypernet:train_hypernet",
+                 "the hypernetwork H (noise-aware, public sets only)"),
+    "public-map": (".public_map:PublicMapConfig", ".public_map:build",
+                   "the app's public embedding map (noise view), a small asset"),
+    "public-bank": (".reach:PublicBankConfig", ".reach:build",
+                    "the public embeddings behind the hypernetwork's reach check, a small asset"),
+}
+COMMANDS = {  # python -m dphyper COMMAND
+    "sample": (":SampleConfig", ":_cmd_sample", "write PNG samples from the base model"),
+    "evaluate": (":EvaluateConfig", ":_cmd_evaluate", "FID/KID and class histogram of a folder of samples"),
+    "bench": (".bench:BenchConfig", ".bench:run_bench", "measure the models and the private path; writes docs/BENCHMARKS.md"),
+    "audit": (".audit:AuditConfig", ":_cmd_audit",
+              "empirical privacy audit: a lower bound on epsilon from a canary membership test (exit status "
+              "0 consistent, 1 violated, 3 inconclusive)"),
+    "theory": (".theory:TheoryConfig", ".theory:rows", "teaching: one-shot vs DP-SGD risk in the synthetic setting (JSON rows)"),
+    "examples": (":ExamplesConfig", ":_cmd_examples", "(re)write the bundled example sets from the Fashion-MNIST test split"),
+}
+# Aliases of `run METHOD` kept for older scripts; the method names are the registry's (checked by a test).
+ALIASES = {"generate": "hypernet", "dpsgd": "dpsgd"}
+AUDIT_EXIT = {"consistent": 0, "violated": 1, "inconclusive": 3}  # 2 is argparse's (and our) usage error
+
+
+def _load(spec: str):
+    module, attr = spec.split(":")
+    mod = importlib.import_module(module or __name__, __package__) if module else sys.modules[__name__]
+    return getattr(mod, attr)
+
+
+def _cmd_examples(cfg: ExamplesConfig) -> dict:
+    from .examples import write_examples
+
+    return write_examples(cfg.out)
+
+
+def _cmd_audit(cfg) -> dict:
+    from .audit import run_audit
+
+    return run_audit(cfg)
+
+
+def _chosen(argv: list[str]) -> list[str]:
+    """The command words of ``argv`` (its first two non-option tokens): which configs to import."""
+    return [a for a in argv if not a.startswith("-")][:2]
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The CLI. Only the chosen command's options are built (its module imported): pass the argv that will be
+    parsed; ``None`` builds every command's options (documentation, tests)."""
+    words = _chosen(argv) if argv is not None else None
+
+    def wanted(*path: str) -> bool:
+        return words is None or words[: len(path)] == list(path)
 
     parser = argparse.ArgumentParser(prog="python -m dphyper", description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(parent, name: str, cls: type, helptext: str) -> None:
-        p = parent.add_parser(name, help=helptext, description=cls.__doc__)
-        add_dataclass_args(p, cls)
-        p.set_defaults(config_cls=cls)
+    def add(parent, name: str, cls_spec: str | type, runner, helptext: str, build: bool, **extra) -> argparse.ArgumentParser:
+        if not build:  # listed in the parent's help; its options are built only when it is the chosen command
+            return parent.add_parser(name, help=helptext)
+        cls = _load(cls_spec) if isinstance(cls_spec, str) else cls_spec
+        p = parent.add_parser(name, help=helptext, description=extra.pop("description", None) or cls.__doc__)
+        add_dataclass_args(p, cls, defaults=extra.pop("defaults", None))
+        p.set_defaults(config_cls=cls, runner=runner, **extra)
+        return p
 
     train = sub.add_parser("train", help="train a public-data model of the default profile")
     tsub = train.add_subparsers(dest="what", required=True, metavar="MODEL")
-    add(tsub, "base", BaseTrainConfig, "the base diffusion UNet (DDPM on public Fashion-MNIST)")
-    add(tsub, "encoder", EncoderTrainConfig, "the dataset encoder phi (open_clip, public data)")
-    add(tsub, "evaluator", EvaluatorTrainConfig, "the evaluator classifier behind FID/KID")
-    add(tsub, "hypernet", HypernetTrainConfig, "the hypernetwork H (noise-aware, public sets only)")
-    add(tsub, "public-map", PublicMapConfig, "the app's public embedding map (noise view), a small asset")
-    add(tsub, "public-bank", PublicBankConfig, "the public embeddings behind the hypernetwork's reach check, a small asset")
-    run = sub.add_parser("run", help="a private method on a folder: " + ", ".join(METHODS),
-                         description="Run one private method on a folder of images. Every method writes the same "
-                                     "outputs: lora.safetensors, samples/*.png, grid.png, report.json.")
-    rsub = run.add_subparsers(dest="method", required=True, metavar="METHOD")
-    for m in METHODS.values():
-        add(rsub, m.name, m.config_cls, f"{m.label}: noise {m.noise}")
-    add(sub, "generate", METHODS["hypernet"].config_cls, "alias of `run hypernet`")
-    add(sub, "dpsgd", DPSGDConfig, "alias of `run dpsgd`")
-    add(sub, "sample", SampleConfig, "write PNG samples from the base model")
-    add(sub, "evaluate", EvaluateConfig, "FID/KID and class histogram of a folder of samples")
-    add(sub, "bench", BenchConfig, "measure the models and the private path; writes docs/BENCHMARKS.md")
-    add(sub, "audit", AuditConfig, "empirical privacy audit: a lower bound on epsilon from a canary membership test")
-    add(sub, "theory", TheoryConfig, "teaching: one-shot vs DP-SGD risk in the synthetic setting (JSON rows)")
-    add(sub, "examples", ExamplesConfig, "(re)write the bundled example sets from the Fashion-MNIST test split")
+    for name, (cls_spec, runner, helptext) in TRAIN.items():
+        add(tsub, name, cls_spec, runner, helptext, wanted("train", name))
+    if wanted("run") or (words is not None and words[:1] and words[0] in ALIASES):
+        _add_run(sub, add, words)
+    else:
+        sub.add_parser("run", help="a private method on a folder (`run --help` lists the methods)")
+        for alias, target in ALIASES.items():
+            sub.add_parser(alias, help=f"alias of `run {target}`")
+    for name, (cls_spec, runner, helptext) in COMMANDS.items():
+        add(sub, name, cls_spec, runner, helptext, wanted(name))
     return parser
 
 
+def _add_run(sub, add, words: list[str] | None) -> None:
+    from .methods import METHODS
+    from .methods.base import ADAPTER_FILES
+
+    files = " or ".join(sorted(set(ADAPTER_FILES.values())))
+    run = sub.add_parser("run", help="a private method on a folder: " + ", ".join(METHODS),
+                         description="Run one private method on a folder of images. Every method writes the same "
+                                     f"layout into its --out folder (default out-METHOD): its adapter ({files}), "
+                                     "samples/*.png, grid.png and report.json.")
+    rsub = run.add_subparsers(dest="method", required=True, metavar="METHOD")
+
+    def add_method(parent, name: str, m, helptext: str) -> None:
+        adapter = ADAPTER_FILES[m.adapter_format]
+        p = add(parent, name, m.config_cls, ":_cmd_run", helptext, True, method_name=m.name,
+                description=f"{m.label}: noise {m.noise}. Writes {adapter}, samples/*.png, grid.png and report.json "
+                            f"into --out.",
+                defaults={"out": Path(f"out-{m.name}")})
+        _require(p, "images")
+        p.add_argument("--overwrite", action="store_true",
+                       help="replace the outputs of an earlier run in --out (without it, such a folder is refused)")
+
+    for m in METHODS.values():
+        add_method(rsub, m.name, m, f"{m.label}: noise {m.noise}")
+    for alias, target in ALIASES.items():
+        add_method(sub, alias, METHODS[target], f"alias of `run {target}`")
+
+
+def _require(p: argparse.ArgumentParser, dest: str) -> None:
+    """Make a config field a required option (its dataclass default is for library callers, not the CLI)."""
+    for action in p._actions:
+        if action.dest == dest:
+            action.required, action.default = True, None
+            action.help = action.help.rsplit(" (default:", 1)[0] + " (required)"
+
+
+def _cmd_run(cfg) -> dict:
+    raise AssertionError("dispatched in main()")  # a placeholder runner name; main() calls run_cli
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
     ns = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if ns.verbose else logging.WARNING, format="%(message)s")
     from .data import DataError
@@ -125,50 +208,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
-        if ns.command == "train":
-            if ns.what == "base":
-                from .diffusion import train_base as run
-            elif ns.what == "encoder":
-                from .encoder import train_encoder as run
-            elif ns.what == "hypernet":
-                from .train_hypernet import train_hypernet as run
-            elif ns.what == "public-map":
-                from .public_map import build as run
-            elif ns.what == "public-bank":
-                from .reach import build as run
-            else:
-                from .evaluator import train_evaluator as run
-            result = run(cfg)
-        elif ns.command in ("run", "generate", "dpsgd"):
+        if getattr(ns, "method_name", None):
             from .methods import get_method
             from .methods.base import run_cli
 
-            name = {"generate": "hypernet", "dpsgd": "dpsgd"}.get(ns.command) or ns.method
-            result = run_cli(get_method(name), cfg)
-        elif ns.command == "bench":
-            from .bench import run_bench
-
-            result = run_bench(cfg)
-        elif ns.command == "audit":
-            from .audit import run_audit
-
-            result = run_audit(cfg)
-        elif ns.command == "theory":
-            from .theory import rows
-
-            result = rows(cfg)
-        elif ns.command == "examples":
-            from .examples import write_examples
-
-            result = write_examples(cfg.out)
-        elif ns.command == "sample":
-            result = _cmd_sample(cfg)
+            result = run_cli(get_method(ns.method_name), cfg, overwrite=ns.overwrite)
         else:
-            result = _cmd_evaluate(cfg)
-    except (DataError, FileNotFoundError) as exc:
+            result = _load(ns.runner)(cfg)
+    except (DataError, FileNotFoundError, FileExistsError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(result, indent=1))
+    if ns.command == "audit":
+        return AUDIT_EXIT[result["verdict"]]
     return 0
 
 

@@ -132,6 +132,7 @@ def run_audit(cfg: AuditConfig) -> dict:
         scores = scores[:, None]
     picks = [_best_threshold(scores[half, k], member[half], cfg.delta) for k in range(scores.shape[1])]
     statistic = int(np.argmax([v for v, _ in picks]))
+    scores_all = scores
     scores, thr = scores[:, statistic], picks[statistic][1]
     pred, mem = scores[~half] > thr, member[~half]
     tp, fp = int((pred & mem).sum()), int((pred & ~mem).sum())
@@ -148,7 +149,10 @@ def run_audit(cfg: AuditConfig) -> dict:
     return {"method": cfg.method, "broken": cfg.broken, "epsilon_claimed": cfg.epsilon, "delta": cfg.delta,
             "epsilon_lower_bound": lb, "confidence": cfg.confidence, "trials": trials,
             "trials_measured": int((~half).sum()), "tpr": tp / max(tp + fn, 1), "fpr": fp / max(fp + tn, 1),
-            "counts": {"tp": tp, "fn": fn, "fp": fp, "tn": tn}, "threshold": thr, "statistic": statistic,
+            "counts": {"tp": tp, "fn": fn, "fp": fp, "tn": tn}, "threshold": thr,
+            # Which score the attack used: a method's audit may offer several (one column each, its docstring
+            # names them); the selection half picked this one.
+            "statistic": f"score column {statistic} of {scores_all.shape[1]} (picked on the selection half)",
             "n": cfg.n,
             "detectable_max": detectable, "verdict": verdict,
             "seconds": round(time.perf_counter() - t0, 1),

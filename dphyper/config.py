@@ -13,7 +13,10 @@ import types
 import typing
 from pathlib import Path
 
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_DIR = PACKAGE_DIR.parent
@@ -36,6 +39,8 @@ def get_device(prefer: str | None = None) -> torch.device:
 
     ``DPHYPER_DEVICE`` (or ``prefer``) overrides, e.g. ``cpu`` to force the CPU.
     """
+    import torch  # here, not at the top: the CLI's --help reads this module without loading torch
+
     name = prefer or os.environ.get("DPHYPER_DEVICE")
     if name:
         return torch.device(name)
@@ -46,14 +51,17 @@ def help_of(field: dataclasses.Field) -> str:
     return field.metadata.get("help", "")
 
 
-def add_dataclass_args(parser: argparse.ArgumentParser, cls: type) -> None:
-    """Add one ``--option`` per dataclass field, with its help text and default."""
+def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, defaults: dict | None = None) -> None:
+    """Add one ``--option`` per dataclass field, with its help text and default (``defaults`` overrides a
+    field's default for this parser, e.g. each method's own output folder)."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if not f.init:
             continue
         typ = hints[f.name]
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        if defaults and f.name in defaults:
+            default = defaults[f.name]
         flag = "--" + f.name.replace("_", "-")
         helptext = f"{help_of(f)} (default: {default})"
         origin = typing.get_origin(typ)

@@ -17,9 +17,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
+
+from typing import TYPE_CHECKING
 
 from .config import BASE_UNET_DIR, CHANNELS, IMAGE_SIZE, get_device
+
+if TYPE_CHECKING:
+    from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +42,8 @@ class UNetConfig:
 
 
 def build_unet(cfg: UNetConfig | None = None) -> UNet2DModel:
+    from diffusers import UNet2DModel  # imported where used: the CLI's --help answers without diffusers
+
     cfg = cfg or UNetConfig()
     n = len(cfg.block_out_channels)
     down = tuple("AttnDownBlock2D" if i == cfg.attention_level else "DownBlock2D" for i in range(n))
@@ -56,10 +62,14 @@ def build_unet(cfg: UNetConfig | None = None) -> UNet2DModel:
 
 
 def make_train_scheduler() -> DDPMScheduler:
+    from diffusers import DDPMScheduler
+
     return DDPMScheduler(num_train_timesteps=NUM_TRAIN_TIMESTEPS, beta_schedule=BETA_SCHEDULE)
 
 
 def make_sample_scheduler() -> DDIMScheduler:
+    from diffusers import DDIMScheduler
+
     return DDIMScheduler(num_train_timesteps=NUM_TRAIN_TIMESTEPS, beta_schedule=BETA_SCHEDULE, clip_sample=True)
 
 
@@ -68,6 +78,8 @@ def load_unet(path: Path | None = None, device: torch.device | None = None) -> U
     path = Path(path or BASE_UNET_DIR)
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"No base UNet at {path}: run `python -m dphyper train base` first.")
+    from diffusers import UNet2DModel
+
     unet = UNet2DModel.from_pretrained(path)
     unet.requires_grad_(False).eval()
     return unet.to(device or get_device())

@@ -39,6 +39,15 @@ from .pipeline import PrivateRunConfig
 from .privacy import PrivacyEvent, check_epsilon_delta, private_generator
 
 
+# Opacus' RDP analysis warns "Optimal order is the largest alpha" whenever its fixed order grid could be extended.
+# Our accountant is PRV (RDP only bounds PRV's domain), so the warning says nothing about our epsilon; it printed
+# dozens of times into a CLI progress bar. A filter on this one message, set once at import (not a per-call
+# catch_warnings, which swaps the process-wide filters under other sessions' threads).
+warnings.filterwarnings("ignore", message=r"Optimal order is the largest alpha")
+# PRV at sample rate 1 (full batch) evaluates log(1 - q) = -inf inside Opacus and numpy warns; the result is right.
+warnings.filterwarnings("ignore", category=RuntimeWarning, module=r"opacus\.accountants\.analysis\.prv")
+
+
 @dataclass
 class DPSGDConfig(PrivateRunConfig):
     """`python -m dphyper dpsgd`: a DP LoRA from a private folder with DP-SGD (minutes)."""
@@ -429,7 +438,7 @@ def advance_dpsgd(images: torch.Tensor, state: TrainState, *, max_steps: int = 0
             if progress is not None:
                 spent = engine.get_epsilon(cfg.delta) if engine is not None else math.inf
                 elapsed = state.train_seconds + time.perf_counter() - t0
-                progress({"step": step, "total": total_steps, "epsilon_spent": spent,
+                progress({"stage": "train", "step": step, "total": total_steps, "epsilon_spent": spent,
                           "eta_seconds": elapsed / step * (total_steps - step)})
     lora = {name: p.detach().cpu().clone() for name, p in zip(names, params)}
     if hasattr(model, "_close"):  # remove Opacus' hooks from the UNet
@@ -529,7 +538,7 @@ def train_dpsgd(images: torch.Tensor, cfg: DPSGDConfig, *, progress: Callable[[d
             images, state, chunk_steps, cfg.chunk_seconds, progress if inside else None, cancel if inside else None,
             device, public, public_batch)
         if progress is not None and not inside:
-            progress({"step": state.step, "total": state.total_steps, "epsilon_spent": epsilon_spent(state),
+            progress({"stage": "train", "step": state.step, "total": state.total_steps, "epsilon_spent": epsilon_spent(state),
                       "eta_seconds": state.train_seconds / state.step * (state.total_steps - state.step)})
         if state.step == before:
             raise RuntimeError("a DP-SGD chunk made no progress")

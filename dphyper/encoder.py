@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import open_clip
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -36,7 +35,15 @@ from .data import CLASS_NAMES
 log = logging.getLogger(__name__)
 MODEL_NAME = "dphyper-ViT-T-4-32"
 EMBED_DIM = 64
-open_clip.add_model_config(PACKAGE_DIR / "model_configs")
+
+
+def _open_clip():
+    """open_clip with the custom config registered; imported where used (the CLI's --help answers without it)."""
+    import open_clip
+
+    if MODEL_NAME not in open_clip.list_models():
+        open_clip.add_model_config(PACKAGE_DIR / "model_configs")
+    return open_clip
 
 
 def build_clip() -> nn.Module:
@@ -47,7 +54,7 @@ def build_clip() -> nn.Module:
     """
     logging.disable(logging.WARNING)
     try:
-        return open_clip.create_model(MODEL_NAME, pretrained=None)
+        return _open_clip().create_model(MODEL_NAME, pretrained=None)
     finally:
         logging.disable(logging.NOTSET)
 
@@ -139,7 +146,7 @@ def train_encoder(cfg: EncoderTrainConfig) -> dict:
     if cfg.limit_images:
         x, y = x[: cfg.limit_images], y[: cfg.limit_images]
     clip = build_clip()
-    tokenizer = open_clip.get_tokenizer(MODEL_NAME)
+    tokenizer = _open_clip().get_tokenizer(MODEL_NAME)
     captions = tokenizer([f"a photo of a {name.lower()}" for name in CLASS_NAMES])
     encoder = Encoder(clip.visual)
     params = list(clip.parameters())

@@ -164,7 +164,26 @@ def evaluate(samples: torch.Tensor, reference: torch.Tensor, kid_subset_size: in
     out.update({"n_samples": len(samples), "n_reference": len(reference),
                 "class_histogram": class_histogram(samples, model),
                 "reference_class_histogram": class_histogram(reference, model)})
+    warning = fid_size_warning(len(samples), len(reference))
+    if warning:
+        out["warning"] = warning
     return out
+
+
+# DESIGN.md section 5: at least this many samples per FID on the evaluator's features.
+MIN_FID_SAMPLES = 512
+
+
+def fid_size_warning(n_samples: int, n_reference: int) -> str:
+    """What an FID on these sizes can mean, in words ("" when the sizes are adequate)."""
+    n = min(n_samples, n_reference)
+    if n <= FEATURE_DIM:
+        return (f"FID on {n} images is not meaningful: the {FEATURE_DIM}-d feature covariance is singular below "
+                f"{FEATURE_DIM + 1} images. Use at least {MIN_FID_SAMPLES} on each side; KID is less biased at small n.")
+    if n < MIN_FID_SAMPLES:
+        return (f"FID on {n} images is biased upward and noisy: compare it only with FIDs on the same sizes, and "
+                f"use at least {MIN_FID_SAMPLES} on each side for a claim.")
+    return ""
 
 
 # ---------------------------------------------------------------- training

@@ -12,9 +12,13 @@ import copy
 from pathlib import Path
 
 import torch
-from diffusers import UNet2DModel
-from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
+from typing import TYPE_CHECKING
+
 from safetensors.torch import load_file, save_file
+
+if TYPE_CHECKING:
+    from diffusers import UNet2DModel
+    from peft import LoraConfig
 
 LORA_RANK = 4
 TARGET_MODULES = r".*(to_q|to_k|to_v|to_out\.0|time_emb_proj)$"
@@ -22,11 +26,15 @@ ADAPTER = "default"
 
 
 def lora_config(rank: int = LORA_RANK, target_modules: str = TARGET_MODULES) -> LoraConfig:
+    from peft import LoraConfig  # peft and diffusers load where used: the CLI's --help answers without them
+
     return LoraConfig(r=rank, lora_alpha=rank, target_modules=target_modules, init_lora_weights=True)
 
 
 def add_lora(unet: UNet2DModel, rank: int = LORA_RANK, target_modules: str = TARGET_MODULES) -> UNet2DModel:
     """Inject a (zero-effect) LoRA adapter; base weights are frozen by peft."""
+    from peft import inject_adapter_in_model
+
     return inject_adapter_in_model(lora_config(rank, target_modules), unet, adapter_name=ADAPTER)
 
 
@@ -67,6 +75,8 @@ def load_lora_into(unet: UNet2DModel, path: Path) -> UNet2DModel:
     """Inject an adapter if needed and load a saved LoRA file into it."""
     if not lora_parameter_names(unet):
         add_lora(unet)
+    from peft import set_peft_model_state_dict
+
     result = set_peft_model_state_dict(unet, load_file(str(path)), adapter_name=ADAPTER)
     if getattr(result, "unexpected_keys", None):
         raise ValueError(f"LoRA file does not match the UNet: unexpected keys {result.unexpected_keys[:3]}")
@@ -74,4 +84,6 @@ def load_lora_into(unet: UNet2DModel, path: Path) -> UNet2DModel:
 
 
 def peft_state_dict(unet: UNet2DModel) -> dict[str, torch.Tensor]:
+    from peft import get_peft_model_state_dict
+
     return get_peft_model_state_dict(unet, adapter_name=ADAPTER)

@@ -168,6 +168,9 @@ class Method:
     # epsilon is inf for a run without privacy, max_steps 0 for the tuned schedule. Methods whose words
     # are the same share one line.
     plan: Callable[[int, float, float, int], str] | None = None
+    # Config overrides for the smallest run the method accepts (a few images, seconds on a CPU): what the
+    # registry-wide tests (the contract, the CLI) run, so a new method is covered without editing them.
+    smallest: dict = field(default_factory=dict)
 
 
 def run_method(method: Method, images: torch.Tensor, cfg, models, *, progress: Progress | None = None,
@@ -244,33 +247,97 @@ def gaussian_release_report(name: str, rel, epsilon: float, detail: str = "") ->
     return report
 
 
-def run_cli(method: Method, cfg) -> dict:
+# What a run writes into its folder (and what ``--overwrite`` removes before a new run): nothing else is touched.
+OUTPUT_NAMES = ("samples", "grid.png", "report.json", *ADAPTER_FILES.values())
+
+
+def prepare_out(out: Path, overwrite: bool) -> None:
+    """Refuse (or, with ``overwrite``, clear) a folder that holds an earlier run's outputs: a run never leaves
+    another run's samples beside its own report."""
+    import shutil
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} is a file, not a folder")
+    old = [name for name in OUTPUT_NAMES if (out / name).exists()]
+    if not old:
+        return
+    if not overwrite:
+        raise FileExistsError(f"{out} holds an earlier run's outputs ({', '.join(old)}): pass --overwrite to replace "
+                              "them, or choose another --out")
+    for name in old:
+        path = out / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+class ProgressBar:
+    """A terminal bar for a method's ``progress(dict)`` reports: one bar per stage (a new bar when the stage or its
+    total changes, or the step goes back), its total from the stage's first report, ε spent where reported."""
+
+    def __init__(self, label: str) -> None:
+        self.label, self.bar, self.key = label, None, None
+
+    def __call__(self, p: dict) -> None:
+        import sys
+
+        from tqdm import tqdm
+
+        step, total = int(p.get("step", 0)), p.get("total")
+        if step == 0 and p.get("desc"):  # a stage that is starting (no steps yet): say what it does
+            total = None
+        key = (p.get("stage"), total)
+        if self.bar is None or key != self.key or step < self.bar.n:
+            self.close()
+            stage = p.get("stage")
+            desc = p["desc"] if total is None and p.get("desc") else f"{self.label}: {stage}" if stage else self.label
+            self.bar = tqdm(desc=desc, total=total, unit="step",
+                            file=sys.stderr, dynamic_ncols=True)
+            self.key = key
+        if "epsilon_spent" in p:
+            eps = p["epsilon_spent"]
+            self.bar.set_postfix_str(f"ε spent {eps:.3g}" if math.isfinite(eps) else "no privacy", refresh=False)
+        self.bar.update(step - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def stage_seconds(timings: dict[str, float]) -> dict[str, float]:
+    """Seconds per stage that add up: the method's own stages, what else it spent before its adapter was ready
+    (``other``), sampling, and the total. (``to_adapter`` is cumulative: it is the sum before ``sample``.)"""
+    stages = {k: v for k, v in timings.items() if k not in ("to_adapter", "sample", "total")}
+    to_adapter = timings.get("to_adapter", sum(stages.values()))
+    other = to_adapter - sum(stages.values())
+    if other < 0:  # a method's stages overlap (one nested in another): show its cumulative time alone
+        stages, other = {"to adapter": to_adapter}, 0.0
+    out = dict(stages)
+    if other > 1e-3:
+        out["other"] = other
+    out["sample"] = timings.get("sample", 0.0)
+    out["total"] = to_adapter + out["sample"]
+    return out
+
+
+def run_cli(method: Method, cfg, overwrite: bool = False) -> dict:
     """`python -m dphyper run METHOD`: folder -> method -> the common output layout, with a progress bar."""
     import sys
 
     from ..data import load_folder
     from ..models import shared_models
 
+    prepare_out(cfg.out, overwrite)  # before the run: a refused folder costs no time and no privacy
     loaded = load_folder(cfg.images)
-    bar = None
-    if not method.one_shot:
-        from tqdm import tqdm
-
-        bar = tqdm(desc=method.label, unit="step", file=sys.stderr)
-
-    def progress(p: dict) -> None:
-        bar.total = p["total"]
-        bar.set_postfix(eps=f"{p['epsilon_spent']:.3g}")
-        bar.update(1)
+    bar = ProgressBar(method.label)
     try:
-        result = run_method(method, loaded.images, cfg, shared_models(), progress=progress if bar else None)
+        result = run_method(method, loaded.images, cfg, shared_models(), progress=bar)
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     report = write_outputs(result, cfg.out)
     # The data owner's own terminal: timings and skipped files, never in report.json.
     print("seconds per stage (not in report.json): " +
-          ", ".join(f"{k} {v:.3f}" for k, v in result.timings.items()), file=sys.stderr)
+          ", ".join(f"{k} {v:.2f}" for k, v in stage_seconds(result.timings).items()), file=sys.stderr)
     for name, why in loaded.rejected:
         print(f"skipped {name}: {why}", file=sys.stderr)
     return report

@@ -450,4 +450,6 @@ def audit_scores(cfg, member: np.ndarray, k: int = 16) -> np.ndarray:
 QEM = Method(name="qem", label="Quadratic EM", config_cls=QEMConfig, train=train, one_shot=True,
              noise="once, into whitened per-example gradients (a Gaussian sample of LoRA weights)",
              identity=identity, sweep=SWEEP, one_default=True, cost=cost, duration="0.25 s per image on CPU",
-             audit=Audit(audit_scores, variants=(*BROKEN_VARIANTS, "clip-before-whitening")))
+             audit=Audit(audit_scores, variants=(*BROKEN_VARIANTS, "clip-before-whitening")),
+             # No shrinkage: at n = 24 and epsilon = 1 the James-Stein factor can be 0 (the base model).
+             smallest={"dim": 8, "public": 32, "draws": 1, "shrink": False})

@@ -605,4 +605,6 @@ def audit_scores(cfg, member: np.ndarray, k: int = 8, spare: int = 8) -> np.ndar
 SLICING = Method(name="slicing", label="Slicing", config_cls=SlicingConfig, train=train, one_shot=False,
                  noise="once, into N padded random projections of the images (then a free fit)",
                  identity=identity, sweep=SWEEP, one_default=True, cost=cost, duration="1-2 minutes on CPU", refit=refit,
-                 audit=Audit(audit_scores, variants=(*BROKEN_VARIANTS, "no-padding", "no-shuffle")))
+                 audit=Audit(audit_scores, variants=(*BROKEN_VARIANTS, "no-padding", "no-shuffle")),
+                 smallest={"slices": 4, "pool": 64, "directions": 4, "fit_iters": 20, "fit_steps": 3, "batch": 4,
+                           "rows": 40})

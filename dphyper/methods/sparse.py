@@ -208,7 +208,7 @@ def example_scores(images: torch.Tensor, *, draws: int, device: torch.device, ge
                 el = time.perf_counter() - t0
                 left = el / (b + 1) * (batches - b - 1)
                 # The ETA is this stage's only: said in the words (eta_seconds None: the app adds no second ETA).
-                progress({"step": b + 1, "total": batches, "epsilon_spent": 0.0, "eta_seconds": None,
+                progress({"stage": "select", "step": b + 1, "total": batches, "epsilon_spent": 0.0, "eta_seconds": None,
                           "desc": f"{stage}scoring the UNet's rows, batch {b + 1} / {batches}, about {left:.0f} s "
                                   "left in this stage"})
     finally:
@@ -550,4 +550,5 @@ SPARSE = Method(name="sparse", label="DP sparse", config_cls=SparseConfig, train
                 noise="once into row scores (which weights), then every step into their clipped gradients",
                 identity=identity, sweep=SWEEP, cost=cost, adapter_format="sparse",
                 duration="minutes on CPU: 0.3 s per image, then DP-SGD",
-                audit=Audit(audit_scores, variants=(*BROKEN_VARIANTS, "exact-selection")), plan=plan)
+                audit=Audit(audit_scores, variants=(*BROKEN_VARIANTS, "exact-selection")), plan=plan,
+                smallest={"max_steps": 3, "draws": 1, "groups": 64})
