@@ -38,6 +38,7 @@ import gradio as gr
 from .compare import style as method_style
 from .config import EXAMPLES_DIR, REPO_DIR
 from .ledger import LedgerBook, drop_duplicates, total_text
+from .private_blocks import PrivateTimingBlocks
 from .models import shared_models  # the process's public models (base UNet, encoder, H, evaluator)
 
 
@@ -671,12 +672,17 @@ def methods_plan(data: dict | None, log_eps: float, no_privacy: bool, delta: flo
 
     if not data:
         return ""
+    from .dpsgd import sigma_memo
+
     epsilon = math.inf if no_privacy else 10 ** log_eps
     lines: dict[str, list[str]] = {}
-    for m in METHODS.values():
-        text = m.plan(data["n"], epsilon, delta, int(max_steps or 0)) if m.plan else ""
-        if text:
-            lines.setdefault(text, []).append(m.label)
+    # This session's own memo of noise-multiplier searches (it lives with its data and goes with it): never one
+    # shared by the server, whose speed would tell a visitor which folder sizes others loaded (issue 37).
+    with sigma_memo(data.setdefault("sigma_memo", {})):
+        for m in METHODS.values():
+            text = m.plan(data["n"], epsilon, delta, int(max_steps or 0)) if m.plan else ""
+            if text:
+                lines.setdefault(text, []).append(m.label)
     return "  \n".join(f"{' and '.join(labels)} plan: {text}" for text, labels in lines.items())
 
 
@@ -846,7 +852,8 @@ def build_demo():
     variants = audit_variants()
     names = example_names()
     sets = curve_sets()
-    with gr.Blocks(title="dphyper", delete_cache=(60, 120)) as demo:
+    # No duration average of any session reaches another (issue 37): see private_blocks.py.
+    with PrivateTimingBlocks(title="dphyper", delete_cache=(60, 120)) as demo:
         gr.Markdown("# dphyper — which private way of adapting a diffusion model works best at your ε?")
         ledgers = gr.State(LedgerBook)  # one book per session, mutated in place under its own lock
         runs = gr.State(list)

@@ -198,9 +198,15 @@ def test_dpsgd_accountant_golden_and_independent(q, steps, eps, sigma):
     independent = acc.get_epsilon(1e-5)
     assert independent <= eps * 1.001  # the run really is (eps, delta)-DP by another accountant
     assert independent >= eps * 0.9  # and the search does not waste budget
-    # Memoised on public settings only: a repeat is a cache hit with the identical sigma.
-    from dphyper.dpsgd import _noise_multiplier
+    # No process-wide memo (issue 37): a repeat outside a memo searches again; inside the caller's own memo it
+    # is a hit with the identical sigma, and another context (another session's handler) never sees that memo.
+    import contextvars
 
-    hits = _noise_multiplier.cache_info().hits
-    assert dpsgd_noise_multiplier(epsilon=eps, delta=1e-5, sample_rate=q, steps=steps) == s
-    assert _noise_multiplier.cache_info().hits == hits + 1
+    from dphyper.dpsgd import sigma_memo
+
+    mine: dict = {}
+    with sigma_memo(mine):
+        assert dpsgd_noise_multiplier(epsilon=eps, delta=1e-5, sample_rate=q, steps=steps) == s
+        assert len(mine) == 1
+        seen = contextvars.Context().run(lambda: __import__("dphyper.dpsgd").dpsgd._SIGMA_MEMO.get())
+        assert seen is None
