@@ -436,6 +436,39 @@ def _require(data: dict | None) -> dict:
     return data
 
 
+# A Stop and a finishing run race: the page's message must match the ledger (issue 37). One lock per session
+# orders them: a run records its events only if no Stop came first, and a Stop that comes after the record says
+# so. A session's run states live with its data (one entry per method: its latest run).
+_RUN_LOCK = threading.Lock()  # guards the creation of a session's own lock only
+
+
+def _session_lock(data: dict) -> threading.Lock:
+    with _RUN_LOCK:
+        return data.setdefault("run_lock", threading.Lock())
+
+
+def _start_run(data: dict, name: str) -> None:
+    with _session_lock(data):
+        data.setdefault("run_states", {})[name] = {"stopped": False, "recorded": False}
+
+
+def stop_message(name: str, data: dict | None) -> str:
+    """What the page says when Stop is pressed on ``name``'s column, true to this session's ledger."""
+    from .methods import get_method
+
+    label = get_method(name).label
+    if not data:
+        return f"**{label}** cancelled: nothing was released and no privacy was spent."
+    with _session_lock(data):
+        state = data.get("run_states", {}).get(name)
+        if state is not None and state["recorded"]:
+            return (f"**{label}**: Stop came after this run's release was recorded, so its ε is counted in the ledger "
+                    "below (counting it is the safe side); its outputs may not be shown.")
+        if state is not None:
+            state["stopped"] = True  # a run that finishes after this line records nothing and shows nothing
+    return f"**{label}** cancelled: nothing was released and no privacy was spent."
+
+
 # ---------------------------------------------------------------- one runner for every registered method
 
 
@@ -471,8 +504,16 @@ def _finish(method, result, data: dict, epsilon: float, seconds: float, book: Le
     from .data import to_uint8_images
     from .methods import ADAPTER_FILES, write_outputs
 
-    for event in result.events:
-        book.record(data["fingerprints"], event, method.name)
+    with _session_lock(data):
+        state = data.setdefault("run_states", {}).setdefault(method.name, {"stopped": False, "recorded": False})
+        if state["stopped"]:  # Stop came first and told the page "nothing was released": keep it true
+            from .errors import Cancelled
+
+            raise UserError(f"{method.label} cancelled: nothing was released and no privacy was spent.") \
+                from Cancelled()
+        for event in result.events:
+            book.record(data["fingerprints"], event, method.name)
+        state["recorded"] = bool(result.events)
     out = _run_dir()
     write_outputs(result, out)
     agreement = _owner_agreement(result.samples, data["images"])
@@ -523,6 +564,7 @@ def one_shot_runner(name: str):
         data = _require(data)
         epsilon = _epsilon(log_eps, no_privacy)
         cfg = _config(method, epsilon, delta, n_samples)
+        _start_run(data, name)
         t0 = time.perf_counter()
         try:
             result = _release(name, data["images"], cfg)
@@ -587,6 +629,7 @@ def training_runner(name: str):
         data = _require(data)
         epsilon = _epsilon(log_eps, no_privacy)
         cfg = _config(method, epsilon, delta, n_samples, max_steps)
+        _start_run(data, name)
         t0 = time.perf_counter()
         driver = _drive(method, lambda cb, cancel: _train(name, data["images"], cfg, cb, cancel), progress,
                         f"{method.label}: preparing (calibrating the noise with the accountant)…")
@@ -634,6 +677,7 @@ def refit_runner(name: str):
         default_steps = next(f.default for f in fields(method.config_cls) if f.name == "fit_steps")
         cfg = replace(cfg, samples=int(n_samples), fit_seed=None, fit_steps=int(max_steps) or default_steps)
         models = shared_models()
+        _start_run(data, name)
         t0 = time.perf_counter()
 
         def job(cb, cancel):
@@ -1001,8 +1045,9 @@ def build_demo():
                 cancellable.append(again)
             if "stop" in c:
                 # Gradio stops the event before the worker's own message can reach the page: say it here.
-                c["stop"].click(lambda label=method.label: f"**{label}** cancelled: nothing was released and no "
-                                "privacy was spent.", None, c["cap"], cancels=cancellable, queue=False)
+                # stop_message orders itself with the run's ledger record (one lock per session).
+                c["stop"].click(lambda d, name=name: stop_message(name, d), data, c["cap"], cancels=cancellable,
+                                queue=False, api_name=False)
         def show_methods(picked):  # the picked columns, and thumbnails that fit their width
             per_row = gallery_columns(len(picked or []))
             return ([gr.update(visible=n in (picked or [])) for n in cols] +

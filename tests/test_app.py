@@ -369,3 +369,35 @@ def test_method_galleries_fit_their_columns():
     # More methods side by side: narrower columns, fewer thumbnails per row (never more than 4).
     widths = [gallery_columns(k) for k in range(1, 8)]
     assert widths == sorted(widths, reverse=True) and widths[0] == 4 and widths[-1] == 2
+
+
+def test_stop_says_what_the_ledger_says():
+    """Issue 37: a Stop that lands before the run records its events keeps "nothing was released" true (the run
+    then records and shows nothing); a Stop after the record says that its ε is counted."""
+    import gradio as gr
+    import torch
+
+    from dphyper.app import _finish, _start_run, load_example, stop_message
+    from dphyper.ledger import LedgerBook
+    from dphyper.methods import get_method
+    from dphyper.methods.base import MethodResult
+    from dphyper.privacy import release_mean
+
+    data = load_example("bags")[0]
+
+    def result():
+        ev = release_mean(torch.rand(10, 4) / 4, epsilon=1.0, delta=1e-5).event
+        return MethodResult(adapter={"w": torch.zeros(2, 2)}, report={"method": "sparse", "epsilon": 1.0, "delta": 1e-5},
+                            events=(ev,), samples=torch.zeros(2, 1, 32, 32), adapter_format="sparse")
+
+    book = LedgerBook()
+    _start_run(data, "sparse")
+    assert "nothing was released" in stop_message("sparse", data)  # Stop first ...
+    with pytest.raises(gr.Error, match="nothing was released"):  # ... then the worker's result arrives
+        _finish(get_method("sparse"), result(), data, 1.0, 1.0, book, [], 0.0, False, None)
+    assert len(book) == 0
+    _start_run(data, "sparse")  # a new run: recorded before Stop
+    _finish(get_method("sparse"), result(), data, 1.0, 1.0, book, [], 0.0, False, None)
+    assert len(book) == 1
+    msg = stop_message("sparse", data)
+    assert "counted in the ledger" in msg and "nothing was released" not in msg

@@ -78,6 +78,61 @@ def test_contract(name, models, tmp_path):
         assert not torch.allclose(unet(x, t).sample, models.unet(x, t).sample, atol=1e-6)
 
 
+def _numbers(x) -> list[float]:
+    """Every number in a JSON-like value (nested), strings' integers included."""
+    import re
+
+    if isinstance(x, bool):
+        return []
+    if isinstance(x, (int, float)):
+        return [float(x)]
+    if isinstance(x, str):
+        return [float(v) for v in re.findall(r"(?<![\d.])\d+(?:\.\d+)?(?![\d.])", x)]
+    if isinstance(x, dict):
+        return [v for k, val in x.items() for v in _numbers(k) + _numbers(val)]
+    if isinstance(x, (list, tuple)):
+        return [v for val in x for v in _numbers(val)]
+    return []
+
+
+@needs_models
+@pytest.mark.parametrize("name", [m.name for m in METHODS.values() if m.one_default])
+def test_a_method_that_keeps_n_private_shows_neither_n_nor_exact_statistics(name, models, tmp_path):
+    """Issue 37: for a method whose n is private (one shipped setting for every size: ``Method.one_default``), the
+    exact n and the owner's exact statistics appear nowhere in what is written (report.json) or shown (the app's
+    caption); a NoiseCheck in the owner view says its released mean is no less noisy than it claims."""
+    from dphyper.app import _caption
+    from dphyper.data import load_folder
+
+    n = 37
+    images = load_folder(EXAMPLES_DIR / "bags").images[:n]
+    method = get_method(name)
+    res = run_method(method, images, _cfg(name), models)
+    write_outputs(res, tmp_path)
+    shown = [json.loads((tmp_path / "report.json").read_text()),
+             _caption(method.label, res.report, 1.234, res.adapter_format)]
+    numbers = _numbers(shown)
+    assert not [v for v in numbers if abs(v - n) < 1e-9], f"the exact n = {n} is in what {name} writes or shows"
+    check = res.owner.get("noise_check")
+    if any(e.mechanism == "gaussian_sum_count" for e in res.events):  # a mean released by one Gaussian
+        assert check is not None, "a one-Gaussian-release method gives the owner a NoiseCheck"
+    if check is not None:
+        exact = check.exact.double().reshape(-1)
+        assert not [v for v in numbers if float((exact - v).abs().min()) < 1e-7], "an exact statistic is shown"
+        diff = (check.released.double().reshape(-1) - exact)
+        measured = float(diff.std())
+        # d coordinates of Gaussian noise: the sample std is within ~30 % of the truth at d >= 8 (chi-square);
+        # a noise 10x smaller than claimed (the audit's weak-noise bug) lands far below.
+        assert measured > 0.6 * check.claimed_std, (measured, check.claimed_std)
+        assert measured < 1.6 * check.claimed_std + 0.05, (measured, check.claimed_std)
+
+
+def test_the_n_check_catches_a_report_that_holds_n():
+    """The check above is not vacuous: a count in a report or a caption's words is found."""
+    assert 24.0 in _numbers({"count": 24}) and 24.0 in _numbers("from 24 images") and 24.0 in _numbers({"24": "x"})
+    assert 24.0 not in _numbers({"noise_multiplier": 3.7306, "x": "240"})
+
+
 @needs_models
 @pytest.mark.parametrize("name", [m.name for m in METHODS.values() if not m.one_shot])
 def test_trained_methods_can_be_cancelled(name, models):

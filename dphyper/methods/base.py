@@ -13,7 +13,8 @@ In: private images (n, 1, 32, 32) in [-1, 1], the method's config dataclass (a
 * ``report``: DP outputs and public settings only (written as report.json);
 * ``events``: what the run did to the private data, as immutable ``PrivacyEvent``s that a
   ledger composes;
-* ``owner``: an owner-only view (e.g. the exact mean); never written, never logged;
+* ``owner``: an owner-only view (e.g. the exact mean; ``noise_check``: a ``NoiseCheck``); never written, never
+  logged;
 * ``timings``: seconds per stage; never written (they can depend on the true n);
 * ``losses``: training losses on private batches (not DP): never written or shown.
 
@@ -53,6 +54,18 @@ class MethodResult:
     timings: dict[str, float] = field(default_factory=dict)
     losses: list[float] = field(default_factory=list)
     adapter_format: str = "lora"  # "lora" or "sparse" (ADAPTER_FILES)
+
+
+@dataclass(frozen=True)
+class NoiseCheck:
+    """Owner-only, for a method whose one access is a Gaussian release of a mean: the released value, the exact
+    value it perturbs, and the noise std per coordinate the method claims for their difference. The contract test
+    measures the difference against the claim (a method whose noise is smaller than it says fails); never
+    written, never shown to anyone but the owner."""
+
+    released: torch.Tensor
+    exact: torch.Tensor
+    claimed_std: float
 
 
 # The adapter file of each format, in the common output layout.

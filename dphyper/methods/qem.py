@@ -92,8 +92,8 @@ import numpy as np
 import torch
 
 from ..pipeline import PrivateRunConfig
-from ..privacy import private_generator, release_mean, signal_share
-from .base import BROKEN_VARIANTS, Audit, Method, MethodResult, gaussian_release_report, shipped_defaults
+from ..privacy import clipped_mean, private_generator, release_mean, signal_share
+from .base import BROKEN_VARIANTS, Audit, Method, MethodResult, NoiseCheck, gaussian_release_report, shipped_defaults
 
 # Opacus' hooks on a model whose inputs need no gradient (only the B weights do) make torch warn on
 # every backward pass. A process-wide filter: warnings.catch_warnings around the call is not
@@ -345,6 +345,7 @@ def train(images: torch.Tensor, cfg: QEMConfig, models, *, progress=None, cancel
     timings["per_example_gradients"] = time.perf_counter() - t
     t = time.perf_counter()
     rel = release_gradients(g, geo, cfg)  # clips to 1, OS-seeded noise
+    check = NoiseCheck(rel.mean, clipped_mean(whitened_rows(g, geo, cfg)), rel.noise_std_mean)  # owner-only
     del g  # private; nothing below sees it
     z, a = step_from_release(rel.mean, rel.noise_std_mean, geo, cfg)
     lora = adapter_from(z, geo, grads)
@@ -370,7 +371,7 @@ def train(images: torch.Tensor, cfg: QEMConfig, models, *, progress=None, cancel
         report["note"] = (f"noise was about {share:.0%} of the released signal at this ε and number of images, "
                           "so the step is mostly noise and the samples may be worse than the base model's "
                           "(shrink=True would fall back toward the base model)")
-    return MethodResult(adapter=lora, report=report, events=(rel.event,), timings=timings)
+    return MethodResult(adapter=lora, report=report, events=(rel.event,), timings=timings, owner={"noise_check": check})
 
 
 def identity() -> dict:
