@@ -178,19 +178,34 @@ def _after_load(data: dict, log_eps: float, no_privacy: bool, delta: float, max_
             methods_plan(data, log_eps, no_privacy, delta, max_steps), gr.update(value=default_curve_set(data["n"])))
 
 
+# Loads run in order within a session (an upload right after the page opens must not be overwritten by the initial
+# example load) but never wait for another session's load: a server-wide slot made a visitor's wait the rest of
+# another visitor's decoding and plan, which grow with that visitor's n (issue 37).
+_LOAD_LOCKS: dict[str, threading.Lock] = {}
+_LOAD_LOCKS_GUARD = threading.Lock()
+
+
+def _load_lock(request: gr.Request | None) -> threading.Lock:
+    key = getattr(request, "session_hash", None) or "no-session"
+    with _LOAD_LOCKS_GUARD:
+        return _LOAD_LOCKS.setdefault(key, threading.Lock())
+
+
 def load_example(example: str | None, log_eps: float = 0.0, no_privacy: bool = False, delta: float = 1e-5,
-                 max_steps: int = 0):
-    data, overview, thumbs = load_data(example)
-    return data, overview, thumbs, *_after_load(data, log_eps, no_privacy, delta, max_steps)
+                 max_steps: int = 0, request: gr.Request = None):
+    with _load_lock(request):
+        data, overview, thumbs = load_data(example)
+        return data, overview, thumbs, *_after_load(data, log_eps, no_privacy, delta, max_steps)
 
 
 def load_upload(files: list | None, folder: list | None, log_eps: float = 0.0, no_privacy: bool = False,
-                delta: float = 1e-5, max_steps: int = 0):
+                delta: float = 1e-5, max_steps: int = 0, request: gr.Request = None):
     """Upload handler: loads the files and clears the upload boxes (the files are gone)."""
     if not files and not folder:
         return (gr.skip(),) * 8
-    data, overview, thumbs = load_data(None, files, folder)
-    return data, overview, thumbs, *_after_load(data, log_eps, no_privacy, delta, max_steps), None, None
+    with _load_lock(request):
+        data, overview, thumbs = load_data(None, files, folder)
+        return data, overview, thumbs, *_after_load(data, log_eps, no_privacy, delta, max_steps), None, None
 
 
 # ---------------------------------------------------------------- epsilon and the curves
@@ -447,25 +462,37 @@ def _session_lock(data: dict) -> threading.Lock:
         return data.setdefault("run_lock", threading.Lock())
 
 
-def _start_run(data: dict, name: str) -> None:
+def _start_run(data: dict, name: str) -> str:
+    """A token for one run of ``name`` in this session (each run its own: a Stop marks every unrecorded run of the
+    method, and a run records only if its own token was not stopped)."""
+    token = uuid.uuid4().hex
     with _session_lock(data):
-        data.setdefault("run_states", {})[name] = {"stopped": False, "recorded": False}
+        states = data.setdefault("run_states", {}).setdefault(name, {})
+        for old in [t for t, st in states.items() if st["recorded"] or st["stopped"]]:
+            del states[old]  # settled runs: nothing left to decide for them
+        states[token] = {"stopped": False, "recorded": False}
+        data.setdefault("latest_run", {})[name] = token
+    return token
 
 
 def stop_message(name: str, data: dict | None) -> str:
-    """What the page says when Stop is pressed on ``name``'s column, true to this session's ledger."""
+    """What the page says when Stop is pressed on ``name``'s column, true to this session's ledger: every run of
+    the method that has not recorded its events is stopped (it will record and show nothing); if the latest run
+    recorded before Stop came, its ε is in the ledger and the message says so."""
     from .methods import get_method
 
     label = get_method(name).label
     if not data:
         return f"**{label}** cancelled: nothing was released and no privacy was spent."
     with _session_lock(data):
-        state = data.get("run_states", {}).get(name)
-        if state is not None and state["recorded"]:
+        states = data.get("run_states", {}).get(name, {})
+        for st in states.values():
+            if not st["recorded"]:
+                st["stopped"] = True  # a run that finishes after this line records nothing and shows nothing
+        latest = states.get(data.get("latest_run", {}).get(name))
+        if latest is not None and latest["recorded"]:
             return (f"**{label}**: Stop came after this run's release was recorded, so its ε is counted in the ledger "
                     "below (counting it is the safe side); its outputs may not be shown.")
-        if state is not None:
-            state["stopped"] = True  # a run that finishes after this line records nothing and shows nothing
     return f"**{label}** cancelled: nothing was released and no privacy was spent."
 
 
@@ -492,7 +519,7 @@ def _train(name: str, images, cfg, progress, cancel):
 
 def _finish(method, result, data: dict, epsilon: float, seconds: float, book: LedgerBook, runs: list,
             log_eps: float, no_privacy: bool, bench_set: str | None, release_tag: str | None = None,
-            refit: bool = False) -> tuple:
+            refit: bool = False, token: str | None = None, keep=None) -> tuple:
     """Record the release in this session's ledger, write the DP outputs, build the column's outputs.
 
     ``release_tag`` names a release kept for free re-fits; a re-fit's point on the utility plot
@@ -504,8 +531,9 @@ def _finish(method, result, data: dict, epsilon: float, seconds: float, book: Le
     from .data import to_uint8_images
     from .methods import ADAPTER_FILES, write_outputs
 
+    token = token or _start_run(data, method.name)
     with _session_lock(data):
-        state = data.setdefault("run_states", {}).setdefault(method.name, {"stopped": False, "recorded": False})
+        state = data["run_states"][method.name].get(token, {"stopped": True, "recorded": False})
         if state["stopped"]:  # Stop came first and told the page "nothing was released": keep it true
             from .errors import Cancelled
 
@@ -513,7 +541,9 @@ def _finish(method, result, data: dict, epsilon: float, seconds: float, book: Le
                 from Cancelled()
         for event in result.events:
             book.record(data["fingerprints"], event, method.name)
-        state["recorded"] = bool(result.events)
+        state["recorded"] = True
+        if keep is not None:  # a release kept for free re-fits: only once it is in the ledger (never a stopped one)
+            data.setdefault("releases", {})[method.name] = keep
     out = _run_dir()
     write_outputs(result, out)
     agreement = _owner_agreement(result.samples, data["images"])
@@ -564,14 +594,14 @@ def one_shot_runner(name: str):
         data = _require(data)
         epsilon = _epsilon(log_eps, no_privacy)
         cfg = _config(method, epsilon, delta, n_samples)
-        _start_run(data, name)
+        token = _start_run(data, name)
         t0 = time.perf_counter()
         try:
             result = _release(name, data["images"], cfg)
         except ValueError as exc:
             raise UserError(f"{method.label} failed: {public_error(exc)}") from None
         return _finish(method, result, data, epsilon, time.perf_counter() - t0, book, runs, log_eps, no_privacy,
-                       bench_set)
+                       bench_set, token=token)
 
     run.__name__ = f"run_{name.replace('-', '_')}"
     return run
@@ -629,17 +659,17 @@ def training_runner(name: str):
         data = _require(data)
         epsilon = _epsilon(log_eps, no_privacy)
         cfg = _config(method, epsilon, delta, n_samples, max_steps)
-        _start_run(data, name)
+        token = _start_run(data, name)
         t0 = time.perf_counter()
         driver = _drive(method, lambda cb, cancel: _train(name, data["images"], cfg, cb, cancel), progress,
                         f"{method.label}: preparing (calibrating the noise with the accountant)…")
         result = yield from _relay(driver)
-        tag = None
+        tag, keep = None, None
         if method.refit is not None:  # keep the DP release (and its settings) for a free re-fit in this session
             tag = uuid.uuid4().hex[:12]
-            data.setdefault("releases", {})[name] = (result.owner["release"], cfg, tag)
+            keep = (result.owner["release"], cfg, tag)
         yield _finish(method, result, data, epsilon, time.perf_counter() - t0, book, runs, log_eps,
-                      no_privacy, bench_set, release_tag=tag)
+                      no_privacy, bench_set, release_tag=tag, token=token, keep=keep)
 
     run.__name__ = f"run_{name.replace('-', '_')}"
     return run
@@ -677,7 +707,7 @@ def refit_runner(name: str):
         default_steps = next(f.default for f in fields(method.config_cls) if f.name == "fit_steps")
         cfg = replace(cfg, samples=int(n_samples), fit_seed=None, fit_steps=int(max_steps) or default_steps)
         models = shared_models()
-        _start_run(data, name)
+        token = _start_run(data, name)
         t0 = time.perf_counter()
 
         def job(cb, cancel):
@@ -692,7 +722,7 @@ def refit_runner(name: str):
         epsilon = rel.event.epsilon
         log_eps = math.log10(epsilon) if math.isfinite(epsilon) else 0.0
         yield _finish(method, result, data, epsilon, time.perf_counter() - t0, book, runs, log_eps,
-                      not math.isfinite(epsilon), bench_set, release_tag=tag, refit=True)
+                      not math.isfinite(epsilon), bench_set, release_tag=tag, refit=True, token=token)
 
     refit.__name__ = f"refit_{name.replace('-', '_')}"
     return refit
@@ -889,6 +919,23 @@ in your session only.
 """
 
 
+# Events a client should not call (page plumbing): hidden from the API page and from gradio_client. The public
+# API is what PUBLIC_API lists (a test pins it): load data, a plan, run / re-fit each method, audit, sample.
+INTERNAL = dict(api_name=False)  # Gradio: name "false", visibility "private"
+
+
+def public_api() -> list[str]:
+    """The app's public endpoint names, derived from the registry (stable: clients and the README use them)."""
+    from .methods import METHODS
+
+    names = ["load_example", "load_upload", "plan", "sample_base", "audit"]
+    for name, m in METHODS.items():
+        names.append(f"run_{name.replace('-', '_')}")
+        if m.refit is not None:
+            names.append(f"refit_{name.replace('-', '_')}")
+    return names
+
+
 def build_demo():
     from .audit import audit_variants
     from .methods import METHODS
@@ -899,8 +946,10 @@ def build_demo():
     # No duration average of any session reaches another (issue 37): see private_blocks.py.
     with PrivateTimingBlocks(title="dphyper", delete_cache=(60, 120)) as demo:
         gr.Markdown("# dphyper — which private way of adapting a diffusion model works best at your ε?")
-        ledgers = gr.State(LedgerBook)  # one book per session, mutated in place under its own lock
-        runs = gr.State(list)
+        # One book per session, mutated in place under its own lock. Values, not factories: Gradio deep-copies a
+        # State's value per session (LedgerBook.__deepcopy__), and a factory would be a public /LedgerBook endpoint.
+        ledgers = gr.State(LedgerBook())
+        runs = gr.State([])
         data = gr.State(None)  # dropped with the whole session when idle (forget_idle_sessions)
         with gr.Tab("Private LoRA: compare the methods"):
             with gr.Row():
@@ -978,7 +1027,7 @@ def build_demo():
             base_seed = gr.Number(0, precision=0, label="Seed")
             base_go = gr.Button("Sample the base model")
             base_gallery = gr.Gallery(columns=8, height=320)
-            base_go.click(run_base, [base_n, base_seed], base_gallery, concurrency_limit=2)
+            base_go.click(run_base, [base_n, base_seed], base_gallery, concurrency_limit=2, api_name="sample_base")
         with gr.Tab("Privacy audit"):
             gr.Markdown(AUDIT_TEXT)
             with gr.Row():
@@ -992,8 +1041,9 @@ def build_demo():
             a_out = gr.Markdown()
             a_json = gr.JSON(label="audit result")
             a_method.change(lambda m: gr.update(choices=list(variants[m]), value="none"), a_method, a_broken,
-                            queue=False, show_progress="hidden")
-            a_go.click(run_audit_panel, [a_method, a_eps, a_broken, a_trials], [a_out, a_json], concurrency_limit=1)
+                            queue=False, show_progress="hidden", **INTERNAL)
+            a_go.click(run_audit_panel, [a_method, a_eps, a_broken, a_trials], [a_out, a_json], concurrency_limit=1,
+                       api_name="audit")
         with gr.Tab("Teaching: why one-shot noise helps"):
             from .theory_tab import build_tab
 
@@ -1002,29 +1052,31 @@ def build_demo():
         def summary_for(le, npv, de, d):
             return privacy_summary(le, npv, de, (d or {}).get("n"))
 
-        # Loading runs one at a time per app, in order (an upload right after the page opens must not be
-        # overwritten by the initial example load), and computes what depends on n in the same call.
+        # Loading runs in order within a session (_load_lock), never behind another session's load, and
+        # computes what depends on n in the same call.
         settings = [log_eps, no_privacy, delta, max_steps]
         loaded = [data, overview, thumbs, summary, plan, bench_set]
-        once = dict(concurrency_limit=1, concurrency_id="load")
-        demo.load(load_example, [example, *settings], loaded, **once)
-        example.input(load_example, [example, *settings], loaded, **once)
-        folder.upload(load_upload, [files, folder, *settings], [*loaded, files, folder], **once)
-        files.upload(load_upload, [files, folder, *settings], [*loaded, files, folder], **once)
+        once = dict(concurrency_limit=None)  # no server-wide slot: in order per session (_load_lock), never queued
+        demo.load(load_example, [example, *settings], loaded, **once, **INTERNAL)  # clients: /load_example
+        example.input(load_example, [example, *settings], loaded, **once, api_name="load_example")
+        folder.upload(load_upload, [files, folder, *settings], [*loaded, files, folder], **once, **INTERNAL)
+        files.upload(load_upload, [files, folder, *settings], [*loaded, files, folder], **once, api_name="load_upload")
         for comp in (log_eps, no_privacy, delta):
             comp.change(summary_for, [log_eps, no_privacy, delta, data], summary, queue=False,
-                        show_progress="hidden")
+                        show_progress="hidden", **INTERNAL)
         plan_args = dict(fn=methods_plan, inputs=[data, log_eps, no_privacy, delta, max_steps], outputs=plan,
                          show_progress="hidden")
+        # One public name for the plan (the slider's event); the other triggers of the same function are internal.
+        log_eps.change(**plan_args, trigger_mode="always_last", api_name="plan")
+        plan_args.update(INTERNAL)
         # .change, not .release: typing a value or moving the slider with the arrow keys must update the plan
         # too; always_last runs one accountant search at a time (0.3-0.8 s) and then the latest value.
-        log_eps.change(**plan_args, trigger_mode="always_last")
         max_steps.change(**plan_args, trigger_mode="always_last")
         no_privacy.change(**plan_args)
         delta.blur(**plan_args)
         for comp in (log_eps, no_privacy, bench_set):
             comp.change(utility_figure, [log_eps, no_privacy, bench_set, runs], plot, queue=False,
-                        show_progress="hidden")
+                        show_progress="hidden", **INTERNAL)
         for name, c in cols.items():
             method = METHODS[name]
             ins = [data, log_eps, no_privacy, delta, n_samples, *([] if method.one_shot else [max_steps]),
@@ -1034,27 +1086,30 @@ def build_demo():
             ev = c["go"].click(runner(name), ins, outs, concurrency_limit=2 if method.one_shot else 1,
                                concurrency_id=f"run-{name}", api_name=f"run_{name.replace('-', '_')}")
             # The base model's column refreshes after a run that finished (not after a cancelled or failed one).
-            ev.success(run_base_compare, [n_samples], [gal_b, cap_b], concurrency_limit=2, concurrency_id="base")
+            ev.success(run_base_compare, [n_samples], [gal_b, cap_b], concurrency_limit=2, concurrency_id="base",
+                       **INTERNAL)
             cancellable = [ev]
             if "refit" in c:
                 again = c["refit"].click(refit_runner(name), [data, n_samples, max_steps, ledgers, runs, bench_set],
                                          outs, concurrency_limit=1, concurrency_id=f"refit-{name}",
                                          api_name=f"refit_{name.replace('-', '_')}")
                 # A free re-fit has its own slot: one visitor's re-fit never queues another's first run.
-                again.success(run_base_compare, [n_samples], [gal_b, cap_b], concurrency_limit=2, concurrency_id="base")
+                again.success(run_base_compare, [n_samples], [gal_b, cap_b], concurrency_limit=2, concurrency_id="base",
+                              **INTERNAL)
                 cancellable.append(again)
             if "stop" in c:
                 # Gradio stops the event before the worker's own message can reach the page: say it here.
                 # stop_message orders itself with the run's ledger record (one lock per session).
                 c["stop"].click(lambda d, name=name: stop_message(name, d), data, c["cap"], cancels=cancellable,
-                                queue=False, api_name=False)
+                                queue=False, **INTERNAL)
         def show_methods(picked):  # the picked columns, and thumbnails that fit their width
             per_row = gallery_columns(len(picked or []))
             return ([gr.update(visible=n in (picked or [])) for n in cols] +
                     [gr.update(columns=per_row) for _ in range(len(cols) + 1)])  # each method's gallery, then the base's
 
         chosen.change(show_methods, chosen, [c["col"] for c in cols.values()] + [c["gal"] for c in cols.values()] + [gal_b],
-                      queue=False, show_progress="hidden")
+                      queue=False, show_progress="hidden", **INTERNAL)
+
         def on_unload(request: gr.Request) -> None:  # the tab was closed or reloaded
             forget_session(demo, request.session_hash)
 
@@ -1073,6 +1128,8 @@ def forget_session(demo: gr.Blocks, session_hash: str) -> None:
     holder = getattr(demo, "state_holder", None)
     if holder is None or session_hash not in holder.session_data:
         return
+    with _LOAD_LOCKS_GUARD:
+        _LOAD_LOCKS.pop(session_hash, None)
     holder.delete_state(session_hash)  # runs the State components' delete callbacks
     with holder.lock:
         holder.session_data.pop(session_hash, None)

@@ -8,8 +8,11 @@ EM: 0.25 s per image; the load event's decoding; DP sparse's scoring) would so t
 previous visitor's n to about 10 %, and later averages could be differenced.
 
 Here the queue records no durations (every estimate it would send is None) and no response carries an
-average. What a visitor still sees is their own events' own time (``duration``), which depends on their own
-data only. Both hooks are Gradio internals: ``tests/test_app_timing.py`` drives the real server with two
+average. Gradio's ``/monitoring`` endpoint (on by default: per-function run-time percentiles over all
+sessions, no key needed) is switched off, and so is its run history (which keeps a call's inputs and outputs,
+thumbnails of private images included, in the browser or a connected bucket). What a visitor still sees is
+their own events' own time (``duration``), which depends on their own data only, and the wait for a slot
+that another visitor's job holds (README, "Time between visitors"). Both hooks are Gradio internals: ``tests/test_app_timing.py`` drives the real server with two
 sessions and fails if a Gradio upgrade brings an average back.
 """
 
@@ -37,6 +40,12 @@ class PrivateTimingBlocks(gr.Blocks):
         out = super().queue(*args, **kwargs)
         self._queue.process_time_per_fn = _NoDurations()  # queue() builds a new Queue each call
         return out
+
+    def launch(self, *args, **kwargs):
+        # Forced, not defaults: a caller's enable_monitoring=True would publish every session's run times.
+        kwargs["enable_monitoring"] = False
+        kwargs["run_history"] = False
+        return super().launch(*args, **kwargs)
 
     async def process_api(self, *args, **kwargs):
         out = await super().process_api(*args, **kwargs)

@@ -133,5 +133,5 @@ def build_tab() -> None:
     plot = gr.Plot(figure(0.0, n.value, d.value))
     text = gr.Markdown(reading(0.0, n.value, d.value))
     for comp in (log_eps, n, d):
-        comp.change(figure, [log_eps, n, d], plot, queue=False, show_progress="hidden")
-        comp.change(reading, [log_eps, n, d], text, queue=False, show_progress="hidden")
+        comp.change(figure, [log_eps, n, d], plot, queue=False, show_progress="hidden", api_visibility="private")
+        comp.change(reading, [log_eps, n, d], text, queue=False, show_progress="hidden", api_visibility="private")

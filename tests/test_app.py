@@ -371,33 +371,88 @@ def test_method_galleries_fit_their_columns():
     assert widths == sorted(widths, reverse=True) and widths[0] == 4 and widths[-1] == 2
 
 
+def _stop_result():
+    import torch
+
+    from dphyper.methods.base import MethodResult
+    from dphyper.privacy import release_mean
+
+    ev = release_mean(torch.rand(10, 4) / 4, epsilon=1.0, delta=1e-5).event
+    return MethodResult(adapter={"w": torch.zeros(2, 2)}, report={"method": "sparse", "epsilon": 1.0, "delta": 1e-5},
+                        events=(ev,), samples=torch.zeros(2, 1, 32, 32), adapter_format="sparse")
+
+
 def test_stop_says_what_the_ledger_says():
     """Issue 37: a Stop that lands before the run records its events keeps "nothing was released" true (the run
     then records and shows nothing); a Stop after the record says that its ε is counted."""
     import gradio as gr
-    import torch
 
     from dphyper.app import _finish, _start_run, load_example, stop_message
     from dphyper.ledger import LedgerBook
     from dphyper.methods import get_method
-    from dphyper.methods.base import MethodResult
-    from dphyper.privacy import release_mean
 
-    data = load_example("bags")[0]
-
-    def result():
-        ev = release_mean(torch.rand(10, 4) / 4, epsilon=1.0, delta=1e-5).event
-        return MethodResult(adapter={"w": torch.zeros(2, 2)}, report={"method": "sparse", "epsilon": 1.0, "delta": 1e-5},
-                            events=(ev,), samples=torch.zeros(2, 1, 32, 32), adapter_format="sparse")
-
-    book = LedgerBook()
-    _start_run(data, "sparse")
+    data, sparse, book = load_example("bags")[0], get_method("sparse"), LedgerBook()
+    token = _start_run(data, "sparse")
     assert "nothing was released" in stop_message("sparse", data)  # Stop first ...
     with pytest.raises(gr.Error, match="nothing was released"):  # ... then the worker's result arrives
-        _finish(get_method("sparse"), result(), data, 1.0, 1.0, book, [], 0.0, False, None)
+        _finish(sparse, _stop_result(), data, 1.0, 1.0, book, [], 0.0, False, None, token=token)
     assert len(book) == 0
-    _start_run(data, "sparse")  # a new run: recorded before Stop
-    _finish(get_method("sparse"), result(), data, 1.0, 1.0, book, [], 0.0, False, None)
+    token = _start_run(data, "sparse")  # a new run: recorded before Stop
+    _finish(sparse, _stop_result(), data, 1.0, 1.0, book, [], 0.0, False, None, token=token)
     assert len(book) == 1
     msg = stop_message("sparse", data)
     assert "counted in the ledger" in msg and "nothing was released" not in msg
+
+
+def test_a_stopped_run_stays_stopped_when_another_starts():
+    """Stop run A, start run B at once (Gradio's cancel does not stop A's thread): A, finishing later, records
+    nothing; B records; the page's words and the ledger agree at every point."""
+    import gradio as gr
+
+    from dphyper.app import _finish, _start_run, load_example, stop_message
+    from dphyper.ledger import LedgerBook
+    from dphyper.methods import get_method
+
+    data, sparse, book = load_example("bags")[0], get_method("sparse"), LedgerBook()
+    a = _start_run(data, "sparse")
+    assert "nothing was released" in stop_message("sparse", data)
+    b = _start_run(data, "sparse")
+    with pytest.raises(gr.Error, match="nothing was released"):
+        _finish(sparse, _stop_result(), data, 1.0, 1.0, book, [], 0.0, False, None, token=a)
+    assert len(book) == 0
+    _finish(sparse, _stop_result(), data, 1.0, 1.0, book, [], 0.0, False, None, token=b)
+    assert len(book) == 1
+
+
+def test_a_stopped_release_is_never_kept_for_a_refit():
+    """A release is kept for slicing's free re-fit only once its events are in the ledger: a run stopped at its
+    last moment leaves nothing to re-fit (a re-fit would show an unrecorded release)."""
+    import gradio as gr
+
+    from dphyper.app import _finish, _start_run, load_example, stop_message
+    from dphyper.ledger import LedgerBook
+    from dphyper.methods import get_method
+
+    data, slicing, book = load_example("bags")[0], get_method("slicing"), LedgerBook()
+    token = _start_run(data, "slicing")
+    stop_message("slicing", data)
+    with pytest.raises(gr.Error):
+        _finish(slicing, _stop_result(), data, 1.0, 1.0, book, [], 0.0, False, None, token=token,
+                keep=("release", None, "tag"))
+    assert "slicing" not in data.get("releases", {}) and len(book) == 0
+    token = _start_run(data, "slicing")
+    _finish(slicing, _stop_result(), data, 1.0, 1.0, book, [], 0.0, False, None, token=token,
+            keep=("release", None, "tag"))
+    assert data["releases"]["slicing"][0] == "release" and len(book) == 1
+
+
+def test_the_public_api_is_what_a_client_should_call():
+    """Issue 33: the API page lists only the endpoints a client should call, under stable names derived from the
+    registry (no generated /lambda_3, /LedgerBook, /list, internal plumbing)."""
+    from dphyper.app import build_demo, public_api
+    from dphyper.methods import METHODS
+
+    named = set(build_demo().get_api_info()["named_endpoints"])
+    assert named == {"/" + n for n in public_api()}
+    assert {"/load_example", "/load_upload", "/plan", "/audit", "/sample_base"} <= named
+    assert all(f"/run_{m.replace('-', '_')}" in named for m in METHODS)

@@ -102,7 +102,7 @@ def test_session_b_learns_nothing_of_session_a_folder_size(server, monkeypatch):
     files = sorted((EXAMPLES_DIR / "trousers").glob("*.png"))
     settings = [0.0, False, 1e-5, 0]  # log10 epsilon, no privacy, delta, step budget: the page's defaults
     seen = {}
-    for n_a in (200, 50, 200):
+    for n_a in (200, 50):
         alice = Client(url, verbose=False)  # a new visitor each time, with a folder of n_a images
         alice.predict([handle_file(str(p)) for p in files[:n_a]], None, *settings, api_name="/load_upload")
         alice.predict(0.0, False, 1e-5, 4, None, api_name="/run_hypernet")
@@ -117,4 +117,15 @@ def test_session_b_learns_nothing_of_session_a_folder_size(server, monkeypatch):
         # (a shared sigma cache answered him at once after Alice's 200 images).
         assert bob_searches > 0
         seen.setdefault(n_a, []).append((bob_searches, shape(load), shape(run)))
-    assert seen[200][0] == seen[50][0] == seen[200][1]
+    assert seen[200][0] == seen[50][0]
+
+
+def test_no_server_wide_timing_is_published(server):
+    """Gradio's /monitoring (every function's run-time percentiles over all sessions) is off, and loading has no
+    server-wide slot (a visitor's wait would be the rest of another visitor's load)."""
+    demo, url = server
+    r = httpx.get(url + "monitoring/summary", timeout=30)
+    assert r.status_code == 403, (r.status_code, r.text[:200])  # 200 with every function's percentiles when on
+    for fn in demo.fns.values():
+        if fn.name in ("load_example", "load_upload"):
+            assert fn.concurrency_limit is None and fn.concurrency_id != "load", fn.name

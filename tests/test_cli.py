@@ -84,16 +84,21 @@ def test_every_method_runs_from_the_command_line(name, tiny, tmp_path):
 
 
 @needs_models
-def test_a_second_run_never_mixes_with_the_first(tiny, tmp_path):
-    """Re-running into a folder that holds a run's outputs is refused; --overwrite replaces them all."""
+def test_a_second_run_never_mixes_with_the_first(tiny, tmp_path, capsys):
+    """Re-running into a folder that holds a run's outputs is refused; --overwrite replaces them all. (In-process:
+    the same entry point as `python -m dphyper`, without three interpreter starts.)"""
+    from dphyper.__main__ import main
+
     out = tmp_path / "o"
-    assert cli("run", "hypernet", "--images", str(tiny), "--samples", "6", "--steps", "2", "--out", str(out)).returncode == 0
-    again = cli("run", "hypernet", "--images", str(tiny), "--samples", "3", "--steps", "2", "--out", str(out))
-    assert again.returncode == 2 and "--overwrite" in again.stderr and "Traceback" not in again.stderr
+    base = ["run", "hypernet", "--images", str(tiny), "--steps", "2", "--out", str(out)]
+    assert main([*base, "--samples", "6"]) == 0
+    capsys.readouterr()
+    assert main([*base, "--samples", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "--overwrite" in err and "Traceback" not in err
     assert len(list((out / "samples").glob("*.png"))) == 6  # untouched
     (out / "notes.txt").write_text("mine")
-    ok = cli("run", "hypernet", "--images", str(tiny), "--samples", "3", "--steps", "2", "--out", str(out), "--overwrite")
-    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert main([*base, "--samples", "3", "--overwrite"]) == 0
     assert len(list((out / "samples").glob("*.png"))) == 3 == json.loads((out / "report.json").read_text())["samples"]
     assert (out / "notes.txt").read_text() == "mine"  # only the run's own outputs are replaced
 
@@ -174,7 +179,6 @@ QUICK = {
     "sample": ["--samples", "2", "--steps", "2"],
     "evaluate": [],
     "audit": ["--trials", "200", "--n", "20"],
-    "theory": [],
     "bench": [],  # only --plan lines run for real (--report-only rewrites tracked files: it runs as --help)
 }
 

@@ -1,6 +1,7 @@
 """The one contract, parametrised over the registry: every method behaves the same from outside."""
 
 import json
+import math
 import shutil
 import threading
 
@@ -112,19 +113,29 @@ def test_a_method_that_keeps_n_private_shows_neither_n_nor_exact_statistics(name
     shown = [json.loads((tmp_path / "report.json").read_text()),
              _caption(method.label, res.report, 1.234, res.adapter_format)]
     numbers = _numbers(shown)
-    assert not [v for v in numbers if abs(v - n) < 1e-9], f"the exact n = {n} is in what {name} writes or shows"
+    hits = [v for v in numbers if abs(v - n) < 1e-9 or abs(v - 1 / n) < 1e-9 * (1 / n)]
+    assert not hits, f"the exact n = {n} (or 1/n) is in what {name} writes or shows"
     check = res.owner.get("noise_check")
-    if any(e.mechanism == "gaussian_sum_count" for e in res.events):  # a mean released by one Gaussian
+    if any(e.mechanism == "gaussian_sum_count" for e in res.events):  # a sum and count released by one Gaussian
         assert check is not None, "a one-Gaussian-release method gives the owner a NoiseCheck"
     if check is not None:
+        from scipy import stats
+
         exact = check.exact.double().reshape(-1)
-        assert not [v for v in numbers if float((exact - v).abs().min()) < 1e-7], "an exact statistic is shown"
-        diff = (check.released.double().reshape(-1) - exact)
-        measured = float(diff.std())
-        # d coordinates of Gaussian noise: the sample std is within ~30 % of the truth at d >= 8 (chi-square);
-        # a noise 10x smaller than claimed (the audit's weak-noise bug) lands far below.
-        assert measured > 0.6 * check.claimed_std, (measured, check.claimed_std)
-        assert measured < 1.6 * check.claimed_std + 0.05, (measured, check.claimed_std)
+        assert not [v for v in numbers if float((exact[:-1] / n - v).abs().min()) < 1e-7], "an exact mean is shown"
+        # The claim itself, against an independent calibration: the analytic Gaussian's delta at (eps, s).
+        ev = res.events[0]
+        s, sens = check.claimed_std / ev.sensitivity, ev.sensitivity
+        assert sens == pytest.approx(math.sqrt(2))  # clip 1 and a count coordinate of 1, clipped in code
+        a, b = 1 / (2 * s), 1.0 * s
+        assert stats.norm.cdf(a - b) - math.exp(1.0) * stats.norm.cdf(-a - b) <= 1e-5 * (1 + 1e-6)
+        # The drawn noise, measured: sum((released - exact)^2) / claimed^2 is chi-square with k degrees of freedom
+        # when the noise is what is claimed (k = d + 1 coordinates; 1 in 5,000 runs falls outside by chance).
+        # A noise 10x smaller (the audit's weak-noise bug) gives about k / 100.
+        diff = check.released.double().reshape(-1) - exact
+        k = diff.numel()
+        stat = float((diff ** 2).sum()) / check.claimed_std ** 2
+        assert stats.chi2.ppf(1e-4, k) < stat < stats.chi2.ppf(1 - 1e-4, k), (stat, k)
 
 
 def test_the_n_check_catches_a_report_that_holds_n():

@@ -234,3 +234,20 @@ def test_public_basis_needs_enough_public_images():
         QEMConfig(public=10_000)
     QEMConfig(dim=64, public=32, basis="random")  # a random basis needs no public gradients
 
+
+
+@needs_models
+def test_adding_an_image_changes_no_other_images_gradient_in_any_bit():
+    """Issue 37: one private image per pass, so an image's per-example gradient comes from that image and its own
+    draws alone; with several images per pass, adding one moved the others' rows in their last bits."""
+    from dphyper.config import EXAMPLES_DIR
+    from dphyper.data import load_folder
+    from dphyper.methods.qem import _Grads
+    from dphyper.models import PublicModels
+
+    grads = _Grads(PublicModels(torch.device("cpu")))
+    x = load_folder(EXAMPLES_DIR / "bags").images[:6]
+    kw = dict(draws=2, t_max=500, batch=64)
+    a = grads.loss_gradients(x[:5], gen=torch.Generator().manual_seed(1), **kw)
+    b = grads.loss_gradients(x, gen=torch.Generator().manual_seed(1), **kw)
+    assert torch.equal(a, b[:5]) and not torch.equal(b[5], b[4])

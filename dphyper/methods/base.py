@@ -58,14 +58,23 @@ class MethodResult:
 
 @dataclass(frozen=True)
 class NoiseCheck:
-    """Owner-only, for a method whose one access is a Gaussian release of a mean: the released value, the exact
-    value it perturbs, and the noise std per coordinate the method claims for their difference. The contract test
+    """Owner-only, for a method whose one access is a Gaussian release: the released vector, the exact vector it
+    perturbs, and the noise std per coordinate the method claims for their difference. The contract test
     measures the difference against the claim (a method whose noise is smaller than it says fails); never
     written, never shown to anyone but the owner."""
 
     released: torch.Tensor
     exact: torch.Tensor
     claimed_std: float
+
+
+def sum_count_noise_check(rel, exact_mean: torch.Tensor, n: int) -> NoiseCheck:
+    """The NoiseCheck of a ``privacy.release_mean`` sum-and-count release (count scale 1), in sum space: the noisy
+    [sum, count] against the exact [clipped sum, n]; their difference is exactly the drawn noise."""
+    noisy_sum = rel.mean.double().reshape(-1) * max(rel.noisy_count, 1.0)
+    released = torch.cat([noisy_sum, torch.tensor([rel.noisy_count], dtype=torch.float64)])
+    exact = torch.cat([exact_mean.double().reshape(-1) * n, torch.tensor([float(n)], dtype=torch.float64)])
+    return NoiseCheck(released, exact, rel.event.noise_multiplier * rel.event.sensitivity)
 
 
 # The adapter file of each format, in the common output layout.

@@ -73,10 +73,11 @@ Privacy (the whole argument)
 
 Limitations (the usual ones of DP-SGD implementations too): the guarantee is for the ideal
 real-valued Gaussian (floating-point noise as in ``privacy``). Per-example gradients are computed in
-float32 by Opacus' hooks in batches of several images; adding or removing an image shifts the batch
-boundaries, so the other images' gradients can change in the last bits (a relative 5e-6 was measured
-on CPU; GPU kernels that pick algorithms by batch shape can differ more). The clip itself is applied
-in float64 to exactly what is released.
+float32 by Opacus' hooks, one private image per pass (its draws batched): an image's row depends on that
+image and its own draws only, bit for bit, whoever else is in the set (``tests/test_qem.py`` checks it), so
+adding or removing an image changes no other row. (Before issue 37 several images shared a pass and one
+image moved the others' rows in their last bits, a relative 5e-6.) The clip itself is applied in float64
+to exactly what is released.
 """
 
 from __future__ import annotations
@@ -93,7 +94,8 @@ import torch
 
 from ..pipeline import PrivateRunConfig
 from ..privacy import clipped_mean, private_generator, release_mean, signal_share
-from .base import BROKEN_VARIANTS, Audit, Method, MethodResult, NoiseCheck, gaussian_release_report, shipped_defaults
+from .base import (BROKEN_VARIANTS, Audit, Method, MethodResult, gaussian_release_report, shipped_defaults,
+                   sum_count_noise_check)
 
 # Opacus' hooks on a model whose inputs need no gradient (only the B weights do) make torch warn on
 # every backward pass. A process-wide filter: warnings.catch_warnings around the call is not
@@ -119,7 +121,8 @@ class QEMConfig(PrivateRunConfig):
     draws: int = field(default=8, metadata={"help": "(timestep, noise) draws averaged in each per-example gradient"})
     t_max: int = field(default=1000, metadata={"help": "timesteps drawn uniformly from [0, t_max)"})
     public: int = field(default=512, metadata={"help": "public (train-split) images for the basis and curvature"})
-    batch: int = field(default=64, metadata={"help": "rows per per-example-gradient pass (memory, not privacy)"})
+    batch: int = field(default=64, metadata={"help": "rows per pass over the public images (memory, not privacy); "
+                                                     "private images go one per pass (their draws batched)"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -195,10 +198,16 @@ class _Grads:
         return self.sched.add_noise(x0, noise, t).to(self.device), t.to(self.device), noise.to(self.device)
 
     def loss_gradients(self, images: torch.Tensor, *, draws: int, t_max: int, gen: torch.Generator,
-                       batch: int, cancel=None) -> torch.Tensor:
-        """(n, D) gradients of l_i = mean over ``draws`` draws of the per-image denoising MSE."""
+                       batch: int, cancel=None, private: bool = True) -> torch.Tensor:
+        """(n, D) gradients of l_i = mean over ``draws`` draws of the per-image denoising MSE.
+
+        ``private`` (the default): one image per pass (its ``draws`` rows batched), so an image's row is computed
+        from that image and its own draws alone, bit for bit the same whoever else is in the set, and adding or
+        removing an image moves the clipped sum by that image's row only (issue 37: several images per pass let
+        one image move the batch boundaries and the others' rows in their last bits). Public images (the
+        geometry, ``private=False``) go ``batch // draws`` per pass, as before."""
         out = []
-        per = max(1, batch // draws)
+        per = 1 if private else max(1, batch // draws)
         for start in range(0, len(images), per):
             if cancel is not None and cancel.is_set():
                 from ..errors import Cancelled
@@ -282,7 +291,7 @@ def geometry(models, cfg: QEMConfig, grads: "_Grads | None" = None) -> Geometry:
             basis = torch.linalg.qr(g).Q
         else:  # top-k right singular vectors of public per-example loss gradients (uncentred)
             rows = grads.loss_gradients(pub, draws=1, t_max=cfg.t_max, gen=torch.Generator().manual_seed(1),
-                                        batch=cfg.batch)
+                                        batch=cfg.batch, private=False)
             basis = torch.linalg.svd(rows, full_matrices=False).Vh[:k].T.contiguous()
         u = grads.gauss_newton_rows(pub, t_max=cfg.t_max, gen=torch.Generator().manual_seed(2), batch=cfg.batch)
         u = u if basis is None else u @ basis
@@ -345,7 +354,7 @@ def train(images: torch.Tensor, cfg: QEMConfig, models, *, progress=None, cancel
     timings["per_example_gradients"] = time.perf_counter() - t
     t = time.perf_counter()
     rel = release_gradients(g, geo, cfg)  # clips to 1, OS-seeded noise
-    check = NoiseCheck(rel.mean, clipped_mean(whitened_rows(g, geo, cfg)), rel.noise_std_mean)  # owner-only
+    check = sum_count_noise_check(rel, clipped_mean(whitened_rows(g, geo, cfg)), len(images))  # owner-only
     del g  # private; nothing below sees it
     z, a = step_from_release(rel.mean, rel.noise_std_mean, geo, cfg)
     lora = adapter_from(z, geo, grads)

@@ -31,8 +31,10 @@ generator, so adding an image shifts which draws the others get; but the draws a
 independent of the data, so couple them: give every common image the same draws under both
 datasets. For fixed draws the release is a Gaussian mechanism whose sum moves by at most one unit
 vector (L2 sensitivity 1); by joint convexity of the hockey-stick divergence the mixture over the
-draws is dominated by the same Gaussian pair, i.e. it is (1/sigma_1)-Gaussian DP. (Caveat, as for
-Opacus: batched per-example gradients can differ at rounding level with the batch's composition.)
+draws is dominated by the same Gaussian pair, i.e. it is (1/sigma_1)-Gaussian DP. Scores are computed
+one private image per pass (``SCORE_BATCH``), so even at rounding level an image's score does not depend on
+the others (``tests/test_sparse.py`` checks it bit for bit; before issue 37 batches of 8 did, by about 5e-6).
+Phase 2's per-example gradients are Opacus' batched ones (the same rounding caveat as any DP-SGD).
 Phase 2 adds or removes one example's clipped gradient in each
 Poisson-sampled step of phase 2 (the steps are adaptive, but each is a subsampled Gaussian mechanism
 given the past, the mask included). The run is the adaptive composition of one Gaussian mechanism
@@ -88,7 +90,10 @@ TUNED = (
     {"n_max": None, "tuned_on": "public-mixed-1000", "lr": 3e-4, "max_grad_norm": 0.01, "epochs": 10.0,
      "batch_size": 64},
 )
-SCORE_BATCH = 8  # images per per-example-gradient batch of the selection (times ``draws`` rows)
+# Private images per pass of the selection's scoring (times ``draws`` rows): one, so an image's scores come from
+# that image and its own draws alone, bit for bit the same whoever else is in the set (issue 37: with several
+# images per pass one image moved the batch boundaries and the others' scores in their last bits).
+SCORE_BATCH = 1
 
 
 @dataclass
