@@ -556,6 +556,9 @@ def bench_compare(cfg: BenchConfig) -> dict:
         CURVES_PATH.parent.mkdir(parents=True, exist_ok=True)
         CURVES_PATH.write_text(json.dumps(curv, indent=1))
         plot_png(curv, REPO_DIR / "docs" / "privacy_utility.png")
+        from .readme_table import write_readme_table
+
+        write_readme_table()  # the README's results table, from the same cells (a test checks they agree)
     write_section(cfg.doc, "compare" if full else "compare-quick" if cfg.quick else "compare-partial",
                   compare_table(curv, summ, tg, res, st))
     res["targets"] = tg

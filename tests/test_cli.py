@@ -125,15 +125,15 @@ def test_help_answers_at_once():
 # ------------------------------------------------------------------ every command line the README shows
 
 def readme_cli_lines() -> list[str]:
-    """The `python -m dphyper ...` lines of the README's code blocks, comments stripped."""
-    text = (ROOT / "README.md").read_text()
+    """The `python -m dphyper ...` lines of the code blocks of the README and docs/CLI.md, comments stripped."""
+    text = (ROOT / "README.md").read_text() + (ROOT / "docs" / "CLI.md").read_text()
     lines = []
     for block in re.findall(r"```(?:bash)?\n(.*?)```", text, re.S):
         for ln in block.splitlines():
             ln = ln.split("  #")[0].strip()
             if ln.startswith("python -m dphyper"):
                 lines.append(ln)
-    return lines
+    return list(dict.fromkeys(lines))  # a line shown in both is one case
 
 
 def concrete(line: str, tiny: Path, out: Path, first_only: bool = False) -> list[list[str]]:

@@ -134,3 +134,30 @@ def test_space_build_check_serves_samples_from_what_a_space_installs():
     out = subprocess.run(["bash", "scripts/space_check.sh"], capture_output=True, text=True, cwd=ROOT, timeout=3000)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
     assert "space-check: OK: 4 samples" in out.stdout
+
+
+def test_readme_is_for_a_newcomer():
+    """Issue 38: under 10,000 characters, the two set-up commands in its first 40 lines."""
+    text = (ROOT / "README.md").read_text()
+    assert len(text) < 10_000, len(text)
+    head = "\n".join(text.splitlines()[:40])
+    assert head.count("scripts/setup.sh") >= 2, "the two set-up commands come first"
+
+
+def test_every_relative_link_in_readme_and_docs_resolves():
+    files = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    bad = []
+    for f in files:
+        for target in re.findall(r"!?\[[^\]]*\]\(([^)\s]+)\)", f.read_text()):
+            if re.match(r"^[a-z]+:", target) or target.startswith("#"):
+                continue
+            if not (f.parent / target.split("#")[0]).exists():
+                bad.append(f"{f.relative_to(ROOT)} -> {target}")
+    assert not bad, bad
+
+
+def test_readme_results_table_is_what_the_stored_cells_give():
+    """Issue 34: the README's table is generated from bench/results.json (bench --report-only); no drift."""
+    from dphyper.readme_table import readme_block, results_table
+
+    assert readme_block((ROOT / "README.md").read_text()) == results_table().strip()
