@@ -845,9 +845,13 @@ def run_audit_panel(method: str, epsilon: float, broken: str, trials: float):
     asked = int(trials)
     trials = asked if cap is None else min(asked, cap)
     try:
-        r = run_audit(AuditConfig(method=method, epsilon=float(epsilon), trials=trials, broken=broken))
+        r = run_audit(AuditConfig(method=method, epsilon=float(epsilon), trials=trials, broken=broken), with_scores=True)
     except ValueError as exc:
         raise UserError(public_error(exc)) from None
+    from .audit_figure import audit_figure
+
+    fig = audit_figure(r)
+    r = {k: v for k, v in r.items() if k != "scores"}  # the JSON view: the verdict, not thousands of scores
     verdict = {"consistent": "✅ consistent with the claim",
                "violated": "❌ the claim is **violated**: the mechanism leaks more than it says",
                "inconclusive": "⚠️ **inconclusive**: this many trials cannot detect a leak at the claimed ε "
@@ -861,7 +865,7 @@ def run_audit_panel(method: str, epsilon: float, broken: str, trials: float):
     text += (f"  \n{r['trials']} trials{capped}: half choose the attack's threshold, the other {r['trials_measured']} "
              f"measure it. The same audit: `python -m dphyper audit --method {method} --epsilon {float(epsilon):g} "
              f"--trials {r['trials']}{broken_arg}`")
-    return text, r
+    return text, fig, r
 
 
 # Methods and the base model side by side in one row: 7 columns fit a 1,280 px projector without wrapping
@@ -1039,10 +1043,12 @@ def build_demo():
                 a_trials = gr.Slider(200, 20000, value=4000, step=200, label=_trials_label(METHODS))
             a_go = gr.Button("Run the audit (public data only)")
             a_out = gr.Markdown()
-            a_json = gr.JSON(label="audit result")
+            a_plot = gr.Plot(label="The audit as a picture: the attack's scores with and without the canary")
+            with gr.Accordion("The audit's result as JSON", open=False):
+                a_json = gr.JSON(label="audit result")
             a_method.change(lambda m: gr.update(choices=list(variants[m]), value="none"), a_method, a_broken,
                             queue=False, show_progress="hidden", **INTERNAL)
-            a_go.click(run_audit_panel, [a_method, a_eps, a_broken, a_trials], [a_out, a_json], concurrency_limit=1,
+            a_go.click(run_audit_panel, [a_method, a_eps, a_broken, a_trials], [a_out, a_plot, a_json], concurrency_limit=1,
                        api_name="audit")
         with gr.Tab("Teaching: why one-shot noise helps"):
             from .theory_tab import build_tab

@@ -111,7 +111,9 @@ def detectable_epsilon(members: int, non_members: int, delta: float, confidence:
     return epsilon_lower_bound(members, 0, 0, non_members, delta, confidence)
 
 
-def run_audit(cfg: AuditConfig) -> dict:
+def run_audit(cfg: AuditConfig, with_scores: bool = False) -> dict:
+    """The audit's verdict as JSON; ``with_scores`` adds the measured half's attack scores (``scores``: member /
+    non_member lists, for the app's histogram; the CLI prints the verdict only)."""
     from .methods import METHODS
 
     method = METHODS.get(cfg.method)
@@ -146,7 +148,7 @@ def run_audit(cfg: AuditConfig) -> dict:
         verdict = "inconclusive"
     else:
         verdict = "consistent"
-    return {"method": cfg.method, "broken": cfg.broken, "epsilon_claimed": cfg.epsilon, "delta": cfg.delta,
+    out = {"method": cfg.method, "broken": cfg.broken, "epsilon_claimed": cfg.epsilon, "delta": cfg.delta,
             "epsilon_lower_bound": lb, "confidence": cfg.confidence, "trials": trials,
             "trials_measured": int((~half).sum()), "tpr": tp / max(tp + fn, 1), "fpr": fp / max(fp + tn, 1),
             "counts": {"tp": tp, "fn": fn, "fp": fp, "tn": tn}, "threshold": thr,
@@ -157,3 +159,7 @@ def run_audit(cfg: AuditConfig) -> dict:
             "detectable_max": detectable, "verdict": verdict,
             "seconds": round(time.perf_counter() - t0, 1),
             "passed": (verdict == "consistent") if cfg.broken == "none" else (verdict == "violated")}
+    if with_scores:
+        measured = scores[~half]
+        out["scores"] = {"member": measured[mem].tolist(), "non_member": measured[~mem].tolist()}
+    return out

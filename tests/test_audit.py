@@ -103,11 +103,27 @@ def test_the_app_audit_panel_names_its_command_and_says_when_it_capped_the_trial
     from dphyper.app import run_audit_panel
     from dphyper.methods import METHODS
 
-    text, r = run_audit_panel("sparse", 1.0, "exact-selection", 2000)
+    text, fig, r = run_audit_panel("sparse", 1.0, "exact-selection", 2000)
     assert r["verdict"] == "violated" and r["trials"] == 2000 and "capped" not in text
     assert "`python -m dphyper audit --method sparse --epsilon 1 --trials 2000 --broken exact-selection`" in text
     sparse = METHODS["sparse"]
     monkeypatch.setitem(METHODS, "sparse", dataclasses.replace(sparse, audit=dataclasses.replace(sparse.audit,
                                                                                                   max_app_trials=400)))
-    text, r = run_audit_panel("sparse", 1.0, "none", 2000)
+    text, fig, r = run_audit_panel("sparse", 1.0, "none", 2000)
     assert r["trials"] == 400 and "capped from 2000" in text and "--trials 400`" in text
+
+
+def test_the_audit_is_a_picture():
+    """Issue 38: the app's audit shows two histograms (with / without the canary), the threshold and, in words, the
+    bound, the claim, the detectable maximum and the verdict; a broken mechanism pulls the histograms apart."""
+    from dphyper.app import run_audit_panel
+
+    text, fig, r = run_audit_panel("hypernet", 1.0, "no-clip", 2000)
+    names = [t.name for t in fig.data]
+    assert len(fig.data) == 2 and any("with the canary" in n for n in names) and any("without" in n for n in names)
+    assert sum(len(t.x) for t in fig.data) == r["trials_measured"] and "scores" not in r  # JSON stays small
+    assert any(abs(sh.x0 - r["threshold"]) < 1e-12 for sh in fig.layout.shapes)
+    title = fig.layout.title.text
+    assert f"{r['epsilon_lower_bound']:.2f}" in title and "claimed ε = 1" in title and "VIOLATED" in title
+    member, non = (list(t.x) for t in sorted(fig.data, key=lambda t: "without" in t.name))
+    assert sum(member) / len(member) > sum(non) / len(non)  # the broken mechanism separates them

@@ -112,3 +112,21 @@ def test_closing_the_tab_forgets_its_private_views(page, app_url, app_module):  
     while mine & set(demo.state_holder.session_data):
         assert time.time() - t0 < 60, "the closed tab's session (thumbnails) is still on the server"
         time.sleep(0.5)
+
+
+@needs_models
+def test_the_audit_tab_draws_a_picture(page, tmp_path):
+    """Issue 38: the audit answers with a figure (two histograms and the threshold), the JSON one click away; at
+    a projector's 1,280 px width."""
+    page.set_viewport_size({"width": 1280, "height": 900})
+    page.get_by_role("tab", name="Privacy audit").click()
+    page.get_by_role("button", name="Run the audit (public data only)").click()
+    hist_js = ("() => Array.from(document.querySelectorAll('.js-plotly-plot')).map(p => (p.data || [])"
+               ".filter(t => t.type === 'histogram').length).reduce((a, b) => Math.max(a, b), 0)")
+    page.wait_for_function(f"() => ({hist_js})() === 2", timeout=120000)
+    assert page.get_by_text("measured ε ≥", exact=False).count() >= 1
+    shot = os.environ.get("DPHYPER_AUDIT_SCREENSHOT") or str(tmp_path / "audit.png")
+    page.screenshot(path=shot, full_page=True)
+    assert os.path.getsize(shot) > 20_000
+    page.get_by_role("tab", name="Private LoRA").first.click()  # back to the first tab for any later test
+    page.set_viewport_size({"width": 1400, "height": 1000})
