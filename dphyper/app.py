@@ -215,15 +215,19 @@ def privacy_summary(log_eps: float, no_privacy: bool, delta: float, n: int | Non
     from .privacy import calibrate_gaussian
 
     if no_privacy:
-        return "**No privacy** (ε = ∞): the exact mean embedding is used. A non-private reference only."
+        return ("**No privacy** (ε = ∞): the exact data are used; what a run outputs can reveal anything about any "
+                "one of your images. A non-private reference only.")
     eps = 10 ** log_eps
     n = int(n) if n else 200
     d = 64
     s = calibrate_gaussian(epsilon=eps, delta=delta)
     std_mean = s * math.sqrt(2) / n  # sensitivity sqrt(1 + 1): embedding norm <= 1 plus the count
     nsr = std_mean * math.sqrt(d)  # expected noise norm on the mean / the largest possible signal norm (1)
+    from .quality_target import plain_epsilon
+
     warn = " ⚠️ δ is not below 1/n: the guarantee is weak." if delta >= 1 / n else ""
-    return (f"**ε = {eps:.3g}**, δ = {delta:g} (the chance that the guarantee fails outright; keep it well "
+    return (plain_epsilon(eps, delta) + "  \n" +
+            f"**ε = {eps:.3g}**, δ = {delta:g} (the chance that the guarantee fails outright; keep it well "
             f"below 1/n = {1 / n:.2g}).{warn}  \n"
             f"Noise multiplier σ/Δ = **{s:.3f}**. With n = {n}, the released mean embedding gets noise of std "
             f"{std_mean:.4f} per coordinate: noise-to-signal ratio ≈ **{nsr:.2f}** (noise norm over the largest "
@@ -253,6 +257,17 @@ def default_curve_set(n: int | None) -> str | None:
 
 
 LABELS = {"hypernet": "hypernetwork", "nonprivate": "non-private LoRA", "base": "base model"}
+
+
+def quality_for(bench_set: str | None, target: float) -> str:
+    """The smallest measured ε per method that reaches a class agreement on a benchmark set (public curves)."""
+    from .methods import METHODS
+    from .quality_target import quality_answer
+
+    if not bench_set or bench_set not in _curves()["sets"]:
+        return ""
+    labels = {name: _label(name) for name in [*METHODS, *LABELS]}
+    return quality_answer(_curves(), bench_set, float(target), labels)
 
 
 def _label(meth: str) -> str:
@@ -983,6 +998,10 @@ def build_demo():
                 bench_set = gr.Dropdown(sets, value=sets[0] if sets else None, label="Benchmark curves measured on",
                                         scale=1)
             plot = gr.Plot(utility_figure(0.0, False, sets[0] if sets else None), label="Privacy–utility (measured)")
+            with gr.Row():
+                target = gr.Slider(0.1, 1.0, value=0.7, step=0.05, scale=1,
+                                   label="ε from the quality you need: the class agreement you need on this set")
+                target_answer = gr.Markdown(quality_for(sets[0] if sets else None, 0.7))
             gr.Markdown("### 3 · Run and compare")
             with gr.Row():
                 chosen = gr.CheckboxGroup([(m.label, m.name) for m in METHODS.values()], value=list(METHODS),
@@ -1083,6 +1102,9 @@ def build_demo():
         for comp in (log_eps, no_privacy, bench_set):
             comp.change(utility_figure, [log_eps, no_privacy, bench_set, runs], plot, queue=False,
                         show_progress="hidden", **INTERNAL)
+        for comp in (target, bench_set):
+            comp.change(quality_for, [bench_set, target], target_answer, queue=False, show_progress="hidden",
+                        **INTERNAL)
         for name, c in cols.items():
             method = METHODS[name]
             ins = [data, log_eps, no_privacy, delta, n_samples, *([] if method.one_shot else [max_steps]),

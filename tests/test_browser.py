@@ -51,6 +51,8 @@ def test_upload_folder_move_slider_run_and_compare(page, tmp_path):
     page.wait_for_selector("text=40 images", timeout=120000)  # 60 s was once too short beside other jobs
     assert page.get_by_text("notes.txt").count() >= 1  # the rejected file is listed with its reason
 
+    # ε from the quality one needs: the page answers per method from the committed curves (issue 38).
+    assert page.get_by_text("Class agreement ≥", exact=False).count() >= 1
     # The epsilon slider moves the marker on the privacy-utility plot and the explanation.
     page.wait_for_function(f"() => ({MARKER_JS})() !== null", timeout=30000)
     before = page.evaluate(MARKER_JS)
@@ -66,6 +68,7 @@ def test_upload_folder_move_slider_run_and_compare(page, tmp_path):
     page.wait_for_function(f"() => Math.abs(({MARKER_JS})() - {target}) < 1e-3", timeout=10000)
     assert page.evaluate(MARKER_JS) != before
     assert page.locator("text=Noise multiplier").first.inner_text() != summary_before
+    assert page.get_by_text("1.65× more confident", exact=False).count() >= 1  # plain words follow ε (e^0.501)
     # The plan line follows keyboard moves too (not only the end of a mouse drag).
     page.wait_for_function(f"() => ({plan_js})() !== {plan_before!r}", timeout=30000)
 

@@ -1,0 +1,59 @@
+"""ε chosen from the quality one needs (issue 38), and ε in one plain sentence.
+
+The answer reads the committed benchmark curves (``assets/curves/privacy_utility.json``: public settings and
+measured cells only, the same for every visitor). For a benchmark set and a target class agreement it gives, per
+method, the smallest measured ε from which that method reaches the target at every larger measured ε too (a
+single lucky cell below a failing one does not count), or says that none does.
+"""
+
+from __future__ import annotations
+
+import math
+
+
+def plain_epsilon(epsilon: float, delta: float) -> str:
+    """One sentence of what ε means, for the slider (the odds form of (ε, δ)-DP)."""
+    if not math.isfinite(epsilon):
+        return "**No privacy**: what the run outputs can reveal anything about any one of your images."
+    factor = math.exp(epsilon)
+    return (f"In plain words: at ε = {epsilon:.3g}, anyone who sees what a run outputs can become at most "
+            f"**{factor:.3g}× more confident** (in odds) about whether any one of your images was used, "
+            f"except with probability δ = {delta:g}.")
+
+
+def epsilon_for_quality(curves: dict, bench_set: str, target: float, metric: str = "agreement") -> dict[str, float | None]:
+    """Method -> the smallest measured ε from which every measured ε reaches ``target`` (None: none does).
+    ``metric`` is a higher-is-better column of the curves (class agreement)."""
+    methods = curves.get("sets", {}).get(bench_set, {}).get("methods", {})
+    out: dict[str, float | None] = {}
+    for name, m in methods.items():
+        eps, vals = m.get("epsilon") or [], m.get(metric) or []
+        if not eps:  # a reference with one flat value (the base model, the non-private floor)
+            continue
+        pairs = sorted(zip(eps, vals))
+        best = None
+        for e, v in reversed(pairs):  # from the largest ε down, while the target holds
+            if v < target:
+                break
+            best = e
+        out[name] = best
+    return out
+
+
+def quality_answer(curves: dict, bench_set: str | None, target: float, labels: dict[str, str]) -> str:
+    """The page's answer, in words."""
+    if not bench_set:
+        return ""
+    found = epsilon_for_quality(curves, bench_set, target)
+    flat = {name: m["flat"]["agreement"] for name, m in curves["sets"][bench_set]["methods"].items()
+            if m.get("flat") and not m.get("epsilon")}
+    runs = curves.get("settings", {}).get("repeats", 1)
+    grid = sorted({e for m in curves["sets"][bench_set]["methods"].values() for e in (m.get("epsilon") or [])})
+    span = f"measured ε from {grid[0]:g} to {grid[-1]:g}" if grid else "no measured ε"
+    lines = [f"**Class agreement ≥ {target:.2f} on `{bench_set}`** ({span}; "
+             f"{runs} run{'s' * (runs != 1)} per cell, so a single noisy cell can move this answer):"]
+    for name, e in sorted(found.items(), key=lambda kv: (kv[1] is None, kv[1] or 0)):
+        lines.append(f"- {labels.get(name, name)}: " + (f"ε ≥ **{e:g}**" if e is not None else "no measured ε reaches it"))
+    for name, v in flat.items():
+        lines.append(f"- {labels.get(name, name)}: {v:.2f} " + ("(reaches it)" if v >= target else "(does not)"))
+    return "  \n".join(lines)

@@ -1,0 +1,30 @@
+"""ε from the quality one needs, and ε in plain words (issue 38)."""
+
+import math
+
+from dphyper.quality_target import epsilon_for_quality, plain_epsilon, quality_answer
+
+CURVES = {"settings": {"repeats": 1}, "sets": {"s": {"methods": {
+    "a": {"epsilon": [0.25, 1, 4, 8], "agreement": [0.2, 0.75, 0.8, 0.9]},
+    "b": {"epsilon": [0.25, 1, 4, 8], "agreement": [0.9, 0.1, 0.75, 0.8]},  # one lucky cell at 0.25
+    "c": {"epsilon": [0.25, 1, 4, 8], "agreement": [0.1, 0.2, 0.3, 0.4]},
+    "base": {"epsilon": [], "agreement": [], "flat": {"agreement": 0.5}},
+}}}}
+
+
+def test_the_smallest_epsilon_from_which_the_target_holds():
+    got = epsilon_for_quality(CURVES, "s", 0.7)
+    assert got == {"a": 1, "b": 4, "c": None}  # b's lucky cell below a failing one does not count
+    assert epsilon_for_quality(CURVES, "s", 0.05) == {"a": 0.25, "b": 0.25, "c": 0.25}
+    text = quality_answer(CURVES, "s", 0.7, {"a": "Alpha"})
+    assert "Alpha: ε ≥ **1**" in text and "c: no measured ε reaches it" in text and "base: 0.50 (does not)" in text
+    assert "from 0.25 to 8" in text
+
+
+def test_plain_words_follow_epsilon():
+    assert "2.72×" in plain_epsilon(1.0, 1e-5) and "7.39×" in plain_epsilon(2.0, 1e-5)
+    assert "No privacy" in plain_epsilon(math.inf, 1e-5)
+    from dphyper.app import privacy_summary
+
+    assert "2.72× more confident" in privacy_summary(0.0, False, 1e-5, 100)
+    assert "1.11× more confident" in privacy_summary(-1.0, False, 1e-5, 100)
