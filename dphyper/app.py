@@ -743,6 +743,68 @@ def refit_runner(name: str):
     return refit
 
 
+# ---------------------------------------------------------------- "run it again": the spread of the privacy noise
+
+RERUN_MAX = 8
+
+
+def rerun_methods() -> list[str]:
+    """The methods a class can re-run in seconds: one-shot ones (one Gaussian release each)."""
+    from .methods import METHODS
+
+    return [name for name, m in METHODS.items() if m.one_shot]
+
+
+def rerun_cost(log_eps: float, no_privacy: bool, delta: float, k: int) -> str:
+    """What k re-runs will spend, said before the click: k Gaussian releases of multiplier s compose exactly to one
+    of multiplier s / sqrt(k) (Gaussian DP), the way the ledger composes them."""
+    from .privacy import analytic_gaussian_epsilon, calibrate_gaussian
+
+    k = int(k)
+    if no_privacy:
+        return f"{k} re-runs without privacy (a reference): nothing is protected, the ledger records them as ε = ∞."
+    eps = _epsilon(log_eps, no_privacy)
+    s = calibrate_gaussian(epsilon=eps, delta=delta)
+    total = analytic_gaussian_epsilon(noise_multiplier=s / math.sqrt(k), delta=delta)
+    return (f"Each re-run is a **new release** of your images: {k} runs at ε = {eps:.3g} spend **ε = {total:.3g}** "
+            f"together (δ = {delta:g}), and the ledger below will count all of them.")
+
+
+def rerun(name: str, k: int, data: dict | None, log_eps: float, no_privacy: bool, delta: float, book: LedgerBook,
+          runs: list, bench_set: str | None):
+    """Run one one-shot method k times at the current ε: each run's first samples in a strip, its class agreement
+    as a dot on the curve, and the spread in words. Every run is recorded in the ledger."""
+    from .data import to_uint8_images
+    from .methods import get_method
+
+    data = _require(data)
+    if name not in rerun_methods():
+        raise UserError(f"Re-runs are for the one-shot methods ({', '.join(rerun_methods())}).")
+    method, k = get_method(name), max(2, min(int(k), RERUN_MAX))
+    epsilon = _epsilon(log_eps, no_privacy)
+    strip, agreements, ledger = [], [], None
+    for i in range(k):
+        cfg = _config(method, epsilon, delta, 16)  # 16 samples for the agreement; the strip shows 4
+        token = _start_run(data, name)
+        t0 = time.perf_counter()
+        try:
+            result = _release(name, data["images"], cfg)
+        except ValueError as exc:
+            raise UserError(f"{method.label} failed: {public_error(exc)}") from None
+        out = _finish(method, result, data, epsilon, time.perf_counter() - t0, book, runs, log_eps, no_privacy,
+                      bench_set, token=token)
+        ledger = out[4]
+        agreements.append(runs[-1]["agreement"])
+        strip += [(img, f"run {i + 1}") for img in to_uint8_images(result.samples)[:4]]
+    mean = sum(agreements) / k
+    sd = math.sqrt(sum((a - mean) ** 2 for a in agreements) / (k - 1))
+    text = (f"**{k} runs of {method.label} at ε = {epsilon:.3g}**, the same images, new privacy noise each time: "
+            f"class agreement with your images {mean:.2f} ± {sd:.2f} (sd; from {min(agreements):.2f} to "
+            f"{max(agreements):.2f}). That spread is the privacy noise: one run is one draw. Each run is a star on "
+            "the curve above (only you see these).")
+    return strip, text, ledger, book, runs, utility_figure(log_eps, no_privacy, bench_set, runs)
+
+
 def runner(name: str):
     from .methods import get_method
 
@@ -947,7 +1009,7 @@ def public_api() -> list[str]:
     """The app's public endpoint names, derived from the registry (stable: clients and the README use them)."""
     from .methods import METHODS
 
-    names = ["load_example", "load_upload", "plan", "sample_base", "audit"]
+    names = ["load_example", "load_upload", "plan", "sample_base", "audit", "rerun"]
     for name, m in METHODS.items():
         names.append(f"run_{name.replace('-', '_')}")
         if m.refit is not None:
@@ -1044,6 +1106,17 @@ def build_demo():
                     gr.Markdown("Dots: public images (Fashion-MNIST train split), coloured by class. Star: the exact "
                                 "mean embedding of your images (only you see it). Cross: what the hypernetwork "
                                 "released. Small ε or small n moves the cross further.")
+            gr.Markdown("### 4 · Run it again: see the spread of the privacy noise")
+            with gr.Row():
+                again_method = gr.Dropdown([(METHODS[m].label, m) for m in rerun_methods()],
+                                           value=rerun_methods()[0] if rerun_methods() else None,
+                                           label="Method (one-shot: seconds a run)", scale=1)
+                again_k = gr.Slider(2, RERUN_MAX, value=5, step=1, label="Runs", scale=1)
+                again_go = gr.Button("Run it again", scale=1)
+            again_cost = gr.Markdown(rerun_cost(0.0, False, 1e-5, 5))
+            again_strip = gr.Gallery(label="Each run's first samples (a row per run)", columns=4, height="auto",
+                                     object_fit="contain")
+            again_text = gr.Markdown()
             gr.Markdown(EXPLAIN)
         with gr.Tab("Base model (public only)"):
             base_n = gr.Slider(4, 64, value=16, step=4, label="Samples")
@@ -1102,6 +1175,12 @@ def build_demo():
         for comp in (log_eps, no_privacy, bench_set):
             comp.change(utility_figure, [log_eps, no_privacy, bench_set, runs], plot, queue=False,
                         show_progress="hidden", **INTERNAL)
+        for comp in (log_eps, no_privacy, delta, again_k):
+            comp.change(rerun_cost, [log_eps, no_privacy, delta, again_k], again_cost, queue=False,
+                        show_progress="hidden", **INTERNAL)
+        again_go.click(rerun, [again_method, again_k, data, log_eps, no_privacy, delta, ledgers, runs, bench_set],
+                       [again_strip, again_text, ledger_md, ledgers, runs, plot], concurrency_limit=2,
+                       concurrency_id="rerun", api_name="rerun")
         for comp in (target, bench_set):
             comp.change(quality_for, [bench_set, target], target_answer, queue=False, show_progress="hidden",
                         **INTERNAL)

@@ -456,3 +456,23 @@ def test_the_public_api_is_what_a_client_should_call():
     assert named == {"/" + n for n in public_api()}
     assert {"/load_example", "/load_upload", "/plan", "/audit", "/sample_base"} <= named
     assert all(f"/run_{m.replace('-', '_')}" in named for m in METHODS)
+
+
+@needs_models
+def test_run_it_again_shows_the_spread_and_the_ledger_counts_every_run():
+    """Issue 38: k re-runs at one ε are k releases: k ledger rows, k stars on the curve, a strip of each run's
+    samples; the cost said before the click is what the ledger then composes."""
+    import re as _re
+
+    from dphyper.app import load_example, rerun, rerun_cost
+    from dphyper.ledger import LedgerBook
+
+    data, book, runs = load_example("bags")[0], LedgerBook(), []
+    cost = rerun_cost(-0.6, False, 1e-5, 3)
+    strip, text, ledger, *_ = rerun("hypernet", 3, data, -0.6, False, 1e-5, book, runs, "sneakers-100")
+    assert len(book) == 3 and _ledger_rows(ledger) == [1, 2, 3] and len(runs) == 3
+    assert len(strip) == 12 and [c for _, c in strip[:5]] == ["run 1"] * 4 + ["run 2"]
+    assert "3 runs of Hypernetwork" in text and "±" in text
+    said = float(_re.search(r"spend \*\*ε = ([\d.]+)\*\*", cost).group(1))
+    total = float(_re.search(r"Total spent on these images: ε = ([\d.]+)", ledger.replace("*", "")).group(1))
+    assert said == pytest.approx(total, rel=2e-2), (cost, ledger[-400:])
