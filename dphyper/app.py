@@ -202,10 +202,11 @@ def load_upload(files: list | None, folder: list | None, log_eps: float = 0.0, n
                 delta: float = 1e-5, max_steps: int = 0, request: gr.Request = None):
     """Upload handler: loads the files and clears the upload boxes (the files are gone)."""
     if not files and not folder:
-        return (gr.skip(),) * 8
+        return (gr.skip(),) * 9
     with _load_lock(request):
         data, overview, thumbs = load_data(None, files, folder)
-        return data, overview, thumbs, *_after_load(data, log_eps, no_privacy, delta, max_steps), None, None
+        return (data, overview, thumbs, *_after_load(data, log_eps, no_privacy, delta, max_steps), None, None,
+                gr.update(value=None))
 
 
 # ---------------------------------------------------------------- epsilon and the curves
@@ -490,10 +491,19 @@ def _start_run(data: dict, name: str) -> str:
     return token
 
 
+def _stop_outputs(message: str) -> tuple:
+    """The column after Stop: the message, and no samples of an earlier run under it (they would read as the
+    cancelled run's); a Stop after a finished run changes nothing."""
+    if not message:
+        return gr.skip(), gr.skip()
+    return message, ([] if "nothing was released" in message else gr.skip())
+
+
 def stop_message(name: str, data: dict | None) -> str:
     """What the page says when Stop is pressed on ``name``'s column, true to this session's ledger: every run of
     the method that has not recorded its events is stopped (it will record and show nothing); if the latest run
-    recorded before Stop came, its ε is in the ledger and the message says so."""
+    recorded before Stop came, its ε is in the ledger and the message says so; "" when the latest run had already
+    finished (its own caption stays)."""
     from .methods import get_method
 
     label = get_method(name).label
@@ -505,6 +515,8 @@ def stop_message(name: str, data: dict | None) -> str:
             if not st["recorded"]:
                 st["stopped"] = True  # a run that finishes after this line records nothing and shows nothing
         latest = states.get(data.get("latest_run", {}).get(name))
+        if latest is not None and latest.get("done"):
+            return ""  # nothing was running: the finished run's own caption stays
         if latest is not None and latest["recorded"]:
             return (f"**{label}**: Stop came after this run's release was recorded, so its ε is counted in the ledger "
                     "below (counting it is the safe side); its outputs may not be shown.")
@@ -569,6 +581,8 @@ def _finish(method, result, data: dict, epsilon: float, seconds: float, book: Le
     noise_fig = gr.skip()
     if "clean_mean" in result.owner:  # a method that releases a mean embedding: show what the noise did
         noise_fig = noise_figure(result.owner["clean_mean"], result.owner["release"].mean, epsilon)
+    with _session_lock(data):
+        state["done"] = True  # its outputs go to the page now: a later Stop leaves them and their caption alone
     return (list(to_uint8_images(result.samples)), caption,
             [str(out / ADAPTER_FILES[result.adapter_format]), str(out / "grid.png"), str(out / "report.json")],
             result.report,
@@ -1114,7 +1128,7 @@ def build_demo():
                 again_k = gr.Slider(2, RERUN_MAX, value=5, step=1, label="Runs", scale=1)
                 again_go = gr.Button("Run it again", scale=1)
             again_cost = gr.Markdown(rerun_cost(0.0, False, 1e-5, 5))
-            again_strip = gr.Gallery(label="Each run's first samples (a row per run)", columns=4, height="auto",
+            again_strip = gr.Gallery(label="Each run's first 4 samples (two runs per row)", columns=8, height="auto",
                                      object_fit="contain")
             again_text = gr.Markdown()
             gr.Markdown(EXPLAIN)
@@ -1157,8 +1171,10 @@ def build_demo():
         once = dict(concurrency_limit=None)  # no server-wide slot: in order per session (_load_lock), never queued
         demo.load(load_example, [example, *settings], loaded, **once, **INTERNAL)  # clients: /load_example
         example.input(load_example, [example, *settings], loaded, **once, api_name="load_example")
-        folder.upload(load_upload, [files, folder, *settings], [*loaded, files, folder], **once, **INTERNAL)
-        files.upload(load_upload, [files, folder, *settings], [*loaded, files, folder], **once, api_name="load_upload")
+        # After an upload the example dropdown is cleared: the page must not say "bags" over someone's own images.
+        folder.upload(load_upload, [files, folder, *settings], [*loaded, files, folder, example], **once, **INTERNAL)
+        files.upload(load_upload, [files, folder, *settings], [*loaded, files, folder, example], **once,
+                     api_name="load_upload")
         for comp in (log_eps, no_privacy, delta):
             comp.change(summary_for, [log_eps, no_privacy, delta, data], summary, queue=False,
                         show_progress="hidden", **INTERNAL)
@@ -1207,8 +1223,8 @@ def build_demo():
             if "stop" in c:
                 # Gradio stops the event before the worker's own message can reach the page: say it here.
                 # stop_message orders itself with the run's ledger record (one lock per session).
-                c["stop"].click(lambda d, name=name: stop_message(name, d), data, c["cap"], cancels=cancellable,
-                                queue=False, **INTERNAL)
+                c["stop"].click(lambda d, name=name: _stop_outputs(stop_message(name, d)), data, [c["cap"], c["gal"]],
+                                cancels=cancellable, queue=False, **INTERNAL)
         def show_methods(picked):  # the picked columns, and thumbnails that fit their width
             per_row = gallery_columns(len(picked or []))
             return ([gr.update(visible=n in (picked or [])) for n in cols] +

@@ -17,7 +17,6 @@ import json
 import math
 import os
 import platform
-import re
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .markdown_sections import write_section  # noqa: F401  (suites and older callers)
 from .config import ASSETS_DIR, REPO_DIR
 
 DOC = REPO_DIR / "docs" / "BENCHMARKS.md"
@@ -62,18 +62,6 @@ def machine() -> str:
     cores = torch.get_num_threads()
     dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return f"{platform.machine()} {platform.processor() or ''} {cores} CPU threads, {dev}, torch {torch.__version__}"
-
-
-def write_section(doc: Path, name: str, body: str) -> None:
-    doc.parent.mkdir(parents=True, exist_ok=True)
-    text = doc.read_text() if doc.exists() else "# Benchmarks\n\nNumbers measured by `python -m dphyper bench`.\n"
-    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    block = f"{start}\n{body.rstrip()}\n{end}"
-    if start in text:
-        text = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S)
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    doc.write_text(text)
 
 
 def _json(path: Path) -> dict:

@@ -36,7 +36,7 @@ from .errors import Cancelled
 from .diffusion import denoising_loss, load_unet, make_train_scheduler, sample
 from .gpu import ZERO_GPU, gpu
 from .lora import add_lora, lora_model_fn
-from .pipeline import PrivateRunConfig
+from .run_config import PrivateRunConfig
 from .privacy import PrivacyEvent, check_epsilon_delta, private_generator
 
 

@@ -10,34 +10,15 @@ of the report, and the exact (clipped) mean only with
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from .data import load_folder, make_grid, save_pngs
-from .lora import save_lora
-from .privacy import DEFAULT_DELTA, ReleasedMean, check_epsilon_delta
-
-
-@dataclass
-class PrivateRunConfig:
-    """Options every private run shares (hypernetwork and DP-SGD): data, budget, sampling, output."""
-
-    images: Path = field(default=Path("private"), metadata={"help": "folder of private images"})
-    epsilon: float = field(default=1.0, metadata={"help": "privacy budget of the run ('inf' = no privacy)"})
-    delta: float = field(default=DEFAULT_DELTA, metadata={"help": "delta of the run; keep it below 1/n"})
-    samples: int = field(default=16, metadata={"help": "number of images to sample with the method's adapter"})
-    steps: int = field(default=25, metadata={"help": "DDIM sampling steps"})
-    seed: int | None = field(default=None, metadata={"help": "seed of the *sampling* noise only (never the privacy noise)"})
-    out: Path = field(default=Path("out"), metadata={"help": "output folder (the adapter file, samples/, grid.png, report.json)"})
-
-    def __post_init__(self) -> None:
-        check_epsilon_delta(self.epsilon, self.delta)  # NaN included: never "not finite, so no privacy"
-        if self.samples < 0 or self.steps < 1:
-            raise ValueError("samples must be >= 0 and steps >= 1")
+from .data import load_folder
+from .privacy import DEFAULT_DELTA, ReleasedMean
+from .run_config import PrivateRunConfig  # noqa: F401  (its old home; re-exported)
 
 
 @dataclass
@@ -81,17 +62,3 @@ class HypernetPipeline:
         return GenerateResult(lora=r.adapter, samples=r.samples, release=r.owner["release"], report=r.report,
                               rejected=rejected, owner_clean_mean=r.owner["clean_mean"] if owner_view else None,
                               timings={"load": load_seconds, **r.timings})
-
-
-def write_outputs(result: GenerateResult, out: Path) -> dict:
-    """lora.safetensors, samples/*.png, grid.png and report.json under ``out``."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_lora(result.lora, out / "lora.safetensors",
-              metadata={"method": result.report["method"], "epsilon": str(result.report["epsilon"]),
-                        "delta": str(result.report["delta"])})
-    if len(result.samples):
-        save_pngs(result.samples, out / "samples")
-        make_grid(result.samples).save(out / "grid.png")
-    (out / "report.json").write_text(json.dumps(result.report, indent=1))
-    return result.report

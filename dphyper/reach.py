@@ -89,10 +89,10 @@ ITERS = 200
 VERDICT_TEXT = {
     "outside": ("⚠ Your images look unlike the pictures this model learned from: expect samples that look "
                 "like those public pictures, not like yours."),
-    "cannot tell": ("? At this ε the release is too noisy to tell whether your images are like the pictures this "
+    "cannot tell": ("ⓘ At this ε the release is too noisy to tell whether your images are like the pictures this "
                     "model learned from. A larger ε or more images would tell; running again spends more ε and "
                     "can read differently."),
-    "too few": ("? Too few images (under {n_min}) to check whether they are like the pictures this model "
+    "too few": ("ⓘ Too few images (under {n_min}) to check whether they are like the pictures this model "
                 "learned from."),
     "within": "✓ Your images look like the pictures this model learned from (checked on their released average only).",
     "unavailable": "The check of whether your images are like the model's pictures is unavailable on this server.",

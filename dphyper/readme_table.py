@@ -64,6 +64,6 @@ def readme_block(text: str, name: str = "results") -> str:
 
 
 def write_readme_table(readme: Path = README) -> None:
-    from .bench import write_section
+    from .markdown_sections import write_section
 
     write_section(readme, "results", results_table())

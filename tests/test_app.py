@@ -397,11 +397,20 @@ def test_stop_says_what_the_ledger_says():
     with pytest.raises(gr.Error, match="nothing was released"):  # ... then the worker's result arrives
         _finish(sparse, _stop_result(), data, 1.0, 1.0, book, [], 0.0, False, None, token=token)
     assert len(book) == 0
-    token = _start_run(data, "sparse")  # a new run: recorded before Stop
+    token = _start_run(data, "sparse")  # a new run that finishes: Stop afterwards changes nothing on the page
     _finish(sparse, _stop_result(), data, 1.0, 1.0, book, [], 0.0, False, None, token=token)
-    assert len(book) == 1
+    assert len(book) == 1 and stop_message("sparse", data) == ""
+    from dphyper.app import _stop_outputs
+
+    assert _stop_outputs("") == (gr.skip(), gr.skip())  # caption and samples stay
+    # Stop inside the window between the ledger record and the outputs: its ε is counted, and it says so.
+    token = _start_run(data, "sparse")
+    data["run_states"]["sparse"][token]["recorded"] = True
     msg = stop_message("sparse", data)
     assert "counted in the ledger" in msg and "nothing was released" not in msg
+    assert _stop_outputs(msg)[0] == msg
+    # A cancelled run's column loses the samples of an earlier run (they would read as the cancelled run's).
+    assert _stop_outputs("**X** cancelled: nothing was released and no privacy was spent.")[1] == []
 
 
 def test_a_stopped_run_stays_stopped_when_another_starts():

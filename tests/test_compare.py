@@ -217,9 +217,11 @@ def test_sweep_stamp_follows_every_setting_and_checkpoint(monkeypatch):
     assert sweep_stamp("slicing", {}) != sweep_stamp("slicing", {}, samples=64)
     dpsgd, slicing = sweep_stamp("dpsgd", {"lr": 0.01}), sweep_stamp("slicing", {})
     hypernet = sweep_stamp("hypernet", {})
-    monkeypatch.setattr(compare, "hypernet_id", lambda: "rebuilt")  # a new H (head) with the same A
+    import dphyper.checkpoints as checkpoints
+
+    monkeypatch.setattr(checkpoints, "hypernet_id", lambda: "rebuilt")  # a new H (head) with the same A
     assert sweep_stamp("hypernet", {}) != hypernet and sweep_stamp("slicing", {}) == slicing
-    monkeypatch.setattr(compare, "hypernet_a_id", lambda: "rebuilt")  # the shipped A (or base UNet) changed
+    monkeypatch.setattr(checkpoints, "hypernet_a_id", lambda: "rebuilt")  # the shipped A (or base UNet) changed
     assert sweep_stamp("slicing", {}) != slicing and sweep_stamp("dpsgd", {"lr": 0.01}) == dpsgd
     res = {"samples": 128, "steps": 25, "seed": 0,
            "cells": {"a": {"method": "dpsgd", "hp": {"lr": 0.01}, "stamp": dpsgd},
@@ -454,11 +456,11 @@ def test_qem_and_slicing_cells_depend_on_hs_a_not_on_its_head(tmp_path):
 def test_hypernet_cells_depend_on_the_encoder_too(monkeypatch):
     """H reads phi's embeddings: a new encoder shipped with the same H changes what every release means, so
     the hypernetwork's compare cells and sweep stamps must go stale with it (they once hashed H's file only)."""
-    from dphyper import compare
+    from dphyper import checkpoints
     from dphyper.compare import method_id, sweep_stamp
 
     before = (method_id("hypernet", None, 100), sweep_stamp("hypernet", {"lora_scale": 2.0}))
-    monkeypatch.setattr(compare, "encoder_id", lambda: "another-encoder")
+    monkeypatch.setattr(checkpoints, "encoder_id", lambda: "another-encoder")
     after = (method_id("hypernet", None, 100), sweep_stamp("hypernet", {"lora_scale": 2.0}))
     assert before[0] != after[0] and before[1] != after[1]
 

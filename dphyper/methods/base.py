@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Callable
 
 import torch
 
+from ..adapters import FORMATS
 from ..errors import Cancelled
 from ..privacy import PrivacyEvent
 
@@ -77,39 +78,30 @@ def sum_count_noise_check(rel, exact_mean: torch.Tensor, n: int) -> NoiseCheck:
     return NoiseCheck(released, exact, rel.event.noise_multiplier * rel.event.sensitivity)
 
 
-# The adapter file of each format, in the common output layout.
-ADAPTER_FILES = {"lora": "lora.safetensors", "sparse": "sparse_delta.safetensors"}
+# The adapter file of each format, in the common output layout (``dphyper.adapters.FORMATS``).
+ADAPTER_FILES = {name: f.file for name, f in FORMATS.items()}
 
 
 def adapter_params(result: MethodResult, unet) -> dict[str, torch.Tensor]:
     """The tensors ``torch.func.functional_call`` swaps into ``unet`` to run it with the result's adapter."""
-    if result.adapter_format == "sparse":
-        from .sparse import delta_params
-
-        return delta_params(unet, result.adapter)
-    return result.adapter
+    return FORMATS[result.adapter_format].params(unet, result.adapter)
 
 
 def save_adapter(result: MethodResult, out: Path, metadata: dict[str, str]) -> Path:
-    from ..lora import save_lora
-    from .sparse import save_sparse_delta
-
     path = Path(out) / ADAPTER_FILES[result.adapter_format]
-    (save_sparse_delta if result.adapter_format == "sparse" else save_lora)(result.adapter, path, metadata=metadata)
+    FORMATS[result.adapter_format].save(result.adapter, path, metadata=metadata)
     return path
 
 
 def load_adapter_into(unet, path: Path):
-    """Load either adapter file into a base UNet (in place): the documented way. The format is read from the
-    file's keys (a sparse delta holds NAME.rows / NAME.delta pairs), so a renamed download loads too."""
+    """Load any adapter file into a base UNet (in place): the documented way. The format is read from the file's
+    keys, so a renamed download loads too."""
     from safetensors import safe_open
 
-    from ..lora import load_lora_into
-    from .sparse import load_sparse_delta_into
-
     with safe_open(str(path), framework="pt") as f:
-        sparse = any(k.endswith(".rows") for k in f.keys())
-    return load_sparse_delta_into(unet, path) if sparse else load_lora_into(unet, path)
+        keys = list(f.keys())
+    fmt = next((f for name, f in FORMATS.items() if name != "lora" and f.recognise(keys)), FORMATS["lora"])
+    return fmt.load_into(unet, path)
 
 
 # Config fields that do not change what a run releases: the cell key or the call holds them (epsilon, delta,

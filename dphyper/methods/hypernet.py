@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..pipeline import PrivateRunConfig
+from ..run_config import PrivateRunConfig
 from ..privacy import clipped_mean, release_mean, signal_share  # signal_share: H's LoRA strength (issue 18)
 from .base import Audit, Method, MethodResult, gaussian_release_report, sum_count_noise_check
 
@@ -86,7 +86,7 @@ def _reach(rel) -> dict:
 
 
 def identity() -> dict:
-    from ..compare import encoder_id, hypernet_id
+    from ..checkpoints import encoder_id, hypernet_id
 
     d = HypernetConfig()
     # H was trained on public data, on phi's embeddings: a new phi with the same H changes every release's

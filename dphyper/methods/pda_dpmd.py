@@ -21,13 +21,13 @@ post-processing of that step's release. The same ``dpsgd_poisson_gaussian`` even
 from __future__ import annotations
 
 import functools
-import threading
 from dataclasses import dataclass, field
 
 import torch
 
 from ..dpsgd import DPSGDConfig
 from ..dpsgd import resolve as resolve_dpsgd
+from ..public_data import pool_indices, public_pool  # noqa: F401  (re-exported: older callers)
 from .base import BROKEN_VARIANTS, Audit, Method, MethodResult
 from .dpsgd import SWEEP as DPSGD_SWEEP
 from .dpsgd import audit_scores as dpsgd_audit_scores
@@ -48,8 +48,6 @@ TUNED = (
      "batch_size": 1000},
 )
 
-_pool_lock = threading.Lock()
-_pool: dict[int, torch.Tensor] = {}
 
 
 @dataclass
@@ -63,22 +61,6 @@ class PDADPMDConfig(DPSGDConfig):
         super().__post_init__()
         if self.public_batch_size < 1 or self.public_pool < 1:
             raise ValueError("public_batch_size and public_pool must be >= 1")
-
-
-def pool_indices(total: int, size: int):
-    """Which train images the public pool holds: a seeded permutation's first ``size`` (a prefix is a smaller pool)."""
-    return torch.randperm(total, generator=torch.Generator().manual_seed(0))[:size].numpy()
-
-
-def public_pool(size: int) -> torch.Tensor:
-    """A fixed (seeded, public) sample of the train split, loaded once per process."""
-    from ..data import load_fashion_mnist_uint8, uint8_to_tensor
-
-    with _pool_lock:
-        if size not in _pool:
-            images, _ = load_fashion_mnist_uint8("train")
-            _pool[size] = uint8_to_tensor(images[pool_indices(len(images), size)])
-        return _pool[size]
 
 
 def resolve(cfg: PDADPMDConfig, n: int) -> PDADPMDConfig:

@@ -92,7 +92,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..pipeline import PrivateRunConfig
+from ..run_config import PrivateRunConfig
 from ..privacy import clipped_mean, private_generator, release_mean, signal_share
 from .base import (BROKEN_VARIANTS, Audit, Method, MethodResult, gaussian_release_report, shipped_defaults,
                    sum_count_noise_check)
@@ -262,7 +262,7 @@ _geometry: dict[tuple, Geometry] = {}
 
 
 def _public_images(count: int) -> torch.Tensor:
-    from .pda_dpmd import public_pool
+    from ..public_data import public_pool
 
     return public_pool(PUBLIC_POOL)[:count]
 
@@ -272,7 +272,7 @@ def geometry(models, cfg: QEMConfig, grads: "_Grads | None" = None) -> Geometry:
 
     ``grads``: a caller's own ``_Grads`` to compute with on a cache miss (it is left at B = 0 with no
     per-sample state, so the caller can use it afterwards); a fresh one when None."""
-    from ..compare import hypernet_a_id
+    from ..checkpoints import hypernet_a_id
 
     # Everything the result depends on: settings, the batch (which seeded draw each public image gets),
     # the device and the shipped checkpoints (H's A and the base UNet: hypernet_a_id).
@@ -384,7 +384,7 @@ def train(images: torch.Tensor, cfg: QEMConfig, models, *, progress=None, cancel
 
 
 def identity() -> dict:
-    from ..compare import hypernet_a_id
+    from ..checkpoints import hypernet_a_id
 
     return {"defaults": shipped_defaults(QEMConfig), "A": hypernet_a_id()}
 

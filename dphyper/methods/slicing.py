@@ -85,7 +85,7 @@ import torch
 
 from ..data import DataError
 from ..errors import Cancelled
-from ..pipeline import PrivateRunConfig
+from ..run_config import PrivateRunConfig
 from ..privacy import PrivacyEvent, PrivacyWarning, calibrate_gaussian, check_epsilon_delta, clip_embeddings, private_generator
 from .base import BROKEN_VARIANTS, Audit, Method, MethodResult, epsilon_for_report, shipped_defaults
 
@@ -243,9 +243,9 @@ def features(images: torch.Tensor, space: str, models) -> torch.Tensor:
 
 
 def public_pool_labelled(size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The same seeded public pool as ``pda_dpmd.public_pool`` with its labels."""
+    """The same seeded public pool as ``public_data.public_pool`` with its labels."""
     from ..data import load_fashion_mnist_uint8
-    from .pda_dpmd import pool_indices, public_pool
+    from ..public_data import pool_indices, public_pool
 
     _, labels = load_fashion_mnist_uint8("train")
     return public_pool(PUBLIC_POOL)[:size], torch.as_tensor(labels[pool_indices(len(labels), size)]).long()
@@ -253,7 +253,7 @@ def public_pool_labelled(size: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _map_id(cfg: SlicingConfig) -> tuple:
     """The public settings that define the projection map (a release is re-fitted only under the same map)."""
-    from ..compare import encoder_id
+    from ..checkpoints import encoder_id
 
     return (cfg.space, cfg.slices, cfg.clip, cfg.pool, cfg.projection_seed,
             encoder_id() if cfg.space == "embedding" else "")
@@ -531,7 +531,7 @@ def train(images: torch.Tensor, cfg: SlicingConfig, models, *, progress=None, ca
 
 
 def identity() -> dict:
-    from ..compare import encoder_id, hypernet_a_id
+    from ..checkpoints import encoder_id, hypernet_a_id
 
     # the encoder (embedding space) and H's public A with the base UNet (the LoRA it fits starts there)
     return {"defaults": shipped_defaults(SlicingConfig), "encoder": encoder_id(), "A": hypernet_a_id()}

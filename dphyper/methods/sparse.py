@@ -70,6 +70,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..adapters import delta_params, load_sparse_delta_into, save_sparse_delta  # noqa: F401  (its format)
 from ..dpsgd import DPSGDConfig, TrainState, schedule, train_dpsgd, tuned_defaults
 from ..dpsgd import resolve as resolve_dpsgd
 from ..errors import Cancelled
@@ -318,52 +319,11 @@ def calibrate(epsilon: float, delta: float, split: float | None, q: float, steps
 # ---------------------------------------------------------------- the delta on the base UNet
 
 
-def _plain(name: str) -> str:
-    return name.replace(".base_layer", "")
-
-
-def delta_params(unet: torch.nn.Module, delta: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The full tensors of ``unet`` (plain or with LoRA slots) with the delta's rows added, keyed by the
-    unet's own parameter names (for ``torch.func.functional_call``: ``lora.lora_model_fn``)."""
-    names = {_plain(n): n for n, _ in unet.named_parameters() if ".lora_" not in n}
-    out = {}
-    for key, rows in delta.items():
-        if not key.endswith(".rows"):
-            continue
-        name = key[: -len(".rows")]
-        if name not in names:
-            raise ValueError(f"sparse delta does not match the UNet: no parameter {name!r}")
-        full = unet.get_parameter(names[name]).detach().clone()
-        full[rows.to(full.device)] += delta[f"{name}.delta"].to(full)
-        out[names[name]] = full
-    return out
-
-
-def save_sparse_delta(delta: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
-    from safetensors.torch import save_file
-
-    tensors = {k: (v.to(torch.int64) if k.endswith(".rows") else v.to(torch.float32)).contiguous().cpu()
-               for k, v in delta.items()}
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path), metadata={"format": "dphyper sparse delta: NAME.rows, NAME.delta", **(metadata or {})})
-
-
-def load_sparse_delta_into(unet: torch.nn.Module, path: Path) -> torch.nn.Module:
-    """Add a saved sparse delta to the base UNet in place: W[rows] += delta for every NAME.rows / NAME.delta."""
-    from safetensors.torch import load_file
-
-    delta = load_file(str(path))
-    with torch.no_grad():
-        for name, full in delta_params(unet, delta).items():
-            unet.get_parameter(name).copy_(full)
-    return unet
-
-
 # ---------------------------------------------------------------- the method
 
 
 def _public_mask_scores(cfg: SparseConfig, device: torch.device, progress, cancel) -> torch.Tensor:
-    from .pda_dpmd import public_pool
+    from ..public_data import public_pool
 
     gen = torch.Generator(device=device).manual_seed(0)  # public data: a public seed
     return unit_rows(example_scores(public_pool(cfg.public_pool), draws=cfg.draws, device=device, generator=gen,
