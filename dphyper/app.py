@@ -1023,7 +1023,7 @@ def public_api() -> list[str]:
     """The app's public endpoint names, derived from the registry (stable: clients and the README use them)."""
     from .methods import METHODS
 
-    names = ["load_example", "load_upload", "plan", "sample_base", "audit", "rerun"]
+    names = ["load_example", "load_upload", "plan", "utility_figure", "sample_base", "audit", "rerun"]
     for name, m in METHODS.items():
         names.append(f"run_{name.replace('-', '_')}")
         if m.refit is not None:
@@ -1188,9 +1188,9 @@ def build_demo():
         max_steps.change(**plan_args, trigger_mode="always_last")
         no_privacy.change(**plan_args)
         delta.blur(**plan_args)
-        for comp in (log_eps, no_privacy, bench_set):
+        for i, comp in enumerate((log_eps, no_privacy, bench_set)):  # one public name: /utility_figure
             comp.change(utility_figure, [log_eps, no_privacy, bench_set, runs], plot, queue=False,
-                        show_progress="hidden", **INTERNAL)
+                        show_progress="hidden", **({"api_name": "utility_figure"} if i == 0 else INTERNAL))
         for comp in (log_eps, no_privacy, delta, again_k):
             comp.change(rerun_cost, [log_eps, no_privacy, delta, again_k], again_cost, queue=False,
                         show_progress="hidden", **INTERNAL)

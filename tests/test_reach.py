@@ -129,7 +129,7 @@ def test_too_few_images_or_overflowing_numbers_cannot_tell():
         r = reach_check(rel, bank=Bank.of(torch.eye(64)))
         assert r["verdict"] == "cannot tell" and r["distance"] is None
     # Each says why: too few images is not blamed on the noise.
-    assert reach_check(few, bank=Bank.of(torch.eye(64)))["message"].startswith("? Too few images (under 50)")
+    assert reach_check(few, bank=Bank.of(torch.eye(64)))["message"].startswith("ⓘ Too few images (under 50)")
     assert "too noisy" in reach_check(inf, bank=Bank.of(torch.eye(64)))["message"]
 
 
