@@ -527,9 +527,13 @@ def stop_message(name: str, data: dict | None) -> str:
 
 
 def _run(name: str, images, cfg, progress=None, cancel=None):
+    from .memory import release_memory
     from .methods import get_method, run_method
 
-    return run_method(get_method(name), images, cfg, shared_models(), progress=progress, cancel=cancel)
+    try:
+        return run_method(get_method(name), images, cfg, shared_models(), progress=progress, cancel=cancel)
+    finally:
+        release_memory()  # a run's freed buffers go back to the system, not into the next visitor's peak
 
 
 # A one-shot method's GPU part (ZeroGPU may run it in another process): no session state in or out.
@@ -740,8 +744,13 @@ def refit_runner(name: str):
         t0 = time.perf_counter()
 
         def job(cb, cancel):
-            return sample_into(method, method.refit(rel, cfg, models, progress=cb, cancel=cancel), cfg, models,
-                               cancel=cancel)
+            from .memory import release_memory
+
+            try:
+                return sample_into(method, method.refit(rel, cfg, models, progress=cb, cancel=cancel), cfg, models,
+                                   cancel=cancel)
+            finally:
+                release_memory()
 
         driver = _drive(method, job, progress, f"{method.label}: re-fitting the kept release (no ε)…")
         result = yield from _relay(driver)

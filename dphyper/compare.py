@@ -705,9 +705,22 @@ def run_compare(settings: CompareSettings, log=print) -> dict:
             cell["epsilon"] = None
         res = _merge_cell(path, res, key, cell, name)
         log(f"{key}: FID {cell['fid']:.1f} agreement {cell['agreement']:.3f} ({cell['seconds_cell']:.0f} s)")
-    res["last_run"] = {"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(st).items()},
+    if st.report_only:  # computed nothing: the stored file stays as it is (a clean checkout stays clean)
+        res.setdefault("last_run", {"settings": {}, "seconds": 0.0})
+        return res
+    res["last_run"] = {"settings": {k: _portable(v) for k, v in asdict(st).items()},
                        "seconds": time.perf_counter() - t_start}
     return _merge_cell(path, res)
+
+
+def _portable(v):
+    """A setting as committed: paths relative to the repository (never one machine's absolute folder)."""
+    if isinstance(v, Path):
+        try:
+            return str(v.resolve().relative_to(REPO_DIR))
+        except ValueError:
+            return str(v)
+    return v
 
 
 def table_cells(res: dict, sets: tuple[str, ...], samples: int, steps: int) -> list[dict]:
