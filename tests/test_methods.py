@@ -304,3 +304,21 @@ def test_a_new_method_is_one_registry_entry_everywhere(monkeypatch):
     demo = build_demo()
     apis = {d.api_name for d in demo.fns.values()}
     assert {"run_toy", "run_hypernet", "run_pda_dpmd"} <= apis
+
+
+def test_the_public_gradient_in_pieces_is_the_whole_batch_gradient():
+    """PDA-DPMD's public gradient runs in physical pieces (memory): the same mean-loss gradient as one pass."""
+    import torch
+
+    from dphyper.dpsgd import physical_batch, public_gradient
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1)
+    params = list(model.parameters())
+    public = torch.randn(200, 4)
+    batch = 3 * physical_batch(torch.device("cpu")) + 5  # pieces of unequal size
+    loss = lambda m, b: ((m(b[:, :3]) - b[:, 3:]) ** 2).mean()  # noqa: E731
+    g = public_gradient(model, params, public, batch, torch.Generator().manual_seed(7), loss)
+    idx = torch.randint(0, len(public), (batch,), generator=torch.Generator().manual_seed(7))
+    whole = torch.autograd.grad(loss(model, public[idx]), params)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(g, whole))

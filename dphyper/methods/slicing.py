@@ -310,8 +310,9 @@ def divergence_terms(released: torch.Tensor, candidates: torch.Tensor, sigma: fl
     K = torch.zeros(len(m), len(m), dtype=torch.float64)
     c = torch.zeros(len(m), dtype=torch.float64)
     const = 0.0
-    for lo in range(0, L, 8):
-        sl = slice(lo, lo + 8)
+    step = 2  # directions per chunk: a (C, C, step) float64 temporary; 8 at C = 2,049 peaked 0.8 GB above the app
+    for lo in range(0, L, step):
+        sl = slice(lo, lo + step)
         K += _gauss(m[:, None, sl] - m[None, :, sl], h2, 2 * var).sum(-1)
         c += _gauss(r[:, None, sl] - m[None, :, sl], h2, var).sum(-1).mean(0)
         const += float(_gauss(r[:, None, sl] - r[None, :, sl], h2, 0.0).sum(-1).mean())
