@@ -223,3 +223,18 @@ def test_audit_exit_status_is_its_verdict():
                  "--n", "20"]) == 1
     # The shipped mechanism at a claim 400 trials cannot reach: inconclusive -> 3 (not 0, "passed").
     assert main(["audit", "--method", "hypernet", "--epsilon", "8", "--trials", "400", "--n", "20"]) == 3
+
+
+def test_report_only_leaves_a_clean_checkout_unchanged():
+    """Issue 34: `bench --report-only` recomputes nothing and rewrites what it generates byte for byte (it once
+    rewrote results.json with its own run time and this machine's absolute folder)."""
+    import hashlib
+
+    written = [ROOT / "bench" / "results.json", ROOT / "README.md", ROOT / "docs" / "BENCHMARKS.md",
+               ROOT / "docs" / "privacy_utility.png", ROOT / "assets" / "curves" / "privacy_utility.json"]
+    before = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in written}
+    r = cli("bench", "--report-only")
+    assert r.returncode == 0, r.stderr[-2000:]
+    changed = [str(p.relative_to(ROOT)) for p in written if hashlib.sha256(p.read_bytes()).hexdigest() != before[p]]
+    assert not changed, changed
+    assert "/work/" not in (ROOT / "bench" / "results.json").read_text()  # no machine's absolute folder
