@@ -513,6 +513,16 @@ def _epsilons(text: str) -> tuple[float, ...]:
     return tuple(out)
 
 
+def _stored_machine() -> str:
+    """The machine named by the committed curves (where the stored cells were computed), else this one."""
+    from .compare import CURVES_PATH
+
+    try:
+        return json.loads(CURVES_PATH.read_text())["settings"]["machine"]
+    except (OSError, KeyError, ValueError):
+        return machine()
+
+
 def bench_compare(cfg: BenchConfig) -> dict:
     """Hypernetwork vs DP-SGD vs non-private LoRA vs base model, at every epsilon (issue 4)."""
     from .compare import (CURVES_PATH, DELTA, CompareSettings, curves, plot_html, plot_png, run_compare, step_cost,
@@ -530,7 +540,9 @@ def bench_compare(cfg: BenchConfig) -> dict:
     tg = targets(summ, res["sets"], st.epsilons)
     tg["P4"] = step_cost(res)
     settings = {"quick": st.quick, "samples": st.samples, "steps": st.steps, "sampling_seed": st.seed,
-                "repeats": st.repeats, "delta": DELTA, "methods": list(st.methods), "machine": machine(),
+                "repeats": st.repeats, "delta": DELTA, "methods": list(st.methods),
+                # The machine the cells ran on: a --report-only run computes nothing, so it keeps the stored one.
+                "machine": _stored_machine() if cfg.report_only else machine(),
                 "seconds": round(res["last_run"]["seconds"], 1)}
     curv = curves(summ, res["sets"], settings)
     out = REPO_DIR / "bench"
@@ -580,7 +592,7 @@ def compare_table(curv: dict, summ: dict, tg: dict, res: dict, st) -> str:
     fl = FloorConfig()
     title = "quick run, `python -m dphyper bench --quick`" if st.quick else "`python -m dphyper bench`"
     rows = [f"## Privacy-utility comparison ({title})", "",
-            f"Machine: {machine()}. Compute time of the cells in this table (sum of their wall times): "
+            f"Machine: {curv['settings']['machine']}. Compute time of the cells in this table (sum of their wall times): "
             f"{sum(c['seconds_cell'] for c in table_cells(res, st.sets, st.samples, st.steps)) / 60:.1f} min"
             f"; this invocation (stored cells are reused): {res['last_run']['seconds'] / 60:.1f} min. "
             f"δ = {DELTA:g} for every private method. Each cell: {st.samples} samples, {st.steps} DDIM steps, "
