@@ -797,7 +797,6 @@ def rerun(name: str, k: int, data: dict | None, log_eps: float, no_privacy: bool
           runs: list, bench_set: str | None):
     """Run one one-shot method k times at the current ε: each run's first samples in a strip, its class agreement
     as a dot on the curve, and the spread in words. Every run is recorded in the ledger."""
-    from .data import to_uint8_images
     from .methods import get_method
 
     data = _require(data)
@@ -805,20 +804,13 @@ def rerun(name: str, k: int, data: dict | None, log_eps: float, no_privacy: bool
         raise UserError(f"Re-runs are for the one-shot methods ({', '.join(rerun_methods())}).")
     method, k = get_method(name), max(2, min(int(k), RERUN_MAX))
     epsilon = _epsilon(log_eps, no_privacy)
+    run_once = one_shot_runner(name)  # each re-run is exactly the column's run: its own token, record and point
     strip, agreements, ledger = [], [], None
     for i in range(k):
-        cfg = _config(method, epsilon, delta, 16)  # 16 samples for the agreement; the strip shows 4
-        token = _start_run(data, name)
-        t0 = time.perf_counter()
-        try:
-            result = _release(name, data["images"], cfg)
-        except ValueError as exc:
-            raise UserError(f"{method.label} failed: {public_error(exc)}") from None
-        out = _finish(method, result, data, epsilon, time.perf_counter() - t0, book, runs, log_eps, no_privacy,
-                      bench_set, token=token)
-        ledger = out[4]
+        # 16 samples for the agreement; the strip shows 4
+        gallery, _, _, _, ledger, *_ = run_once(data, log_eps, no_privacy, delta, 16, book, runs, bench_set)
         agreements.append(runs[-1]["agreement"])
-        strip += [(img, f"run {i + 1}") for img in to_uint8_images(result.samples)[:4]]
+        strip += [(img, f"run {i + 1}") for img in gallery[:4]]
     mean = sum(agreements) / k
     sd = math.sqrt(sum((a - mean) ** 2 for a in agreements) / (k - 1))
     text = (f"**{k} runs of {method.label} at ε = {epsilon:.3g}**, the same images, new privacy noise each time: "
@@ -1024,7 +1016,7 @@ in your session only.
 
 
 # Events a client should not call (page plumbing): hidden from the API page and from gradio_client. The public
-# API is what PUBLIC_API lists (a test pins it): load data, a plan, run / re-fit each method, audit, sample.
+# API is what public_api() lists (a test pins it): load data, a plan, run / re-fit each method, audit, sample.
 INTERNAL = dict(api_name=False)  # Gradio: name "false", visibility "private"
 
 

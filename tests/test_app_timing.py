@@ -5,7 +5,6 @@ B gets, as a browser would."""
 from __future__ import annotations
 
 import json
-import socket
 import uuid
 
 import httpx
@@ -13,32 +12,16 @@ import pytest
 
 from dphyper.config import EXAMPLES_DIR
 
+from .test_app import app_module, app_url  # noqa: F401  (fixtures)
 from .test_hypernet import needs_models
 
 # What Gradio computes from durations (its own and, before issue 37, every session's average).
 TIME_FIELDS = ("eta", "rank_eta", "avg_time", "average_duration")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    import os
-
-    os.environ["DPHYPER_TEMP_DIR"] = str(tmp_path_factory.mktemp("gradio_tmp"))
-    from dphyper import app
-
-    app.TEMP_DIR = app.Path(os.environ["DPHYPER_TEMP_DIR"])
-    app.prepare_temp_dir()
-    demo = app.build_demo()
-    port = _free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, max_file_size="10mb")
-    yield demo, f"http://127.0.0.1:{port}/"
-    demo.close()
+def server(app_module, app_url):  # noqa: F811  (test_app's server: the real app, launched the way it ships)
+    return app_module.TEST_DEMO, app_url
 
 
 def call(demo, url: str, api_name: str, data: list, session: str) -> list[dict]:
