@@ -1312,6 +1312,9 @@ def warm_up() -> None:
 
 
 def launch(**kwargs):
+    from .memory import limit_arenas
+
+    limit_arenas()  # before Gradio starts its worker threads (memory.py: the per-run peaks)
     prepare_temp_dir()
     warm_up()
     demo = build_demo()

@@ -295,14 +295,16 @@ def bench_sparse(cfg: BenchConfig) -> dict:
     # Masked DP-SGD steps at the default batch (64 of public-coats-100), each physical batch size in a fresh
     # process (peak RSS is per process): memory follows the physical batch, the update does not change.
     res["dpsgd_steps"] = {}
-    for pb in (d.batch_size, 32, 16):
+    for pb in (d.batch_size, 32, 16, 8):
         out = subprocess.run([sys.executable, "-c", f"from dphyper.bench import sparse_step_probe; sparse_step_probe({pb})"],
                              capture_output=True, text=True, check=True, cwd=REPO_DIR, env={**os.environ, "PYTHONPATH": str(REPO_DIR)})
         res["dpsgd_steps"][str(pb)] = json.loads(out.stdout.strip().splitlines()[-1])
         print(f"masked DP-SGD, physical batch {pb}: {res['dpsgd_steps'][str(pb)]}", flush=True)
     from .dpsgd import physical_batch
+    from .methods.sparse import PHYSICAL
 
-    shipped = res["dpsgd_steps"].get(str(physical_batch(device)), next(iter(res["dpsgd_steps"].values())))
+    shipped_pb = physical_batch(device, PHYSICAL.get(torch.device(device).type))
+    shipped = res["dpsgd_steps"].get(str(shipped_pb), next(iter(res["dpsgd_steps"].values())))
     res["dpsgd_seconds_per_step"] = shipped["seconds_per_step"]
     random_overlap = k / G
     lines = [f"Machine: {res['machine']}. Public sets only (train split). Defaults: {k} of {G} groups, {d.draws} draws "
@@ -311,7 +313,7 @@ def bench_sparse(cfg: BenchConfig) -> dict:
              "- selection (per-example gradients of the whole UNet, Opacus hooks): " +
              "; ".join(f"{r['selection_seconds']:.0f} s for n = {r['n']} ({r['seconds_per_image']:.2f} s per image)"
                        for r in res["sets"].values()),
-             f"- one masked DP-SGD step at batch {d.batch_size} (shipped physical batch {physical_batch(device)}): "
+             f"- one masked DP-SGD step at batch {d.batch_size} (shipped physical batch {shipped_pb}): "
              f"{res['dpsgd_seconds_per_step']:.2f} s ({res['trained_weights']:,} trained weights in the tensors that "
              f"hold a selected row, masked to those rows)",
              "- peak RSS of a process that runs masked DP-SGD steps, by physical batch (the Poisson batch run in "
@@ -350,6 +352,7 @@ def sparse_step_probe(physical: int) -> None:
     from .methods.sparse import SparseConfig, layers_of, resolve
 
     dpsgd.PHYSICAL_BATCH["cpu"] = dpsgd.PHYSICAL_BATCH["cuda"] = physical
+    dpsgd.DRAW_PIECE["cpu"] = dpsgd.DRAW_PIECE["cuda"] = max(physical, 16)  # a cost probe: no cell's draws
     d = resolve(SparseConfig(), 100)
     layers = layers_of(load_unet(device=torch.device("cpu")))
     mask = _random_sparse_mask(layers, d.groups)

@@ -67,10 +67,25 @@ def make_train_scheduler() -> DDPMScheduler:
     return DDPMScheduler(num_train_timesteps=NUM_TRAIN_TIMESTEPS, beta_schedule=BETA_SCHEDULE)
 
 
-def make_sample_scheduler() -> DDIMScheduler:
-    from diffusers import DDIMScheduler
+# Deterministic samplers (the same initial noise gives the same image): DDIM (eta = 0), DPM-Solver++
+# (2nd order multistep) and UniPC (bh2). ``bench --suite sampling`` compares them, paired, by FID/KID.
+SAMPLERS = ("ddim", "dpm", "unipc")
 
-    return DDIMScheduler(num_train_timesteps=NUM_TRAIN_TIMESTEPS, beta_schedule=BETA_SCHEDULE, clip_sample=True)
+
+def make_sample_scheduler(sampler: str = "ddim"):
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
+
+    common = dict(num_train_timesteps=NUM_TRAIN_TIMESTEPS, beta_schedule=BETA_SCHEDULE)
+    if sampler == "ddim":
+        return DDIMScheduler(**common, clip_sample=True)
+    # The predicted x0 clipped to [-1, 1] like DDIM's clip_sample: "dynamic" thresholding whose threshold is
+    # clamped to [1, sample_max_value = 1] is a static clip at 1.
+    clip = dict(thresholding=True, sample_max_value=1.0)
+    if sampler == "dpm":
+        return DPMSolverMultistepScheduler(**common, **clip, algorithm_type="dpmsolver++", solver_order=2)
+    if sampler == "unipc":
+        return UniPCMultistepScheduler(**common, **clip, solver_order=2)
+    raise ValueError(f"unknown sampler {sampler!r}: choose one of {', '.join(SAMPLERS)}")
 
 
 def load_unet(path: Path | None = None, device: torch.device | None = None) -> UNet2DModel:
@@ -85,24 +100,56 @@ def load_unet(path: Path | None = None, device: torch.device | None = None) -> U
     return unet.to(device or get_device())
 
 
-def denoising_loss(model_fn, x0: torch.Tensor, scheduler: DDPMScheduler, generator: torch.Generator | None = None) -> torch.Tensor:
-    """The DDPM epsilon-prediction loss; ``model_fn(noisy, t)`` returns predicted noise.
+def draw_noise(x0: torch.Tensor, scheduler: DDPMScheduler, generator: torch.Generator | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The denoising loss's draws for ``x0``: noise (like ``x0``), then one timestep per image.
 
-    Used by base training, DP-SGD / PDA-DPMD and the non-private floor alike. The draws come from
-    ``generator`` on its own device (a CPU generator works for CUDA images) and move to ``x0``'s.
+    They come from ``generator`` on its own device (a CPU generator works for CUDA images) and move to ``x0``'s.
     """
-    b = x0.shape[0]
     where = generator.device if generator is not None else x0.device
     noise = torch.randn(x0.shape, generator=generator, device=where).to(x0.device)
-    t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=generator, device=where).to(x0.device)
-    noisy = scheduler.add_noise(x0, noise, t)
-    return F.mse_loss(model_fn(noisy, t), noise)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=generator,
+                      device=where).to(x0.device)
+    return noise, t
+
+
+def noised_loss(model_fn, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, scheduler: DDPMScheduler
+                ) -> torch.Tensor:
+    """The DDPM epsilon-prediction loss at given draws; ``model_fn(noisy, t)`` returns predicted noise."""
+    return F.mse_loss(model_fn(scheduler.add_noise(x0, noise, t), t), noise)
+
+
+def denoising_loss(model_fn, x0: torch.Tensor, scheduler: DDPMScheduler, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The DDPM epsilon-prediction loss with fresh draws (``draw_noise``).
+
+    Used by base training, DP-SGD / PDA-DPMD and the non-private floor alike.
+    """
+    noise, t = draw_noise(x0, scheduler, generator)
+    return noised_loss(model_fn, x0, noise, t, scheduler)
+
+
+def denoising_backward(model_fn, x0: torch.Tensor, scheduler: DDPMScheduler, generator: torch.Generator | None,
+                       piece: int) -> float:
+    """``denoising_loss(...).backward()`` in pieces of ``piece`` images; returns the batch's loss.
+
+    The draws are made for the whole batch first, exactly as ``denoising_loss`` makes them, so the
+    generator moves the same way and the gradient is the batch's (up to float summation order), while
+    memory follows the piece: activations of ``piece`` images at a time.
+    """
+    noise, t = draw_noise(x0, scheduler, generator)
+    b, total = x0.shape[0], 0.0
+    for xs, ns, ts in zip(x0.split(piece), noise.split(piece), t.split(piece)):
+        part = noised_loss(model_fn, xs, ns, ts, scheduler) * (len(xs) / b)
+        part.backward()
+        total += part.item()
+    return total
 
 
 @torch.no_grad()
 def sample(unet: UNet2DModel, n: int, steps: int = 25, seed: int | None = None, batch_size: int = 256,
-           model_fn=None) -> torch.Tensor:
-    """DDIM samples (n, 1, 32, 32) in [-1, 1]. ``model_fn`` overrides ``unet`` (e.g. with a LoRA)."""
+           model_fn=None, sampler: str = "ddim") -> torch.Tensor:
+    """Samples (n, 1, 32, 32) in [-1, 1] by ``sampler`` in ``steps`` steps. ``model_fn`` overrides ``unet``
+    (e.g. with a LoRA). The initial noise depends on ``seed`` only, so two samplers on one seed are paired."""
     device = next(unet.parameters()).device
     gen = torch.Generator(device="cpu")
     if seed is None:
@@ -113,7 +160,7 @@ def sample(unet: UNet2DModel, n: int, steps: int = 25, seed: int | None = None, 
     out = []
     for start in range(0, n, batch_size):
         b = min(batch_size, n - start)
-        sched = make_sample_scheduler()
+        sched = make_sample_scheduler(sampler)
         sched.set_timesteps(steps)
         x = torch.randn((b, CHANNELS, IMAGE_SIZE, IMAGE_SIZE), generator=gen).to(device)
         for t in sched.timesteps:

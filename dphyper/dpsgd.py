@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from .config import get_device
 from .errors import Cancelled
-from .diffusion import denoising_loss, load_unet, make_train_scheduler, sample
+from .diffusion import denoising_loss, draw_noise, load_unet, make_train_scheduler, noised_loss, sample
 from .gpu import ZERO_GPU, gpu
 from .lora import add_lora, lora_model_fn
 from .run_config import PrivateRunConfig
@@ -211,10 +211,10 @@ def public_gradient(model, params: list[torch.Tensor], public: torch.Tensor, bat
     if hasattr(model, "disable_hooks"):
         model.disable_hooks()
     try:
-        # The batch's mean-loss gradient, in physical pieces (memory follows the piece, not the public batch: a
-        # 64-image public pass held 0.75 GB of activations at once); each piece weighted by its share.
+        # The batch's mean-loss gradient, in pieces of ``draw_piece`` images (memory follows the piece, not the
+        # public batch: a 64-image public pass held 0.75 GB of activations at once); each weighted by its share.
         grads = [torch.zeros_like(p) for p in params]
-        for piece in idx.split(physical_batch(device)):
+        for piece in idx.split(draw_piece(device)):
             part = torch.autograd.grad(loss_fn(model, public[piece].to(device)), params)
             for g, pg in zip(grads, part):
                 g.add_(pg, alpha=len(piece) / len(idx))
@@ -274,12 +274,31 @@ def _mask_grad_samples(params: list[torch.Tensor], views: list[torch.Tensor]) ->
 # follows this size and not the expected batch size (full-batch DP-SGD at n = 1,000 would otherwise
 # hold 1,000 images' activations and per-sample gradients at once). Not a hyperparameter: the
 # update is the same sum of clipped per-sample gradients plus one noise draw (what Opacus'
-# BatchMemoryManager does), so results and sweep cells do not depend on it.
+# BatchMemoryManager does), and the loss's draws (noise, timesteps) are made per DRAW_PIECE images
+# whatever the physical batch, so a run's random stream, and hence its result up to float summation
+# order, does not depend on it. DRAW_PIECE is part of a run's identity: changing it changes every
+# DP-SGD-family cell's draws (16 on the CPU is what every stored cell ran with).
+DRAW_PIECE = {"cpu": 16, "cuda": 256}
 PHYSICAL_BATCH = {"cpu": 16, "cuda": 256}  # CPU: 1.19 GB vs 1.66 GB peak at batch 64, ~10% slower (BENCHMARKS)
 
 
-def physical_batch(device: torch.device) -> int:
-    return PHYSICAL_BATCH.get(torch.device(device).type, 16)
+def draw_piece(device: torch.device) -> int:
+    return DRAW_PIECE.get(torch.device(device).type, 16)
+
+
+def physical_batch(device: torch.device, wanted: int | None = None) -> int:
+    """Images per forward/backward: ``wanted`` (a method's own memory setting) or PHYSICAL_BATCH, at most
+    ``draw_piece``."""
+    return min(wanted or PHYSICAL_BATCH.get(torch.device(device).type, 16), draw_piece(device))
+
+
+def loss_pieces(x0: torch.Tensor, scheduler, generator: torch.Generator, device: torch.device,
+                physical: int | None = None):
+    """(images, noise, timesteps) of a batch in physical pieces, the draws made per ``draw_piece`` images."""
+    phys = physical_batch(device, physical)
+    for xd in x0.split(draw_piece(device)):
+        noise, t = draw_noise(xd, scheduler, generator)
+        yield from zip(xd.split(phys), noise.split(phys), t.split(phys))
 
 
 def accumulate_physical(opt, params: list[torch.Tensor], masks: list[torch.Tensor] | None) -> None:
@@ -324,6 +343,8 @@ class TrainState:
     # Sparse DP-SGD (``methods/sparse.py``): base-UNet parameter name -> boolean mask of its trained rows
     # (dim 0). None = the LoRA (DP-SGD, PDA-DPMD). The mask is public or a DP output (post-processing).
     mask: dict[str, torch.Tensor] | None = None
+    # Images per forward/backward (memory only, not part of a run's identity); None: ``physical_batch(device)``.
+    physical: int | None = None
 
     @property
     def private(self) -> bool:
@@ -442,10 +463,10 @@ def advance_dpsgd(images: torch.Tensor, state: TrainState, *, max_steps: int = 0
                     p.grad_sample = torch.zeros((0, *p.shape), device=device)
                 step_with(pub, alpha)
             else:
-                pieces = x0.split(physical_batch(device))
+                pieces = list(loss_pieces(x0, sched, gen, device, state.physical))
                 total = 0.0
-                for i, xp in enumerate(pieces):
-                    loss = diffusion_loss(model, xp, gen)
+                for i, (xp, noise, t) in enumerate(pieces):
+                    loss = noised_loss(lambda x, tt: model(x, tt).sample, xp, noise, t, sched)
                     total += loss.item() * len(xp)
                     if engine is None:  # plain gradient accumulation: the batch mean
                         loss = loss * (len(xp) / len(x0))

@@ -505,3 +505,29 @@ def test_a_run_hands_its_freed_memory_back():
     finally:
         memory.release_memory = real
     real()  # and it runs here (glibc's malloc_trim, or nothing elsewhere)
+
+
+def test_the_server_caps_the_allocators_arenas_before_its_threads_start(monkeypatch):
+    """Issue 37 (memory): ``launch`` limits glibc's malloc arenas before Gradio makes worker threads (each
+    thread would otherwise get an arena whose freed blocks no other thread reuses), and on glibc the allocator
+    accepts the setting."""
+    import sys
+
+    import dphyper.memory as memory
+    from dphyper import app
+
+    order = []
+    monkeypatch.setattr(memory, "limit_arenas", lambda count=2: order.append("arenas") or True)
+    monkeypatch.setattr(app, "prepare_temp_dir", lambda: order.append("temp"))
+
+    def stop():
+        order.append("warm")
+        raise RuntimeError("stop before the server")
+
+    monkeypatch.setattr(app, "warm_up", stop)
+    with pytest.raises(RuntimeError, match="stop before"):
+        app.launch()
+    assert order == ["arenas", "temp", "warm"]
+    monkeypatch.undo()
+    if sys.platform.startswith("linux") and memory._glibc():
+        assert memory.limit_arenas(2) is True

@@ -224,22 +224,50 @@ def test_a_run_in_physical_pieces_is_accounted_like_one(monkeypatch):
     monkeypatch.setattr(DPOptimizer, "clip_and_accumulate", counting_clip)
     monkeypatch.setattr(DPOptimizer, "add_noise", counting_noise)
     monkeypatch.setattr(DPOptimizer, "scale_grad", recording_scale)
-    batches = []
-    import dphyper.dpsgd as mod
+    batches, draws = [], []
+    real_loss, real_draw = dpsgd.noised_loss, dpsgd.draw_noise
 
-    real_loss = mod.denoising_loss
-
-    def watching_loss(fn, x0, sched, g):
+    def watching_loss(fn, x0, noise, t, sched):
         batches.append(len(x0))
-        return real_loss(fn, x0, sched, g)
+        return real_loss(fn, x0, noise, t, sched)
 
-    monkeypatch.setattr(mod, "denoising_loss", watching_loss)
+    def watching_draw(x0, sched, g):
+        draws.append(len(x0))
+        return real_draw(x0, sched, g)
+
+    monkeypatch.setattr(dpsgd, "noised_loss", watching_loss)
+    monkeypatch.setattr(dpsgd, "draw_noise", watching_draw)
     cfg = DPSGDConfig(epsilon=2.0, delta=1e-5, batch_size=16, epochs=2, max_steps=2, samples=0, seed=0)
     res = train_dpsgd(_squares(64), cfg, device=torch.device("cpu"))
     assert res.report["steps"] == 2 and res.event.steps == 2 and len(res.losses) == 2
     # Every Poisson-sampled example clipped once, in pieces of at most 4; one noise draw per step; the sum
     # divided by the expected batch size (16), never by a piece's size or the number of pieces.
     assert max(batches) <= 4 and seen["clipped"] == sum(batches) and seen["pieces"] == len(batches)
+    # The loss's draws per piece of draw_piece (16) images, not per physical batch: the random stream is the run's
+    assert sum(draws) == sum(batches) and max(draws) > 4 and max(draws) <= dpsgd.draw_piece(torch.device("cpu"))
     assert seen["noise"] == 2 and seen["divisors"] == [16, 16]
     assert res.report["epsilon_spent"] <= 2.0 + 1e-9
     assert any(v.abs().sum() > 0 for k, v in res.lora.items() if ".lora_B." in k)
+
+
+@needs_base
+@pytest.mark.parametrize("epsilon", [2.0, math.inf])
+def test_the_physical_batch_changes_memory_not_the_run(monkeypatch, epsilon):
+    """The same draws under physical batches of 16 and 4 give the same losses and LoRA (up to float summation
+    order): the physical batch is a memory setting, not part of a run's identity (issue 37)."""
+    import dphyper.dpsgd as dpsgd
+
+    def run(physical):
+        monkeypatch.setitem(dpsgd.PHYSICAL_BATCH, "cpu", physical)
+        calls = iter(range(100))  # the run's generators seeded by call order: the same streams in both runs
+        monkeypatch.setattr(dpsgd, "private_generator",
+                            lambda device=None: torch.Generator(device=torch.device(device or "cpu"))
+                            .manual_seed(1000 + next(calls)))
+        torch.manual_seed(0)
+        cfg = DPSGDConfig(epsilon=epsilon, delta=1e-5, batch_size=32, epochs=2, max_steps=2, samples=0, seed=0)
+        return train_dpsgd(_squares(64), cfg, device=torch.device("cpu"))
+
+    a, b = run(16), run(4)
+    assert a.losses == pytest.approx(b.losses, rel=1e-5)
+    assert all(torch.allclose(a.lora[k], b.lora[k], atol=1e-5) for k in a.lora)
+    assert any(not torch.equal(a.lora[k], torch.zeros_like(a.lora[k])) for k in a.lora if ".lora_B." in k)

@@ -307,18 +307,39 @@ def test_a_new_method_is_one_registry_entry_everywhere(monkeypatch):
 
 
 def test_the_public_gradient_in_pieces_is_the_whole_batch_gradient():
-    """PDA-DPMD's public gradient runs in physical pieces (memory): the same mean-loss gradient as one pass."""
+    """PDA-DPMD's public gradient runs in pieces (memory): the same mean-loss gradient as one pass."""
     import torch
 
-    from dphyper.dpsgd import physical_batch, public_gradient
+    from dphyper.dpsgd import draw_piece, public_gradient
 
     torch.manual_seed(0)
     model = torch.nn.Linear(3, 1)
     params = list(model.parameters())
     public = torch.randn(200, 4)
-    batch = 3 * physical_batch(torch.device("cpu")) + 5  # pieces of unequal size
+    batch = 3 * draw_piece(torch.device("cpu")) + 5  # pieces of unequal size
     loss = lambda m, b: ((m(b[:, :3]) - b[:, 3:]) ** 2).mean()  # noqa: E731
     g = public_gradient(model, params, public, batch, torch.Generator().manual_seed(7), loss)
     idx = torch.randint(0, len(public), (batch,), generator=torch.Generator().manual_seed(7))
     whole = torch.autograd.grad(loss(model, public[idx]), params)
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(g, whole))
+
+
+def test_the_denoising_backward_in_pieces_is_the_whole_batch_gradient():
+    """Slicing's LoRA fit runs the denoising loss in pieces (memory): the same draws, loss and gradient as one pass."""
+    import torch
+
+    from dphyper.diffusion import denoising_backward, denoising_loss, make_train_scheduler
+
+    sched = make_train_scheduler()
+    conv = torch.nn.Conv2d(1, 1, 3, padding=1)
+    fn = lambda x, t: conv(x) * (1 + t.view(-1, 1, 1, 1) / 1000)  # noqa: E731 - depends on the timestep too
+    x0 = torch.randn(11, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    whole = denoising_loss(fn, x0, sched, g1)
+    whole.backward()
+    ref = [p.grad.clone() for p in conv.parameters()]
+    conv.zero_grad()
+    loss = denoising_backward(fn, x0, sched, g2, piece=3)  # pieces of 3, 3, 3, 2
+    assert loss == pytest.approx(whole.item(), rel=1e-6)
+    assert all(torch.allclose(p.grad, r, atol=1e-6) for p, r in zip(conv.parameters(), ref))
+    assert torch.equal(g1.get_state(), g2.get_state())  # the generator moved the same way

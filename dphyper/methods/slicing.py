@@ -90,6 +90,7 @@ from ..privacy import PrivacyEvent, PrivacyWarning, calibrate_gaussian, check_ep
 from .base import BROKEN_VARIANTS, Audit, Method, MethodResult, epsilon_for_report, shipped_defaults
 
 SPACES = ("embedding", "pixels")
+FIT_PIECE = 8  # images per forward/backward of the LoRA fit (memory; the batch and its draws are unchanged)
 PUBLIC_POOL = 4096  # the fixed public pool (Fashion-MNIST train), as in qem and pda-dpmd
 MECHANISM = "gaussian_sliced_rows"
 
@@ -290,9 +291,11 @@ def directions(k: int, count: int, seed: int) -> torch.Tensor:
 
 
 def _gauss(diff: torch.Tensor, h2: float, var: float) -> torch.Tensor:
-    """E k_h(a, b) for a - b = diff + N(0, var): h / sqrt(h^2 + var) exp(-diff^2 / (2 (h^2 + var)))."""
+    """E k_h(a, b) for a - b = diff + N(0, var): h / sqrt(h^2 + var) exp(-diff^2 / (2 (h^2 + var))).
+
+    Overwrites ``diff`` (callers pass a fresh difference): one (C, C) float64 temporary instead of five."""
     v = h2 + var
-    return math.sqrt(h2 / v) * torch.exp(-diff.square() / (2 * v))
+    return diff.square_().mul_(-1 / (2 * v)).exp_().mul_(math.sqrt(h2 / v))
 
 
 def divergence_terms(released: torch.Tensor, candidates: torch.Tensor, sigma: float, cfg: SlicingConfig,
@@ -310,12 +313,12 @@ def divergence_terms(released: torch.Tensor, candidates: torch.Tensor, sigma: fl
     K = torch.zeros(len(m), len(m), dtype=torch.float64)
     c = torch.zeros(len(m), dtype=torch.float64)
     const = 0.0
-    step = 2  # directions per chunk: a (C, C, step) float64 temporary; 8 at C = 2,049 peaked 0.8 GB above the app
-    for lo in range(0, L, step):
-        sl = slice(lo, lo + step)
-        K += _gauss(m[:, None, sl] - m[None, :, sl], h2, 2 * var).sum(-1)
-        c += _gauss(r[:, None, sl] - m[None, :, sl], h2, var).sum(-1).mean(0)
-        const += float(_gauss(r[:, None, sl] - r[None, :, sl], h2, 0.0).sum(-1).mean())
+    # One direction at a time, in place: the (C, C) float64 temporary is 34 MB at C = 2,049 (a chunk of 8
+    # directions with out-of-place temporaries peaked 0.8 GB above the app; issue 37).
+    for j in range(L):
+        K += _gauss(m[:, None, j] - m[None, :, j], h2, 2 * var)
+        c += _gauss(r[:, None, j] - m[None, :, j], h2, var).mean(0)
+        const += float(_gauss(r[:, None, j] - r[None, :, j], h2, 0.0).mean())
     return K / L, c / L, const / L, h2
 
 
@@ -415,7 +418,7 @@ def train_lora_on(weights: torch.Tensor, images: torch.Tensor, cfg: SlicingConfi
     """The generator's fit: the LoRA trained by the denoising loss on public images drawn with ``weights``."""
     import copy
 
-    from ..diffusion import denoising_loss, make_train_scheduler
+    from ..diffusion import denoising_backward, make_train_scheduler
     from ..lora import lora_parameter_names
 
     # This run's own copy of the served UNet (which carries a zero-effect LoRA and is never written).
@@ -439,11 +442,10 @@ def train_lora_on(weights: torch.Tensor, images: torch.Tensor, cfg: SlicingConfi
     for step in range(cfg.fit_steps):
         _check(cancel)
         idx = torch.multinomial(weights, cfg.batch, replacement=True, generator=gen)
-        loss = denoising_loss(lambda x, t: unet(x, t).sample, images[idx].to(device), sched, gen)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        losses.append(denoising_backward(lambda x, t: unet(x, t).sample, images[idx].to(device), sched, gen,
+                                         FIT_PIECE))
         opt.step()
-        losses.append(loss.item())
         if progress is not None:
             per_step = (time.perf_counter() - t0) / (step + 1)
             progress({"stage": "fit", "step": step + 1, "total": cfg.fit_steps, "loss": losses[-1],

@@ -95,6 +95,10 @@ TUNED = (
 # that image and its own draws alone, bit for bit the same whoever else is in the set (issue 37: with several
 # images per pass one image moved the batch boundaries and the others' scores in their last bits).
 SCORE_BATCH = 1
+# Images per forward/backward of the masked DP-SGD (memory only: the draws and the update are the same; see
+# dpsgd.DRAW_PIECE). The masked tensors are whole conv weights, so their per-sample gradients cost more than a
+# LoRA's: at 16 a run peaked 1.56-1.66 GB in the app's process, at 8 1.46 GB (issue 37), 1.27x the time per step.
+PHYSICAL = {"cpu": 8}
 
 
 @dataclass
@@ -374,7 +378,8 @@ def train(images: torch.Tensor, cfg: SparseConfig, models, *, progress=None, can
             last.update(at=time.perf_counter(), eps=composed_epsilon(s1 if selects else None, q, s2, p["step"], cfg.delta))
         progress({**p, "epsilon_spent": last["eps"] if private else math.inf})
 
-    state = TrainState(cfg=replace(cfg, samples=0), q=q, planned=planned, total_steps=steps, sigma=s2, mask=mask)
+    state = TrainState(cfg=replace(cfg, samples=0), q=q, planned=planned, total_steps=steps, sigma=s2, mask=mask,
+                       physical=PHYSICAL.get(torch.device(device).type))
     res = train_dpsgd(images, replace(cfg, samples=0), progress=dpsgd_progress, cancel=cancel, device=device,
                       state=state)
     timings["train"] = res.timings.get("train", 0.0)
