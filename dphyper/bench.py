@@ -20,6 +20,7 @@ import platform
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -37,7 +38,7 @@ class BenchConfig:
     """`python -m dphyper bench`: measure and record numbers in docs/BENCHMARKS.md."""
 
     suite: str = field(default="compare", metadata={"help": "which suite: compare (every method, the default), "
-                                                   "sweep, fid-noise, app, audit, models, hypernet, p1, reach, sparse or theory"})
+                                                   "sweep, fid-noise, app, audit, models, hypernet, p1, reach, sampling, executor, sparse or theory"})
     methods: str = field(default="", metadata={"help": "compare/sweep/audit: comma-separated method names (default: "
                                                 "all registered; 'floor' = compare only the base model and the "
                                                 "non-private floor)"})
@@ -56,6 +57,11 @@ class BenchConfig:
     steps: int = field(default=25, metadata={"help": "DDIM steps for every sample"})
     seed: int = field(default=0, metadata={"help": "seed of the sampling noise and of image subsets"})
     doc: Path = field(default=DOC, metadata={"help": "markdown file to update"})
+    workers: int = field(default=0, metadata={"help": "compare/sweep: local worker processes, one cell each at a "
+                                              "time (0 = one per core; 1 = in this process)"})
+    ray: str = field(default="", metadata={"help": "compare/sweep: run the cells as Ray tasks on this cluster "
+                                           "('auto' = the cluster this machine is in, 'local' = a new instance "
+                                           "here, or ray://HOST:PORT); cells wanting a GPU ask Ray for one"})
 
 
 def machine() -> str:
@@ -526,6 +532,20 @@ def _stored_machine() -> str:
         return machine()
 
 
+@contextmanager
+def _executor(cfg: BenchConfig):
+    """Where the cells run (``executor.make_executor``); nothing starts for a report or a plan."""
+    from .executor import Serial, make_executor
+
+    ex = Serial() if cfg.report_only or cfg.plan else make_executor(cfg.workers, cfg.ray)
+    if not isinstance(ex, Serial) or cfg.workers == 1:
+        print(f"cells run on: {ex.name} ({ex.slots} at a time)", file=sys.stderr, flush=True)
+    try:
+        yield ex
+    finally:
+        ex.close()
+
+
 def bench_compare(cfg: BenchConfig) -> dict:
     """Hypernetwork vs DP-SGD vs non-private LoRA vs base model, at every epsilon (issue 4)."""
     from .compare import (CURVES_PATH, DELTA, CompareSettings, curves, plot_html, plot_png, run_compare, step_cost,
@@ -536,7 +556,8 @@ def bench_compare(cfg: BenchConfig) -> dict:
                          repeats=cfg.repeats, sets=tuple(s for s in cfg.sets.split(",") if s),
                          epsilons=_epsilons(cfg.epsilons), methods=() if names == ("floor",) else (names or None),
                          report_only=cfg.report_only).resolved()
-    res = run_compare(st, log=lambda m: print(m, flush=True))
+    with _executor(cfg) as ex:
+        res = run_compare(st, log=lambda m: print(m, flush=True), executor=ex)
     if cfg.epsilons:  # ran a subset of the grid: the tables still cover the whole grid (stored cells)
         st = replace(st, epsilons=replace(st, epsilons=()).resolved().epsilons)
     summ = summarise(res, st.sets, st.samples, st.steps)
@@ -846,8 +867,9 @@ def bench_sweep(cfg: BenchConfig) -> dict:
     if cfg.report_only:
         res = json.loads((REPO_DIR / "bench" / "sweep.json").read_text())
     else:
-        res = run_sweep(names, REPO_DIR / "bench", sets=sets, steps=cfg.steps, seed=cfg.seed, max_cells=cfg.max_cells,
-                        log=lambda m: print(m, flush=True))
+        with _executor(cfg) as ex:
+            res = run_sweep(names, REPO_DIR / "bench", sets=sets, steps=cfg.steps, seed=cfg.seed,
+                            max_cells=cfg.max_cells, log=lambda m: print(m, flush=True), executor=ex)
     write_section(cfg.doc, "sweep", sweep_table(res))
     return res
 
@@ -978,16 +1000,29 @@ def _summary(cfg: BenchConfig, res: dict) -> dict:
     return out
 
 
+def _bench_sampling(cfg: BenchConfig) -> dict:
+    from .sampler_bench import bench_sampling
+
+    return bench_sampling(cfg, machine())
+
+
+def _bench_executor(cfg: BenchConfig) -> dict:
+    from .executor_bench import bench_executor
+
+    return bench_executor(cfg, machine())
+
+
 def run_bench(cfg: BenchConfig) -> dict:
     fn = {"models": bench_models, "hypernet": bench_hypernet, "theory": bench_theory, "p1": bench_p1,
           "sweep": bench_sweep, "dpsgd-sweep": bench_sweep, "compare": bench_compare, "app": bench_app,
-          "audit": bench_audit, "reach": bench_reach, "fid-noise": bench_fid_noise, "sparse": bench_sparse}.get(cfg.suite)
+          "audit": bench_audit, "reach": bench_reach, "fid-noise": bench_fid_noise, "sparse": bench_sparse,
+          "sampling": _bench_sampling, "executor": _bench_executor}.get(cfg.suite)
     if fn is None:
         raise ValueError(f"unknown suite {cfg.suite!r}: choose compare, sweep, fid-noise, app, audit, models, hypernet, p1, "
-                         "reach, sparse or theory")
+                         "reach, sampling, executor, sparse or theory")
     res = fn(cfg)
-    if cfg.suite == "compare":
-        return res  # its targets and settings (the cells are in bench/results.json)
+    if cfg.suite in ("compare", "sampling", "executor"):
+        return res  # a summary (the cells are in bench/results.json, bench/sampling.json)
     if cfg.suite in ("sweep", "dpsgd-sweep", "fid-noise"):
         # These write their own resumable files under bench/ (thousands of lines): the command prints
         # what it did, not the whole file.

@@ -19,9 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -425,74 +423,55 @@ def noise_bands(out: Path) -> dict[str, float]:
 
 def _merge_cell(path: Path, res: dict, key: str | None = None, cell: dict | None = None,
                 set_name: str | None = None) -> dict:
-    """Add one new cell (``key``, ``cell``) to the file under an exclusive lock, with ``res``'s other fields
-    (settings, method ids, sets), keeping the cells and sets other processes wrote meanwhile: the sweep and
-    the comparison both run as several processes at once. The cells written are the file's plus the new one,
-    never ``res["cells"]``: every cell this process holds was read from the file or merged into it, so one
-    the file no longer has was removed or re-keyed meanwhile and must not come back (a long sweep cell once
-    restored 50 re-keyed cells under their old keys). To rewrite stored cells, edit the file under
-    ``_locked`` while no benchmark runs."""
-    with _locked(path):
-        disk = _load(path)
-        new = {key: cell} if key is not None else {}
-        sets = {**res.get("sets", {}), **disk.get("sets", {})}
-        if set_name is not None:
-            sets[set_name] = res["sets"][set_name]
-        merged = {**res, "cells": {**disk.get("cells", {}), **new}, "sets": sets}
-        _save(path, merged)
+    """Add one new cell (``key``, ``cell``) to the file, with ``res``'s other fields (settings, method ids,
+    sets), keeping the cells the file holds: the cells written are the file's plus the new one, never
+    ``res["cells"]`` (one the file no longer has was removed or re-keyed by hand and must not come back).
+    One driver writes a results file (``executor.drive``: its workers return cells, only the driver merges),
+    and every write replaces the file whole (``_save``), so it is never half-written."""
+    disk = _load(path)
+    new = {key: cell} if key is not None else {}
+    sets = {**res.get("sets", {}), **disk.get("sets", {})}
+    if set_name is not None:
+        sets[set_name] = res["sets"][set_name]
+    merged = {**res, "cells": {**disk.get("cells", {}), **new}, "sets": sets}
+    _save(path, merged)
     return merged
 
 
-@contextmanager
-def _locked(path: Path):
-    """The exclusive lock of a results file (``path.lock``) that every merge and claim takes."""
-    import fcntl
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
+_SETS: dict = {}  # per process: (name, out, builder) -> the set's tensors, so a worker builds each set once
 
 
-def _claims_path(path: Path) -> Path:
-    return path.with_name(path.stem + ".claims.json")
+def _set_data(s: BenchSet, out: str) -> dict:
+    key = (s, out, build_set)  # build_set itself: a patched builder (tests) is a different set
+    if key not in _SETS:
+        _SETS.clear()  # one set at a time per worker: the 1,000-image sets hold their references too
+        _SETS[key] = build_set(s, Path(out))
+    return _SETS[key]
 
 
-def _claim(path: Path, keys: list[str]) -> int | None:
-    """Several sweep workers (one per core, or per GPU) share the plan: each takes the first cell that no
-    live worker holds. Returns its index in ``keys`` (None: nothing left for this worker)."""
-    with _locked(path):
-        cp = _claims_path(path)
-        claims = _live_claims(path)
-        for i, k in enumerate(keys):
-            if k not in claims:
-                claims[k] = os.getpid()
-                _save(cp, claims)
-                return i
-    return None
+def sweep_cell(method: str, s: BenchSet, eps: float, hp: dict, out: str, samples: int, steps: int,
+               seed: int) -> tuple[dict, dict]:
+    """One sweep cell as a task (any process): the cell and its set's public description."""
+    from .models import shared_models
+
+    models = shared_models()
+    data = _set_data(s, out)
+    cell = run_cell(method, eps, data, models, samples=samples, steps=steps, seed=seed, overrides=hp)
+    _models_are_on_disk(models)
+    return cell, data["info"]
 
 
-def _live_claims(path: Path) -> dict[str, int]:
-    """The claims of ``path``'s sweep whose worker is still alive (key -> pid)."""
-    return {k: pid for k, pid in _load(_claims_path(path)).items() if _alive(pid)}
+def compare_cell(method: str, s: BenchSet, eps: float, out: str, samples: int, steps: int, seed: int,
+                 overrides: dict | None) -> tuple[dict, dict]:
+    """One comparison cell as a task (any process): the cell and its set's public description."""
+    from .models import shared_models
 
-
-def _unclaim(path: Path, key: str) -> None:
-    with _locked(path):
-        cp = _claims_path(path)
-        claims = _load(cp)
-        if claims.pop(key, None) is not None:
-            _save(cp, claims)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    models = shared_models()
+    data = _set_data(s, out)
+    cell = run_cell(method, math.inf if math.isnan(eps) else eps, data, models, samples=samples, steps=steps,
+                    seed=seed, overrides=overrides)
+    _models_are_on_disk(models)  # the files as they are now, checked right after the cell
+    return cell, data["info"]
 
 
 def _todo(method: str, s: BenchSet, fresh: dict, bands: dict[str, float]) -> list[tuple[float, dict]]:
@@ -503,54 +482,44 @@ def _todo(method: str, s: BenchSet, fresh: dict, bands: dict[str, float]) -> lis
 
 
 def run_sweep(methods: tuple[str, ...], out: Path, *, sets: tuple[BenchSet, ...] = (), samples: int = 128,
-              steps: int = 25, seed: int = 0, log=print, max_cells: int = 0) -> dict:
+              steps: int = 25, seed: int = 0, log=print, max_cells: int = 0, executor=None) -> dict:
     """The public sweep of every tunable method: resumable cells in ``out/sweep.json``.
 
-    Stages are re-planned after every cell (stage 2 follows stage 1's best), so the run can stop
-    at any point and continue later; ``max_cells`` bounds one invocation.
+    The driver re-plans after every finished cell (stage 2 follows stage 1's best) and keeps ``executor``'s
+    slots full (``executor.drive``; default: this process), so the run can stop at any point and continue
+    later; ``max_cells`` bounds one invocation.
     """
+    from .executor import Serial, Task, drive
+
     path = Path(out) / "sweep.json"
-    res = _load(path)
+    state = {"res": _load(path)}
+    res = state["res"]
     res.setdefault("cells", {})
     res.update({"delta": DELTA, "samples": samples, "steps": steps, "seed": seed, "compute_cap": COMPUTE_CAP,
                 "epsilons": list(SWEEP_EPSILONS), "one_default_epsilons": list(ONE_DEFAULT_EPSILONS)})
     res.setdefault("sets", {})
-    from .models import shared_models
-
-    models = shared_models()  # the process's public models: one place, no method
     bands = noise_bands(Path(out))
-    done_now = 0
-    for s in sets or SWEEP_SETS:
-        data = None
-        for method in methods:
-            while True:
-                if max_cells and done_now >= max_cells:
-                    break
-                res = _merge_cell(path, res)  # see the cells other workers finished meanwhile
-                fresh = fresh_sweep_cells(res)
-                todo = _todo(method, s, fresh, bands)
-                claimed = _claim(path, [_sweep_key(method, s.name, e, hp) for e, hp in todo])
-                if claimed is None:
-                    break
-                eps, hp = todo[claimed]
-                key = _sweep_key(method, s.name, eps, hp)
-                try:
-                    if data is None:
-                        data = build_set(s, Path(out))
-                        res["sets"][s.name] = data["info"]
-                    cell = run_cell(method, eps, data, models, samples=samples, steps=steps, seed=seed, overrides=hp)
-                    cell.update({"set": s.name, "hp": hp, "cost": run_cost(hp, s.n, method), "epsilon": eps,
-                                 "stamp": sweep_stamp(method, hp, samples=samples, steps=steps, seed=seed)})
-                    _models_are_on_disk(models)  # after hashing: a file replaced in between is caught too
-                    # Merge into what is on disk now (another sweep process may have added cells meanwhile).
-                    res = _merge_cell(path, res, key, cell, s.name)
-                finally:
-                    _unclaim(path, key)
-                done_now += 1
-                log(f"sweep {method} {s.name} eps={eps:g} {hp_key(hp)}: FID {cell['fid']:.1f} "
-                    f"agreement {cell['agreement']:.3f} ({cell['seconds_to_lora']:.0f} s)")
-    if not done_now:
-        return res
+
+    def plan():
+        fresh = fresh_sweep_cells(state["res"])
+        for s in sets or SWEEP_SETS:
+            for method in methods:
+                for eps, hp in _todo(method, s, fresh, bands):
+                    yield Task(_sweep_key(method, s.name, eps, hp), sweep_cell,
+                               (method, s, eps, hp, str(out), samples, steps, seed), gpu=True)
+
+    def done(task, result):
+        cell, info = result
+        method, s, eps, hp = task.args[:4]
+        state["res"]["sets"][s.name] = info
+        cell.update({"set": s.name, "hp": hp, "cost": run_cost(hp, s.n, method), "epsilon": eps,
+                     "stamp": sweep_stamp(method, hp, samples=samples, steps=steps, seed=seed)})
+        state["res"] = _merge_cell(path, state["res"], task.key, cell, s.name)
+        log(f"sweep {method} {s.name} eps={eps:g} {hp_key(hp)}: FID {cell['fid']:.1f} "
+            f"agreement {cell['agreement']:.3f} ({cell['seconds_to_lora']:.0f} s)")
+
+    if not drive(executor or Serial(), plan, done, limit=max_cells):
+        return state["res"]
     return _load(path)
 
 
@@ -560,14 +529,13 @@ ESTIMATE_MIN_COST = 10_000  # cells cheaper than this are mostly sampling and sc
 def sweep_pending(out: Path, methods: tuple[str, ...], sets: tuple[BenchSet, ...] = ()) -> list[dict]:
     """The cells the sweep would run next, without running any (``bench --suite sweep --plan``): per set and
     method, today's plan minus the fresh stored cells, each with its cost, the pid of a live worker holding
-    it, and an estimate of its seconds from this method's stored cells (median seconds per example-gradient
+    and an estimate of its seconds from this method's stored cells (median seconds per example-gradient
     evaluation of its cells that cost at least ``ESTIMATE_MIN_COST``: the fixed sampling and scoring cost
     dominates cheaper ones). Only what the stored cells plan now: a later stage is planned once the cells
     before it are done."""
     path = Path(out) / "sweep.json"
     fresh = fresh_sweep_cells(_load(path))
     bands = noise_bands(Path(out))
-    claims = _live_claims(path)
     rate = {}
     for method in methods:
         rates = [c["seconds_to_lora"] / c["cost"] for c in fresh.values()
@@ -579,7 +547,6 @@ def sweep_pending(out: Path, methods: tuple[str, ...], sets: tuple[BenchSet, ...
             for eps, hp in _todo(method, s, fresh, bands):
                 key, cost = _sweep_key(method, s.name, eps, hp), run_cost(hp, s.n, method)
                 rows.append({"key": key, "set": s.name, "method": method, "epsilon": eps, "hp": hp, "cost": cost,
-                             "claimed_by": claims.get(key),
                              "est_seconds": None if rate[method] is None else rate[method] * cost})
     return rows
 
@@ -591,8 +558,7 @@ def pending_text(rows: list[dict]) -> str:
     lines = []
     for r in rows:
         est = "no estimate" if r["est_seconds"] is None else f"~{r['est_seconds'] / 60:.0f} min on one thread here"
-        held = f", running (pid {r['claimed_by']})" if r["claimed_by"] else ""
-        lines.append(f"{r['key']}: {r['cost']:,} example gradients, {est}{held}")
+        lines.append(f"{r['key']}: {r['cost']:,} example gradients, {est}")
     total = sum(r["cost"] for r in rows)
     known = [r["est_seconds"] for r in rows if r["est_seconds"] is not None]
     lines.append(f"{len(rows)} cells, {total:,} example gradients" +
@@ -650,7 +616,10 @@ def _cell_key(set_name: str, method: str, eps: float, rep: int, samples: int, st
     return f"{set_name}|{method}|{e}|rep{rep}|k{samples}|s{steps}"
 
 
-def run_compare(settings: CompareSettings, log=print) -> dict:
+def run_compare(settings: CompareSettings, log=print, executor=None) -> dict:
+    """Every pending cell of the settings' grid as a task on ``executor`` (default: this process); the
+    driver merges each finished cell into ``out/results.json``."""
+    from .executor import Serial, Task, drive
     from .methods import get_method
 
     st = settings.resolved()
@@ -661,19 +630,17 @@ def run_compare(settings: CompareSettings, log=print) -> dict:
     for m in st.methods:
         get_method(m)  # a clear error for an unknown name
     path = Path(st.out) / "results.json"
-    res = _load(path)
+    state = {"res": _load(path)}
+    res = state["res"]
     res.setdefault("cells", {})
     res.setdefault("sets", {})
     from .methods import METHODS
 
     res["methods"] = list(st.methods)
-    # Every method's id, not only this run's: another process's cells stay valid in the file and the tables.
+    # Every method's id, not only this run's: another run's cells stay valid in the file and the tables.
     sizes = sorted({s.n for s in BENCH_SETS})  # run_compare accepts benchmark sets only
     res["method_ids"] = {m: {str(n): method_id(m, st.overrides.get(m), n) for n in sizes}
                          for m in ("base", *METHODS, "nonprivate")}
-    from .models import shared_models
-
-    models = shared_models()  # the process's public models: one place, no method
     t_start = time.perf_counter()
     plan = []
     for name in st.sets:
@@ -684,27 +651,33 @@ def run_compare(settings: CompareSettings, log=print) -> dict:
                 for eps in (*st.epsilons, math.inf) if get_method(m).one_shot else st.epsilons:
                     plan.append((name, m, eps, rep))
         plan.append((name, "nonprivate", math.inf, 0))  # the converged floor (deterministic training)
-    built: dict[str, dict] = {}
+    tasks = []
     for name, method, eps, rep in plan:
         key = _cell_key(name, method, eps, rep, st.samples, st.steps)
         if (key in res["cells"] and _still_valid(res["cells"][key], res)) or st.report_only:
             continue
-        if name not in built:
-            built[name] = build_set(by_name[name], Path(st.out))
-            res["sets"][name] = built[name]["info"]
-        cell = run_cell(method, math.inf if math.isnan(eps) else eps, built[name], models, samples=st.samples,
-                        steps=st.steps, seed=st.seed + rep, overrides=st.overrides.get(method))
-        # The ids of the files as they are now, not as they were when this run started (the models were
-        # loaded from them: checked right after hashing, so a file replaced in between is caught too).
+        tasks.append(Task(key, compare_cell, (method, by_name[name], eps, str(st.out), st.samples, st.steps,
+                                              st.seed + rep, st.overrides.get(method)), gpu=method != "base"))
+    finished: set[str] = set()
+
+    def done(task, result):
+        cell, info = result
+        method, s, eps = task.args[:3]
+        res = state["res"]
+        res["sets"][s.name] = info
+        # The ids of the files as they are now, not as they were when this run started.
         res["method_ids"] = {m: {n: method_id(m, st.overrides.get(m), int(n)) for n in ids}
                              for m, ids in res["method_ids"].items()}
-        mid = res["method_ids"][method][str(by_name[name].n)] if method in res["method_ids"] else None
-        _models_are_on_disk(models)
-        cell.update({"set": name, "repeat": rep, "method_id": mid})
+        mid = res["method_ids"][method][str(s.n)] if method in res["method_ids"] else None
+        cell.update({"set": s.name, "repeat": task.args[6] - st.seed, "method_id": mid})
         if method == "base":
             cell["epsilon"] = None
-        res = _merge_cell(path, res, key, cell, name)
-        log(f"{key}: FID {cell['fid']:.1f} agreement {cell['agreement']:.3f} ({cell['seconds_cell']:.0f} s)")
+        state["res"] = _merge_cell(path, res, task.key, cell, s.name)
+        finished.add(task.key)
+        log(f"{task.key}: FID {cell['fid']:.1f} agreement {cell['agreement']:.3f} ({cell['seconds_cell']:.0f} s)")
+
+    drive(executor or Serial(), lambda: (t for t in tasks if t.key not in finished), done)
+    res = state["res"]
     if st.report_only:  # computed nothing: the stored file stays as it is (a clean checkout stays clean)
         res.setdefault("last_run", {"settings": {}, "seconds": 0.0})
         return res

@@ -231,8 +231,9 @@ def test_sweep_stamp_follows_every_setting_and_checkpoint(monkeypatch):
 
 
 def test_comparison_processes_running_at_once_keep_each_others_cells(tmp_path, monkeypatch):
-    """Two `bench --methods M` processes at once (one per core) must not overwrite each other's cells, and a
-    cell of a method this run does not include stays valid (its method id is still in the file)."""
+    """A cell another run wrote to the file while this one computed is kept (the driver merges into the file,
+    never over it), and a cell of a method this run does not include stays valid (its method id is still in
+    the file)."""
     import dphyper.compare as compare
     import dphyper.models as models
     from dphyper.compare import _cell_key, _still_valid, method_id, run_compare
@@ -260,14 +261,35 @@ def test_comparison_processes_running_at_once_keep_each_others_cells(tmp_path, m
     assert _still_valid(disk["cells"][foreign], disk)
 
 
-def test_sweep_workers_share_the_plan(tmp_path, monkeypatch):
-    """Two sweep workers at once: a cell another live worker holds is skipped (not run twice); a claim
-    left by a dead worker is taken over; every claim is released when its cell is stored."""
-    import subprocess
-    import sys
+class _TwoSlots:
+    """An executor with two cells in flight that finishes them oldest first, in this process (so the tests'
+    patched functions run): what a 2-worker pool does, deterministically."""
 
+    slots = 2
+    name = "two slots"
+
+    def __init__(self):
+        self.started = []
+
+    def start(self, task):
+        self.started.append(task.key)
+        return task
+
+    def wait_any(self, handles):
+        return handles[:1]
+
+    def result(self, task):
+        return task.fn(*task.args)
+
+    def close(self):
+        pass
+
+
+def test_the_sweep_driver_keeps_two_cells_in_flight_and_never_runs_one_twice(tmp_path, monkeypatch):
+    """Issue 39: one driver, two slots: the plan is re-read after every finished cell, a cell in flight is not
+    started again, every finished cell is stored, and a later call resumes from the file."""
     import dphyper.compare as compare
-    from dphyper.compare import SWEEP_SETS, _claims_path, _sweep_key, fresh_sweep_cells, run_sweep, sweep_plan
+    from dphyper.compare import SWEEP_SETS, _sweep_key, fresh_sweep_cells, run_sweep, sweep_plan
 
     calls = []
 
@@ -280,29 +302,21 @@ def test_sweep_workers_share_the_plan(tmp_path, monkeypatch):
     monkeypatch.setattr(compare, "build_set", lambda spec, out: {"info": {"n": spec.n}})
     s = SWEEP_SETS[0]
     plan = sweep_plan("dpsgd", s.n, {}, s.name)
-    busy, dead = (_sweep_key("dpsgd", s.name, e, hp) for e, hp in plan[:2])
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # a live worker
-    gone = subprocess.Popen([sys.executable, "-c", "pass"])
-    gone.wait()
-    try:
-        _claims_path(tmp_path / "sweep.json").write_text(json.dumps({busy: other.pid, dead: gone.pid}))
-        res = run_sweep(("dpsgd",), tmp_path, sets=(s,), max_cells=2, log=lambda m: None)
-        assert [hp for _, hp in calls] == [plan[1][1], plan[2][1]]  # the dead worker's cell, then the next
-        assert busy not in fresh_sweep_cells(res)
-        assert json.loads(_claims_path(tmp_path / "sweep.json").read_text()) == {busy: other.pid}
-    finally:
-        other.kill()
+    ex = _TwoSlots()
+    res = run_sweep(("dpsgd",), tmp_path, sets=(s,), max_cells=3, log=lambda m: None, executor=ex)
+    assert [hp for _, hp in calls] == [hp for _, hp in plan[:3]]
+    assert len(set(ex.started)) == len(ex.started) == 3
+    assert set(fresh_sweep_cells(res)) == {_sweep_key("dpsgd", s.name, e, hp) for e, hp in plan[:3]}
+    again = run_sweep(("dpsgd",), tmp_path, sets=(s,), max_cells=1, log=lambda m: None, executor=_TwoSlots())
+    assert calls[-1][1] == plan[3][1] and len(fresh_sweep_cells(again)) == 4
+    assert not list(tmp_path.glob("*.claims.json")) and not list(tmp_path.glob("*.lock"))
 
 
 def test_sweep_plan_lists_what_a_worker_would_run_next_and_runs_nothing(tmp_path, monkeypatch):
     """`bench --suite sweep --plan`: the pending cells are exactly the ones the next worker call runs, in
-    its order, with their cost, the live worker holding one, and a time estimate from stored cells."""
-    import subprocess
-    import sys
-
+    its order, with their cost and a time estimate from stored cells."""
     import dphyper.compare as compare
-    from dphyper.compare import (SWEEP_SETS, _claims_path, pending_text, run_cost, run_sweep, sweep_pending,
-                                 sweep_plan)
+    from dphyper.compare import SWEEP_SETS, pending_text, run_cost, run_sweep, sweep_pending, sweep_plan
 
     calls = []
 
@@ -317,7 +331,7 @@ def test_sweep_plan_lists_what_a_worker_would_run_next_and_runs_nothing(tmp_path
     rows = sweep_pending(tmp_path, ("dpsgd",), (s,))
     plan = sweep_plan("dpsgd", s.n, {}, s.name)
     assert [(r["epsilon"], r["hp"]) for r in rows] == plan and not calls  # nothing computed
-    assert all(r["est_seconds"] is None and r["claimed_by"] is None for r in rows)
+    assert all(r["est_seconds"] is None for r in rows)
     assert "no estimate" in pending_text(rows) and f"{len(rows)} cells" in pending_text(rows)
     run_sweep(("dpsgd",), tmp_path, sets=(s,), max_cells=2, log=lambda m: None)
     after = sweep_pending(tmp_path, ("dpsgd",), (s,))
@@ -332,13 +346,6 @@ def test_sweep_plan_lists_what_a_worker_would_run_next_and_runs_nothing(tmp_path
     rest = sweep_pending(tmp_path, ("dpsgd",), (s,))
     assert rest and all(r["est_seconds"] == pytest.approx(0.002 * r["cost"]) for r in rest)
     assert "min on one thread here" in pending_text(rest)
-    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        _claims_path(tmp_path / "sweep.json").write_text(json.dumps({rest[0]["key"]: worker.pid}))
-        held = sweep_pending(tmp_path, ("dpsgd",), (s,))
-        assert held[0]["claimed_by"] == worker.pid and f"running (pid {worker.pid})" in pending_text(held)
-    finally:
-        worker.kill()
     assert pending_text([]).startswith("no sweep cell is pending")
 
 
