@@ -585,6 +585,9 @@ def bench_compare(cfg: BenchConfig) -> dict:
         write_readme_table()  # the README's results table, from the same cells (a test checks they agree)
     write_section(cfg.doc, "compare" if full else "compare-quick" if cfg.quick else "compare-partial",
                   compare_table(curv, summ, tg, res, st))
+    from .evidence_table import text as evidence_text
+
+    write_section(cfg.doc, "evidence", evidence_text(res, st.steps))  # the runs under issue 34's protocol
     res["targets"] = tg
     from .compare import _merge_cell
 

@@ -222,6 +222,7 @@ def run_cell(method: str, epsilon: float, data: dict, models, *, samples: int, s
     return {"method": method, "epsilon": "inf" if math.isinf(epsilon) else epsilon, "samples": int(len(x)),
             "sampling_seed": seed, "sampling_steps": steps, "n_reference": int(len(data["reference"])),
             "fid": metrics["fid"], "kid": metrics["kid_mean"], "agreement": class_agreement(pred, data["reference_hist"]),
+            **{k: metrics[k] for k in ("precision", "recall") if k in metrics},
             "seconds_to_lora": to_lora, "seconds_cell": time.perf_counter() - t0, **extra}
 
 
@@ -642,15 +643,16 @@ def run_compare(settings: CompareSettings, log=print, executor=None) -> dict:
     res["method_ids"] = {m: {str(n): method_id(m, st.overrides.get(m), n) for n in sizes}
                          for m in ("base", *METHODS, "nonprivate")}
     t_start = time.perf_counter()
-    plan = []
-    for name in st.sets:
-        plan.append((name, "base", math.nan, 0))
-        for rep in range(st.repeats):
+    # Run-major: every cell's first run before any second run, so a run stopped part-way (the grid takes
+    # CPU-days at 5 runs) leaves whole runs of the grid, not five runs of its first set.
+    plan = [(name, "base", math.nan, 0) for name in st.sets]
+    for rep in range(st.repeats):
+        for name in st.sets:
             for m in st.methods:
                 # One-shot methods are cheap enough to show their no-noise point too.
                 for eps in (*st.epsilons, math.inf) if get_method(m).one_shot else st.epsilons:
                     plan.append((name, m, eps, rep))
-        plan.append((name, "nonprivate", math.inf, 0))  # the converged floor (deterministic training)
+    plan += [(name, "nonprivate", math.inf, 0) for name in st.sets]  # the converged floor (deterministic)
     tasks = []
     for name, method, eps, rep in plan:
         key = _cell_key(name, method, eps, rep, st.samples, st.steps)

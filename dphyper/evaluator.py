@@ -143,18 +143,28 @@ class _Uint8Dataset(torch.utils.data.Dataset):
 
 def fid_kid(samples: torch.Tensor, reference: torch.Tensor, kid_subset_size: int | None = None,
             weights: Path | None = None) -> dict[str, float]:
-    """FID and KID between two image tensors (N, 1, 32, 32) in [-1, 1], evaluator features."""
+    """FID, KID and precision / recall (Kynkaanniemi et al. 2019, 3 nearest neighbours) between two image
+    tensors (N, 1, 32, 32) in [-1, 1], evaluator features, all from torch-fidelity. Precision is the share of
+    samples inside the reference's manifold, recall the share of reference images inside the samples': a
+    method that collapses to one mode keeps its precision and loses its recall."""
     if len(samples) < 2 or len(reference) < 2:
         raise ValueError("FID needs at least 2 images on each side.")
     subset = kid_subset_size or min(1000, len(samples), len(reference))
+    prc = min(len(samples), len(reference)) > PRC_NEIGHBOURS
     m = torch_fidelity.calculate_metrics(
         input1=_Uint8Dataset(samples), input2=_Uint8Dataset(reference),
-        fid=True, kid=True, kid_subset_size=subset, kid_subsets=100,
+        fid=True, kid=True, kid_subset_size=subset, kid_subsets=100, prc=prc, prc_neighborhood=PRC_NEIGHBOURS,
         feature_extractor=EXTRACTOR_NAME, feature_extractor_weights_path=str(weights or EVALUATOR_PATH),
         cuda=torch.cuda.is_available(), cache=False, verbose=False, batch_size=256, save_cpu_ram=True,
     )
-    return {"fid": float(m["frechet_inception_distance"]), "kid_mean": float(m["kernel_inception_distance_mean"]),
-            "kid_std": float(m["kernel_inception_distance_std"])}
+    out = {"fid": float(m["frechet_inception_distance"]), "kid_mean": float(m["kernel_inception_distance_mean"]),
+           "kid_std": float(m["kernel_inception_distance_std"])}
+    if prc:
+        out.update(precision=float(m["precision"]), recall=float(m["recall"]))
+    return out
+
+
+PRC_NEIGHBOURS = 3  # torch-fidelity's default and the paper's
 
 
 def evaluate(samples: torch.Tensor, reference: torch.Tensor, kid_subset_size: int | None = None) -> dict:

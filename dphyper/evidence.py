@@ -127,3 +127,49 @@ def mean_interval(values, confidence: float = CONFIDENCE) -> dict:
         return {"mean": mean, "half_width": math.nan, "runs": 1}
     half = float(stats.t.ppf(0.5 + confidence / 2, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
     return {"mean": mean, "half_width": half, "runs": int(len(v))}
+
+
+# ---------------------------------------------------------------- benchmark cells
+
+METRICS = ("fid", "kid", "precision", "recall", "agreement")
+LOWER_IS_BETTER = {"fid": True, "kid": True, "precision": False, "recall": False, "agreement": False}
+
+
+def _eps_key(cell: dict) -> str:
+    e = cell.get("epsilon")
+    return "base" if e is None else str(e)
+
+
+def group_runs(cells) -> dict:
+    """(set, method, epsilon key) -> that cell's runs, each run one stored cell (one repeat)."""
+    out: dict = {}
+    for c in cells:
+        out.setdefault((c["set"], c["method"], _eps_key(c)), []).append(c)
+    return out
+
+
+def run_statistics(runs: list[dict]) -> dict:
+    """Per metric the runs have: mean, Student-t 95 % half-width and sd over the runs."""
+    out = {"runs": len(runs)}
+    for m in METRICS:
+        vals = [r[m] for r in runs if r.get(m) is not None]
+        if vals:
+            iv = mean_interval(vals)
+            out[m] = {"mean": iv["mean"], "half_width": iv["half_width"],
+                      "sd": float(np.std(vals, ddof=1)) if len(vals) > 1 else math.nan}
+    return out
+
+
+def paired_runs(a: list[dict], b: list[dict], metric: str = "fid") -> dict | None:
+    """metric(a) - metric(b) over the runs the two cells share a sampling seed in (the repeat index gives both
+    the same seed, so differences are paired): mean, 95 % interval, and the verdict for ``a`` (win: a is
+    better, by the metric's direction). None when fewer than 2 runs pair up."""
+    by_seed = {r.get("sampling_seed"): r for r in b if r.get(metric) is not None}
+    diffs = [r[metric] - by_seed[r.get("sampling_seed")][metric] for r in a
+             if r.get(metric) is not None and r.get("sampling_seed") in by_seed]
+    if len(diffs) < 2:
+        return None
+    iv = mean_interval(diffs)
+    low, high = iv["mean"] - iv["half_width"], iv["mean"] + iv["half_width"]
+    v = verdict(low, high) if LOWER_IS_BETTER[metric] else verdict(-high, -low)
+    return {"metric": metric, "diff": iv["mean"], "low": low, "high": high, "runs": len(diffs), "verdict": v}

@@ -22,6 +22,9 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     SPARSE,
 )}
 
+# The registry's first method is the flagship: every comparison's paired differences are taken against it.
+FLAGSHIP = next(iter(METHODS))
+
 
 def get_method(name: str) -> Method:
     try:
@@ -30,4 +33,4 @@ def get_method(name: str) -> Method:
         raise ValueError(f"unknown method {name!r}: one of {', '.join(METHODS)}") from None
 
 
-__all__ = ["ADAPTER_FILES", "METHODS", "load_adapter_into", "Cancelled", "Method", "MethodResult", "get_method", "run_method", "write_outputs"]
+__all__ = ["ADAPTER_FILES", "FLAGSHIP", "METHODS", "load_adapter_into", "Cancelled", "Method", "MethodResult", "get_method", "run_method", "write_outputs"]
