@@ -147,10 +147,17 @@ def denoising_backward(model_fn, x0: torch.Tensor, scheduler: DDPMScheduler, gen
 
 @torch.no_grad()
 def sample(unet: UNet2DModel, n: int, steps: int = 25, seed: int | None = None, batch_size: int = 256,
-           model_fn=None, sampler: str = "ddim") -> torch.Tensor:
+           model_fn=None, sampler: str = "ddim", bf16: bool = False) -> torch.Tensor:
     """Samples (n, 1, 32, 32) in [-1, 1] by ``sampler`` in ``steps`` steps. ``model_fn`` overrides ``unet``
-    (e.g. with a LoRA). The initial noise depends on ``seed`` only, so two samplers on one seed are paired."""
+    (e.g. with a LoRA). The initial noise depends on ``seed`` only, so two samplers on one seed are paired.
+    ``bf16``: the UNet's forward passes under bfloat16 autocast (the solver's arithmetic stays float32)."""
     device = next(unet.parameters()).device
+    if bf16:
+        inner = model_fn or (lambda x, t: unet(x, t).sample)
+
+        def model_fn(x, t):
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                return inner(x, t).float()
     gen = torch.Generator(device="cpu")
     if seed is None:
         gen.seed()

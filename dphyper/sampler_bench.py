@@ -24,7 +24,7 @@ from .config import REPO_DIR
 
 PATH = REPO_DIR / "bench" / "sampling.json"
 CACHE = REPO_DIR / "bench" / "cache" / "sampling"
-SETTINGS = ("ddim-25", "dpm-8", "dpm-10", "dpm-15", "unipc-8", "unipc-10", "ddim-10", "ddim-15")
+SETTINGS = ("ddim-25", "dpm-8", "dpm-10", "dpm-15", "unipc-8", "unipc-10", "ddim-10", "ddim-15", "ddim-25-bf16")
 REFERENCE = "ddim-25"  # what every method sampled with before this suite
 # The flagship and two rivals of different kinds (noisy gradients; a one-shot fit), on both public sets' sizes.
 ADAPTERS = {"public-coats-100": ("base", "hypernet", "dpsgd", "slicing"), "public-mixed-1000": ("base", "hypernet")}
@@ -35,13 +35,21 @@ SPEED_SAMPLES = 64
 
 
 def parse(setting: str) -> tuple[str, int]:
-    """'dpm-10' -> ('dpm', 10), checked against the samplers ``diffusion.sample`` knows."""
+    """'dpm-10' -> ('dpm', 10), checked against the samplers ``diffusion.sample`` knows ('-bf16' at the end:
+    see ``options``)."""
     from .diffusion import SAMPLERS
 
-    name, _, steps = setting.partition("-")
+    name, _, steps = setting.removesuffix("-bf16").partition("-")
     if name not in SAMPLERS or not steps.isdigit() or int(steps) < 1:
-        raise ValueError(f"sampling setting {setting!r}: write SAMPLER-STEPS with a sampler of {', '.join(SAMPLERS)}")
+        raise ValueError(f"sampling setting {setting!r}: write SAMPLER-STEPS[-bf16] with a sampler of "
+                         f"{', '.join(SAMPLERS)}")
     return name, int(steps)
+
+
+def options(setting: str) -> dict:
+    """``diffusion.sample``'s keyword arguments for a setting: 'ddim-25-bf16' -> bfloat16 autocast."""
+    name, steps = parse(setting)
+    return {"sampler": name, "steps": steps, "bf16": setting.endswith("-bf16")}
 
 
 def _load() -> dict:
@@ -127,12 +135,12 @@ def run_quality(log=print, *, adapters: dict | None = None, settings: tuple[str,
                     continue
                 if model_fn is None and method != "base":
                     model_fn = _adapter_fn(method, data, models, ident)
-                name, steps = parse(setting)
+                opts = options(setting)
                 timing = {}
 
                 def make():
                     t0 = time.perf_counter()
-                    x = sample(models.unet, samples, steps=steps, seed=SEED, model_fn=model_fn, sampler=name)
+                    x = sample(models.unet, samples, seed=SEED, model_fn=model_fn, **opts)
                     timing["seconds"] = time.perf_counter() - t0
                     return evaluator_features(x, models.evaluator)
 
@@ -162,8 +170,10 @@ def run_quality(log=print, *, adapters: dict | None = None, settings: tuple[str,
 
 
 def cheapest_tie(res: dict) -> str:
-    """The setting with the fewest steps whose FID and KID differences from ``REFERENCE`` are ties (or wins) on
-    every stored (set, adapter); ``REFERENCE`` when none is."""
+    """The cheapest setting whose FID and KID differences from ``REFERENCE`` are ties (or wins) on every stored
+    (set, adapter); ``REFERENCE`` when none is. Cheapest: the most samples per second measured (``run_speed``),
+    or, before any speed is stored, the fewest steps."""
+    speed = res.get("speed", {}).get("settings", {})
     ok = []
     for setting in SETTINGS:
         if setting == REFERENCE:
@@ -171,7 +181,8 @@ def cheapest_tie(res: dict) -> str:
         pairs = [p for k, p in res["pairs"].items() if k.endswith("|" + setting)]
         expected = sum(len(m) for m in ADAPTERS.values())
         if len(pairs) == expected and all(p[m]["verdict"] != "loss" for p in pairs for m in ("fid", "kid")):
-            ok.append((parse(setting)[1], SETTINGS.index(setting), setting))
+            cost = -speed[setting] if setting in speed else parse(setting)[1]
+            ok.append((cost, SETTINGS.index(setting), setting))
     return min(ok)[2] if ok else REFERENCE
 
 
@@ -180,15 +191,13 @@ def _variant(unet, variant: str):
     if variant == "channels-last":
         net = unet.to(memory_format=torch.channels_last)
         return (lambda x, t: net(x.contiguous(memory_format=torch.channels_last), t).sample), nullcontext()
-    if variant == "bf16":
-        return (lambda x, t: unet(x, t).sample.float()), torch.autocast("cpu", dtype=torch.bfloat16)
     if variant == "compile":
         net = torch.compile(unet)
         return (lambda x, t: net(x, t).sample), nullcontext()
     return (lambda x, t: unet(x, t).sample), nullcontext()
 
 
-def run_speed(settings=SETTINGS, variants=("plain", "channels-last", "bf16", "compile"), log=print) -> dict:
+def run_speed(settings=SETTINGS, variants=("plain", "channels-last", "compile"), log=print) -> dict:
     """Samples per second of the base UNet (SPEED_SAMPLES after a warm-up) per setting, and per PyTorch CPU
     option at ``REFERENCE`` and the cheapest tie."""
     import copy
@@ -199,10 +208,10 @@ def run_speed(settings=SETTINGS, variants=("plain", "channels-last", "bf16", "co
     out: dict = {"samples": SPEED_SAMPLES, "threads": torch.get_num_threads(), "settings": {}, "variants": {}}
     unet = shared_models().unet
     for setting in settings:
-        name, steps = parse(setting)
-        sample(unet, 4, steps=2, seed=1, sampler=name)
+        opts = options(setting)
+        sample(unet, 4, seed=1, **{**opts, "steps": 2})
         t0 = time.perf_counter()
-        sample(unet, SPEED_SAMPLES, steps=steps, seed=SEED, sampler=name)
+        sample(unet, SPEED_SAMPLES, seed=SEED, **opts)
         out["settings"][setting] = SPEED_SAMPLES / (time.perf_counter() - t0)
         log(f"speed {setting}: {out['settings'][setting]:.2f} samples/s")
     for variant in variants:

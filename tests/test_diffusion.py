@@ -65,6 +65,10 @@ def test_every_sampler_gives_garments_and_is_a_function_of_the_seed():
         assert not torch.equal(x, ddim)
         border = torch.cat([x[..., :2, :].flatten(), x[..., -2:, :].flatten()])
         assert border.mean() < -0.8, name
+    # bfloat16 autocast of the UNet: the same kind of images, not bit-equal to float32's.
+    half = sample(unet, 4, steps=10, seed=3, bf16=True)
+    assert half.dtype == torch.float32 and half.min() >= -1 and half.max() <= 1
+    assert not torch.equal(half, ddim) and (half - ddim).abs().mean() < 0.1
     assert set(SAMPLERS) == {"ddim", "dpm", "unipc"}
     with pytest.raises(ValueError, match="unknown sampler"):
         sample(unet, 1, steps=2, seed=0, sampler="euler")

@@ -66,3 +66,13 @@ def test_a_setting_is_checked():
     for bad in ("euler-10", "dpm", "dpm-0", "dpm-x"):
         with pytest.raises(ValueError, match="SAMPLER-STEPS"):
             sb.parse(bad)
+
+
+def test_a_measured_speed_decides_between_ties(monkeypatch):
+    monkeypatch.setattr(sb, "ADAPTERS", {"s": ("base",)})
+    tie = {"fid": {"verdict": "tie"}, "kid": {"verdict": "tie"}}
+    res = {"pairs": {"s|base|dpm-10": tie, "s|base|ddim-25-bf16": tie},
+           "speed": {"settings": {"dpm-10": 10.0, "ddim-25-bf16": 12.0}}}
+    assert sb.cheapest_tie(res) == "ddim-25-bf16"
+    assert sb.options("ddim-25-bf16") == {"sampler": "ddim", "steps": 25, "bf16": True}
+    assert sb.options("unipc-8") == {"sampler": "unipc", "steps": 8, "bf16": False}
