@@ -35,7 +35,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from .compare import style as method_style
+from .plots import style as method_style
 from .config import EXAMPLES_DIR, REPO_DIR
 from .ledger import LedgerBook, drop_duplicates, total_text
 from .private_blocks import PrivateTimingBlocks

@@ -548,8 +548,8 @@ def _executor(cfg: BenchConfig):
 
 def bench_compare(cfg: BenchConfig) -> dict:
     """Hypernetwork vs DP-SGD vs non-private LoRA vs base model, at every epsilon (issue 4)."""
-    from .compare import (CURVES_PATH, DELTA, CompareSettings, curves, plot_html, plot_png, run_compare, step_cost,
-                          summarise, targets)
+    from .compare import CURVES_PATH, DELTA, CompareSettings, run_compare, step_cost, summarise, targets
+    from .plots import curves, plot_html, plot_png
 
     names = tuple(m for m in cfg.methods.split(",") if m)
     st = CompareSettings(quick=cfg.quick, samples=cfg.compare_samples, steps=cfg.steps, seed=cfg.seed,
@@ -855,14 +855,15 @@ def bench_audit(cfg: BenchConfig) -> dict:
 
 def bench_sweep(cfg: BenchConfig) -> dict:
     """The public sweep of every tunable method (resumable; ``--max-cells`` bounds one call)."""
-    from .compare import SWEEP_SETS, run_sweep
+    from .compare import SWEEP_SETS
+    from .sweep import run_sweep
     from .methods import METHODS
 
     names = tuple(m for m in cfg.methods.split(",") if m) or tuple(n for n, m in METHODS.items() if m.sweep)
     wanted = [x for x in cfg.sets.split(",") if x]
     sets = tuple(s for s in SWEEP_SETS if not wanted or s.name in wanted)
     if cfg.plan:
-        from .compare import pending_text, sweep_pending
+        from .sweep import pending_text, sweep_pending
 
         rows = sweep_pending(REPO_DIR / "bench", names, sets)
         print(pending_text(rows), flush=True)
@@ -883,7 +884,7 @@ FID_NOISE_PATH = REPO_DIR / "bench" / "fid_noise.json"
 def bench_fid_noise(cfg: BenchConfig) -> dict:
     """How much a cell's FID moves with the sampling seed alone: the base model on every sweep set, 5 seeds,
     the sweep's protocol (128 samples, 25 DDIM steps). Differences between single cells smaller than this
-    spread are not evidence; the sweep's successive halving uses it (``compare.noise_bands``). Resumable:
+    spread are not evidence; the sweep's successive halving uses it (``sweep.noise_bands``). Resumable:
     a set already in ``bench/fid_noise.json`` is kept."""
     from .compare import SWEEP_SETS, build_set, run_cell
     from .models import shared_models
@@ -906,7 +907,7 @@ def bench_fid_noise(cfg: BenchConfig) -> dict:
 
 
 def fid_noise_results() -> dict:
-    from .compare import load_fid_noise
+    from .sweep import load_fid_noise
 
     return load_fid_noise(FID_NOISE_PATH.parent)
 
@@ -927,7 +928,7 @@ def fid_noise_text(res: dict) -> str:
 
 def sweep_table(res: dict) -> str:
     """Per method, set and epsilon: every configuration tried, best FID first."""
-    from .compare import fresh_sweep_cells, rank_sweep
+    from .sweep import fresh_sweep_cells, rank_sweep
 
     rows = ["## Public sweep of every tunable method (`python -m dphyper bench --suite sweep`)", "",
             f"Machine: {machine()}. Public sets from the **train** split only (never a benchmark or user set): "
@@ -943,7 +944,7 @@ def sweep_table(res: dict) -> str:
             "the rule stay in the tables); stage 2 around stage 1's best: full batch, C = 1, a longer run; stage 3: "
             "the three best at ε = 4; for a method with one default for every set and ε (it keeps n private: the "
             "hypernetwork, the quadratic EM, slicing), every set's three best on every set at ε = 4 and 0.25, "
-            "scored together by `compare.one_default` (an ε counts once its column is complete). "
+            "scored together by `sweep.one_default` (an ε counts once its column is complete). "
             "Cost = example-gradient evaluations of the run.", ""]
     if FID_NOISE_PATH.exists():
         rows += [fid_noise_text(fid_noise_results()), ""]
@@ -971,14 +972,14 @@ def sweep_table(res: dict) -> str:
                     else:  # another method's own settings (qem, slicing)
                         rows.append("| " + ", ".join(f"{k} {v}" for k, v in sorted(hp.items())) + " | " + tail)
                 rows.append("")
-    from .compare import ONE_DEFAULT_EPSILONS, one_default
+    from .sweep import ONE_DEFAULT_EPSILONS, one_default
     from .methods import METHODS
 
     for m in METHODS.values():
         if m.one_default:  # one setting for every size (it keeps n private): the sweep rule's pick
             pick = one_default(cells, m.name)
             if pick:
-                rows += ["", f"Shipped {m.label} default (one for every set and ε, `compare.one_default` over ε = "
+                rows += ["", f"Shipped {m.label} default (one for every set and ε, `sweep.one_default` over ε = "
                          + ", ".join(f"{e:g}" for e in ONE_DEFAULT_EPSILONS) + " where complete): "
                          + ", ".join(f"{k} {v}" for k, v in sorted(pick[0].items()))
                          + f" (mean FID / best FID {pick[1]:.3f})."]

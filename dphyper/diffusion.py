@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from .config import BASE_UNET_DIR, CHANNELS, IMAGE_SIZE, get_device
 
 if TYPE_CHECKING:
-    from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
+    from diffusers import DDPMScheduler, UNet2DModel
 
 log = logging.getLogger(__name__)
 

@@ -36,7 +36,7 @@ class PublicModels:
     def changed_files(self) -> list[str]:
         """The checkpoint files this process loaded that have changed on disk since (replaced, retrained).
         A benchmark cell is stamped with the hashes of the files on disk, so it must not be stored from a
-        process whose models are no longer those files (``compare.run_sweep``, ``compare.run_compare``)."""
+        process whose models are no longer those files (``sweep.run_sweep``, ``compare.run_compare``)."""
         with self._lock:
             return [f for f, state in self._files.items() if _file_state(Path(f)) != state]
 

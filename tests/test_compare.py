@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from dphyper.compare import (BENCH_SETS, BenchSet, CompareSettings, build_set, class_agreement, curves, plot_html,
-                             plot_png, run_compare, step_cost, summarise, targets)
+from dphyper.compare import (BENCH_SETS, BenchSet, CompareSettings, build_set, class_agreement, run_compare,
+                             step_cost, summarise, targets)
+from dphyper.plots import curves, plot_html, plot_png
 
 from .conftest import needs_fmnist
 
@@ -115,7 +116,8 @@ def test_benchmark_covers_what_issue_4_asks():
 
 
 def test_sweep_is_staged_public_and_within_one_compute_cap():
-    from dphyper.compare import COMPUTE_CAP, SWEEP_EPSILONS, SWEEP_SETS, run_cost, sweep_plan
+    from dphyper.compare import SWEEP_SETS
+    from dphyper.sweep import COMPUTE_CAP, SWEEP_EPSILONS, run_cost, sweep_plan
 
     assert all(s.split == "train" for s in SWEEP_SETS) and {s.n for s in SWEEP_SETS} == {100, 1000}
     assert len(SWEEP_EPSILONS) >= 2
@@ -147,7 +149,7 @@ def test_successive_halving_extends_only_rates_within_the_noise_band(tmp_path):
     short run is within the band of the best short run; no band, the whole grid."""
     import json
 
-    from dphyper.compare import SWEEP_EPSILONS, noise_bands, sweep_plan
+    from dphyper.sweep import SWEEP_EPSILONS, noise_bands, sweep_plan
 
     for method in ("dpsgd", "pda-dpmd", "sparse"):
         whole = sweep_plan(method, 1000, {}, "s")
@@ -177,7 +179,8 @@ def test_successive_halving_extends_only_rates_within_the_noise_band(tmp_path):
 def test_sweep_cells_resume(tmp_path, monkeypatch):
     """Every finished cell is stored; a rerun recomputes nothing; max_cells bounds one call."""
     import dphyper.compare as compare
-    from dphyper.compare import SWEEP_SETS, run_sweep
+    from dphyper.compare import SWEEP_SETS
+    from dphyper.sweep import run_sweep
 
     calls = []
 
@@ -207,8 +210,7 @@ def test_sweep_cells_resume(tmp_path, monkeypatch):
 
 def test_sweep_stamp_follows_every_setting_and_checkpoint(monkeypatch):
     """A sweep cell's stamp is the run's full settings plus the method's checkpoints, nothing else."""
-    import dphyper.compare as compare
-    from dphyper.compare import fresh_sweep_cells, sweep_stamp
+    from dphyper.sweep import fresh_sweep_cells, sweep_stamp
     from dphyper.methods.slicing import SlicingConfig
 
     d = SlicingConfig()
@@ -289,7 +291,8 @@ def test_the_sweep_driver_keeps_two_cells_in_flight_and_never_runs_one_twice(tmp
     """Issue 39: one driver, two slots: the plan is re-read after every finished cell, a cell in flight is not
     started again, every finished cell is stored, and a later call resumes from the file."""
     import dphyper.compare as compare
-    from dphyper.compare import SWEEP_SETS, _sweep_key, fresh_sweep_cells, run_sweep, sweep_plan
+    from dphyper.compare import SWEEP_SETS
+    from dphyper.sweep import _sweep_key, fresh_sweep_cells, run_sweep, sweep_plan
 
     calls = []
 
@@ -316,7 +319,8 @@ def test_sweep_plan_lists_what_a_worker_would_run_next_and_runs_nothing(tmp_path
     """`bench --suite sweep --plan`: the pending cells are exactly the ones the next worker call runs, in
     its order, with their cost and a time estimate from stored cells."""
     import dphyper.compare as compare
-    from dphyper.compare import SWEEP_SETS, pending_text, run_cost, run_sweep, sweep_pending, sweep_plan
+    from dphyper.compare import SWEEP_SETS
+    from dphyper.sweep import pending_text, run_cost, run_sweep, sweep_pending, sweep_plan
 
     calls = []
 
@@ -340,9 +344,11 @@ def test_sweep_plan_lists_what_a_worker_would_run_next_and_runs_nothing(tmp_path
     run_sweep(("dpsgd",), tmp_path, sets=(s,), max_cells=1, log=lambda m: None)
     assert calls[-1][1] == after[0]["hp"]  # the plan's first pending cell is the one the next call runs
     rest = sweep_pending(tmp_path, ("dpsgd",), (s,))
-    timed = any(run_cost(hp, s.n, "dpsgd") >= compare.ESTIMATE_MIN_COST for _, hp in calls)
+    import dphyper.sweep as sweep
+
+    timed = any(run_cost(hp, s.n, "dpsgd") >= sweep.ESTIMATE_MIN_COST for _, hp in calls)
     assert all((r["est_seconds"] is not None) == timed for r in rest)  # estimated only from costly cells
-    monkeypatch.setattr(compare, "ESTIMATE_MIN_COST", 0)
+    monkeypatch.setattr(sweep, "ESTIMATE_MIN_COST", 0)
     rest = sweep_pending(tmp_path, ("dpsgd",), (s,))
     assert rest and all(r["est_seconds"] == pytest.approx(0.002 * r["cost"]) for r in rest)
     assert "min on one thread here" in pending_text(rest)
@@ -350,7 +356,7 @@ def test_sweep_plan_lists_what_a_worker_would_run_next_and_runs_nothing(tmp_path
 
 
 def test_one_default_for_both_regimes_is_closest_to_each_sets_best_on_average():
-    from dphyper.compare import one_default
+    from dphyper.sweep import one_default
 
     def cell(set_name, hp, fid, eps=1.0, method="qem"):
         return {"method": method, "set": set_name, "epsilon": eps, "hp": hp, "fid": fid}
@@ -386,7 +392,8 @@ def test_shipped_defaults_are_the_public_sweeps_one_default(method):
     """QEM, the hypernetwork and slicing keep n private, so each ships one setting for both regimes: the
     public sweep's ``one_default`` (closest to each public set's best over the sweep's epsilons once stage
     3 is complete), never a choice made on private or test data."""
-    from dphyper.compare import SWEEP_SETS, fresh_sweep_cells, one_default
+    from dphyper.compare import SWEEP_SETS
+    from dphyper.sweep import fresh_sweep_cells, one_default
     from dphyper.config import REPO_DIR
     from dphyper.methods import get_method
 
@@ -464,7 +471,8 @@ def test_hypernet_cells_depend_on_the_encoder_too(monkeypatch):
     """H reads phi's embeddings: a new encoder shipped with the same H changes what every release means, so
     the hypernetwork's compare cells and sweep stamps must go stale with it (they once hashed H's file only)."""
     from dphyper import checkpoints
-    from dphyper.compare import method_id, sweep_stamp
+    from dphyper.compare import method_id
+    from dphyper.sweep import sweep_stamp
 
     before = (method_id("hypernet", None, 100), sweep_stamp("hypernet", {"lora_scale": 2.0}))
     monkeypatch.setattr(checkpoints, "encoder_id", lambda: "another-encoder")
@@ -476,7 +484,8 @@ def test_every_cell_depends_on_the_base_unet(monkeypatch):
     """Every method adapts and samples from the base UNet: a rebuilt base model makes every stored cell stale,
     the base model's own and the floor's too (base cells were once always valid, and no method id held it)."""
     from dphyper import compare
-    from dphyper.compare import _still_valid, method_id, sweep_stamp
+    from dphyper.compare import _still_valid, method_id
+    from dphyper.sweep import sweep_stamp
     from dphyper.methods import METHODS
 
     names = ("base", "nonprivate", *METHODS)
@@ -497,7 +506,8 @@ def test_stage3_of_a_one_default_method_runs_every_sets_best_at_every_epsilon():
     """A method with one default for every set (the hypernetwork, the quadratic EM) is scored over every
     (set, epsilon), so stage 3 runs each set's three best at epsilon = 4 on every set; a per-size method
     (DP-SGD) runs only its own set's three best."""
-    from dphyper.compare import SWEEP_EPSILONS, SWEEP_SETS, sweep_plan
+    from dphyper.compare import SWEEP_SETS
+    from dphyper.sweep import SWEEP_EPSILONS, sweep_plan
 
     small, big = (s.name for s in SWEEP_SETS)
     e1, e4 = SWEEP_EPSILONS[:2]
@@ -531,7 +541,7 @@ def test_a_new_sweep_epsilon_counts_only_once_its_column_is_complete():
     column still counts meanwhile), and then it can (a setting that overshoots where the release is mostly
     noise loses, as the quadratic EM without shrinkage did on a test cell: FID 636.7 against 436.7 with
     shrinkage, sneakers-100 at epsilon 0.25)."""
-    from dphyper.compare import one_default
+    from dphyper.sweep import one_default
 
     def cell(s, hp, fid, eps):
         return {"method": "qem", "set": s, "epsilon": eps, "hp": hp, "fid": fid}

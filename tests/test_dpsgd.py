@@ -89,7 +89,7 @@ def test_shipped_per_size_defaults_are_the_public_sweeps_best(method):
     test data); a row not swept yet says so (tuned_on None)."""
     import json
 
-    from dphyper.compare import SWEEP_EPSILONS, fresh_sweep_cells, rank_sweep
+    from dphyper.sweep import SWEEP_EPSILONS, fresh_sweep_cells, rank_sweep
     from dphyper.config import REPO_DIR
     from dphyper.dpsgd import TUNED_KEYS, resolve, tuned_defaults
     from dphyper.methods import get_method
@@ -269,5 +269,7 @@ def test_the_physical_batch_changes_memory_not_the_run(monkeypatch, epsilon):
 
     a, b = run(16), run(4)
     assert a.losses == pytest.approx(b.losses, rel=1e-5)
-    assert all(torch.allclose(a.lora[k], b.lora[k], atol=1e-5) for k in a.lora)
+    # Without noise (eps = inf) Adam's first steps turn near-zero gradient coordinates into lr-sized moves, so a
+    # last-bit difference in the summation shows as ~1e-5 on weights of ~0.15 (measured 1.5e-5): 1e-4 bounds it.
+    assert all(torch.allclose(a.lora[k], b.lora[k], atol=1e-4) for k in a.lora)
     assert any(not torch.equal(a.lora[k], torch.zeros_like(a.lora[k])) for k in a.lora if ".lora_B." in k)

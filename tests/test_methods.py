@@ -276,7 +276,7 @@ def test_a_new_method_is_one_registry_entry_everywhere(monkeypatch):
     from dphyper.__main__ import build_parser
     from dphyper.app import build_demo, methods_plan
     from dphyper.audit import AuditConfig, audit_variants, run_audit
-    from dphyper.compare import style
+    from dphyper.plots import style
     from dphyper.methods import HYPERNET
     from dphyper.methods.base import BROKEN_VARIANTS, Audit, Method
     from dphyper.privacy import calibrate_gaussian

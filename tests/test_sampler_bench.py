@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import torch
 
 from dphyper import sampler_bench as sb
 from dphyper.config import BASE_UNET_DIR

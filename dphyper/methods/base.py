@@ -163,7 +163,7 @@ class Method:
     # when the method has nothing to tune at run time.
     sweep: dict | None = None
     # Example-gradient evaluations of one run with settings hp on n images (the unit of
-    # compare.COMPUTE_CAP); None = the DP-SGD formula (epochs, batch and public batch).
+    # sweep.COMPUTE_CAP); None = the DP-SGD formula (epochs, batch and public batch).
     cost: Callable[[dict, int], int] | None = None
     # How long a click takes, for the app's button ("" = "seconds" for one-shot, "minutes on CPU" otherwise).
     duration: str = ""
@@ -173,7 +173,7 @@ class Method:
     # What its adapter is: "lora" (lora.safetensors) or "sparse" (sparse_delta.safetensors); ADAPTER_FILES.
     adapter_format: str = "lora"
     # True for a method that keeps n private and so ships one setting for every set size, chosen by the
-    # sweep's ``compare.one_default`` (stage 3 then runs every set's best on every set); False for one with
+    # sweep's ``sweep.one_default`` (stage 3 then runs every set's best on every set); False for one with
     # a per-size ``tuned`` table in its identity (DP-SGD and its relatives, where n is public).
     one_default: bool = False
     # Its canary audit (``python -m dphyper audit``); every registered method has one (a test checks).

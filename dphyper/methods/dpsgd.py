@@ -41,7 +41,7 @@ def _stage2(n: int) -> list[dict]:
 
 
 # Learning rate x length first (with Adam and C far below the per-example gradient norms, C only
-# sets the clipping regime); every run within compare.COMPUTE_CAP.
+# sets the clipping regime); every run within sweep.COMPUTE_CAP.
 SWEEP = {"stage1": [{"lr": lr, "max_grad_norm": 0.01, "epochs": ep, "batch_size": 64}
                     for lr in (1e-3, 1e-2, 3e-2) for ep in (10.0, 100.0)],
          "stage2": _stage2}
