@@ -38,7 +38,7 @@ class BenchConfig:
     """`python -m dphyper bench`: measure and record numbers in docs/BENCHMARKS.md."""
 
     suite: str = field(default="compare", metadata={"help": "which suite: compare (every method, the default), "
-                                                   "sweep, fid-noise, app, audit, models, hypernet, p1, reach, sampling, executor, sparse or theory"})
+                                                   "sweep, fid-noise, app, audit, models, hypernet, p1, reach, sampling, executor, p4, sparse or theory"})
     methods: str = field(default="", metadata={"help": "compare/sweep/audit: comma-separated method names (default: "
                                                 "all registered; 'floor' = compare only the base model and the "
                                                 "non-private floor)"})
@@ -1016,16 +1016,22 @@ def _bench_executor(cfg: BenchConfig) -> dict:
     return bench_executor(cfg, machine())
 
 
+def _bench_p4(cfg: BenchConfig) -> dict:
+    from .p4_bench import bench_p4
+
+    return bench_p4(cfg, machine())
+
+
 def run_bench(cfg: BenchConfig) -> dict:
     fn = {"models": bench_models, "hypernet": bench_hypernet, "theory": bench_theory, "p1": bench_p1,
           "sweep": bench_sweep, "dpsgd-sweep": bench_sweep, "compare": bench_compare, "app": bench_app,
           "audit": bench_audit, "reach": bench_reach, "fid-noise": bench_fid_noise, "sparse": bench_sparse,
-          "sampling": _bench_sampling, "executor": _bench_executor}.get(cfg.suite)
+          "sampling": _bench_sampling, "executor": _bench_executor, "p4": _bench_p4}.get(cfg.suite)
     if fn is None:
         raise ValueError(f"unknown suite {cfg.suite!r}: choose compare, sweep, fid-noise, app, audit, models, hypernet, p1, "
-                         "reach, sampling, executor, sparse or theory")
+                         "reach, sampling, executor, p4, sparse or theory")
     res = fn(cfg)
-    if cfg.suite in ("compare", "sampling", "executor"):
+    if cfg.suite in ("compare", "sampling", "executor", "p4"):
         return res  # a summary (the cells are in bench/results.json, bench/sampling.json)
     if cfg.suite in ("sweep", "dpsgd-sweep", "fid-noise"):
         # These write their own resumable files under bench/ (thousands of lines): the command prints

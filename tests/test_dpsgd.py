@@ -273,3 +273,15 @@ def test_the_physical_batch_changes_memory_not_the_run(monkeypatch, epsilon):
     # last-bit difference in the summation shows as ~1e-5 on weights of ~0.15 (measured 1.5e-5): 1e-4 bounds it.
     assert all(torch.allclose(a.lora[k], b.lora[k], atol=1e-4) for k in a.lora)
     assert any(not torch.equal(a.lora[k], torch.zeros_like(a.lora[k])) for k in a.lora if ".lora_B." in k)
+
+
+@needs_base
+def test_p4_interleaves_dp_and_plain_steps_on_one_batch():
+    """Issue 34: P4 is measured in one process, DP-SGD and plain steps alternating on the same images; a DP step
+    (per-example gradients, clipping, noise) costs more than a plain one."""
+    from dphyper.p4_bench import measure, text
+
+    r = measure(_squares(8), pairs=4, warmup=1)
+    assert r["pairs"] == 4 and r["batch"] == 8
+    assert r["median_ratio"] > 1 and r["q1"] <= r["median_ratio"] <= r["q3"]
+    assert f"median {r['median_ratio']:.2f}×" in text({**r, "machine": "m", "set": "s"})
