@@ -1161,6 +1161,10 @@ def build_demo():
             from .theory_tab import build_tab
 
             build_tab()
+        with gr.Tab("Lecture: ε step by step"):
+            from .lecture import build_tab as build_lecture
+
+            build_lecture()
 
         def summary_for(le, npv, de, d):
             return privacy_summary(le, npv, de, (d or {}).get("n"))
