@@ -55,6 +55,28 @@ def counts(summary: dict) -> dict:
     return tally
 
 
+def plan_hours(res: dict, sets=EVIDENCE_SETS, epsilons=EVIDENCE_EPSILONS, steps: int = 25) -> dict:
+    """What the evidence grid costs, estimated from the stored single-run cells at 128 samples of the same set,
+    method and ε: the time to the adapter plus four times the rest (sampling and scoring 512 samples, not 128),
+    times the runs the rules ask for. Hours of the machine the cells ran on (both cores); the runs already
+    stored under the protocol are subtracted."""
+    from .methods import FLAGSHIP
+
+    done = evidence_summary(res, steps)
+    total = left = 0.0
+    for c in res.get("cells", {}).values():
+        if c.get("set") not in sets or c.get("samples") != 128 or c.get("method") in ("base", "nonprivate"):
+            continue
+        if c.get("epsilon") not in epsilons:
+            continue
+        one = c.get("seconds_to_lora", 0.0) + 4 * (c["seconds_cell"] - c.get("seconds_to_lora", 0.0))
+        need = MIN_RUNS["flagship"] if c["method"] == FLAGSHIP else MIN_RUNS["other"]
+        have = done.get(c["set"], {}).get(c["method"], {}).get(str(c["epsilon"]), {}).get("stats", {}).get("runs", 0)
+        total += need * one
+        left += max(need - have, 0) * one
+    return {"total_hours": total / 3600, "left_hours": left / 3600}
+
+
 def text(res: dict, steps: int = 25) -> str:
     from .methods import FLAGSHIP
 
@@ -70,18 +92,25 @@ def text(res: dict, steps: int = 25) -> str:
             "method) over shared seeds with its 95 % interval; **win** for " + FLAGSHIP + " when the interval lies "
             "below 0, **loss** above, else tie (DESIGN.md §5). Target: ≥ "
             f"{MIN_RUNS['flagship']} runs for {FLAGSHIP}, ≥ {MIN_RUNS['other']} for the others."]
+    cost = plan_hours(res, steps=steps)
+    rows += ["", f"Plan: ≥ {MIN_RUNS['flagship']} / {MIN_RUNS['other']} runs on " + ", ".join(EVIDENCE_SETS)
+             + " at ε = " + ", ".join(f"{e:g}" for e in EVIDENCE_EPSILONS)
+             + f" costs about {cost['total_hours']:.0f} machine-hours here (2 CPU cores; estimated from the "
+             "stored 128-sample cells: their time to the adapter plus four times their sampling and scoring); "
+             f"about {cost['left_hours']:.0f} h of it is still to run. Cells resume from `bench/results.json`, run "
+             "on one worker per core (`--workers`) or a Ray cluster (`--ray`)."]
     if not summary:
         return "\n".join(rows + ["", "No run under this protocol is stored yet."])
     for s, methods in summary.items():
         rows += ["", f"**{s}**", "",
-                 "| method | ε | runs | FID | KID ×1000 | precision | recall | vs " + FLAGSHIP + " (FID) |",
+                 "| method | ε | runs | FID | KID | precision | recall | vs " + FLAGSHIP + " (FID) |",
                  "|---|---|---|---|---|---|---|---|"]
         for m, by_eps in methods.items():
             for e, row in sorted(by_eps.items(), key=lambda kv: (kv[0] == "base", float(kv[0]) if kv[0] not in ("base",) else 0)):
                 st = row["stats"]
                 vs = (row.get("flagship_vs") or {}).get("fid")
                 cmp = "–" if not vs else f"{vs['diff']:+.1f} [{vs['low']:+.1f}, {vs['high']:+.1f}] {vs['verdict']}"
-                rows.append(f"| {m} | {e} | {st['runs']} | {_pm(st, 'fid')} | {_pm(st, 'kid', 1000, 2)} | "
+                rows.append(f"| {m} | {e} | {st['runs']} | {_pm(st, 'fid')} | {_pm(st, 'kid', 1, 2)} | "
                             f"{_pm(st, 'precision', 1, 2)} | {_pm(st, 'recall', 1, 2)} | {cmp} |")
     tally = counts(summary)
     if tally:

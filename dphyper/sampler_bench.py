@@ -239,7 +239,7 @@ def text(res: dict, machine: str) -> str:
             "(train split only). Each cell: FID and KID on the evaluator's features against the set's held-out "
             f"reference. Each setting against {REFERENCE}: the paired bootstrap 95 % interval of the difference "
             "(pairs and reference resampled together); a tie when it holds 0, a loss when it lies above 0.", "",
-            "| set | adapter | setting | FID | KID ×1000 | FID − " + REFERENCE + " [95 %] | verdict (FID / KID) |",
+            "| set | adapter | setting | FID | KID | FID − " + REFERENCE + " [95 %] | verdict (FID / KID) |",
             "|---|---|---|---|---|---|---|"]
     for key, cell in res["cells"].items():
         pair = res["pairs"].get(key)
@@ -247,10 +247,22 @@ def text(res: dict, machine: str) -> str:
                 else "(reference)")
         ver = f"{pair['fid']['verdict']} / {pair['kid']['verdict']}" if pair else ""
         rows.append(f"| {cell['set']} | {cell['method']} | {cell['setting']} | {cell['fid']:.1f} | "
-                    f"{1000 * cell['kid']:.2f} | {diff} | {ver} |")
+                    f"{cell['kid']:.2f} | {diff} | {ver} |")
     pick = cheapest_tie(res)
     speed = res.get("speed", {})
     rows += ["", f"**Cheapest setting that ties {REFERENCE} on every set and adapter (FID and KID): `{pick}`.**"]
+    summary = []
+    for setting in SETTINGS:
+        diffs = [(k.split("|")[1], p["fid"]) for k, p in res["pairs"].items() if k.endswith("|" + setting)]
+        adapters = [(m, d) for m, d in diffs if m != "base"]
+        if not adapters:
+            continue
+        lo, hi = min(d["diff"] for _, d in adapters), max(d["diff"] for _, d in adapters)
+        losses = sum(d["verdict"] == "loss" for _, d in adapters)
+        summary.append(f"`{setting}` {lo:+.1f} to {hi:+.1f} FID on the adapters ({losses} of {len(adapters)} "
+                       "losses)")
+    if summary:
+        rows += ["", "Against " + REFERENCE + ", paired: " + "; ".join(summary) + "."]
     if speed.get("settings"):
         base = speed["settings"].get(REFERENCE)
         rows += ["", f"Speed of the base UNet, {speed['samples']} samples after a warm-up, {speed['threads']} threads "
