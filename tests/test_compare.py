@@ -406,7 +406,7 @@ def test_shipped_defaults_are_the_public_sweeps_one_default(method):
 
 def test_bench_epsilons_option_runs_a_subset_of_the_grid_in_order():
     """`bench --epsilons 1,4` runs the epsilon = 1 column first; anything off the grid is a clear error."""
-    from dphyper.bench import _epsilons
+    from dphyper.bench.common import _epsilons
     from dphyper.compare import EPSILONS
 
     assert _epsilons("") == ()  # the whole grid

@@ -279,7 +279,7 @@ def test_the_physical_batch_changes_memory_not_the_run(monkeypatch, epsilon):
 def test_p4_interleaves_dp_and_plain_steps_on_one_batch():
     """Issue 34: P4 is measured in one process, DP-SGD and plain steps alternating on the same images; a DP step
     (per-example gradients, clipping, noise) costs more than a plain one."""
-    from dphyper.p4_bench import measure, text
+    from dphyper.bench.p4_suite import measure, text
 
     r = measure(_squares(8), pairs=4, warmup=1)
     assert r["pairs"] == 4 and r["batch"] == 8

@@ -107,7 +107,7 @@ def test_paired_runs_count_a_win_only_when_the_interval_excludes_zero():
 
 
 def test_the_evidence_section_is_generated_from_the_runs(monkeypatch):
-    from dphyper import evidence_table
+    from dphyper.bench import evidence_suite as evidence_table
 
     cells = [_run("hypernet", k, 60 + k) for k in range(5)] + [_run("dpsgd", k, 300 + 3 * k) for k in range(3)] + \
         [_run("base", 0, 310.0, eps=None)]

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from dphyper import sampler_bench as sb
+from dphyper.bench import sampling_suite as sb
 from dphyper.config import BASE_UNET_DIR
 
 needs_base = pytest.mark.skipif(not (BASE_UNET_DIR / "config.json").exists(), reason="no shipped base UNet")

@@ -14,7 +14,7 @@ import math
 import os
 import time
 
-from .config import REPO_DIR
+from ..config import REPO_DIR
 
 PATH = REPO_DIR / "bench" / "executor.json"
 CELLS = (("base", math.nan), ("hypernet", 0.25), ("hypernet", 1.0), ("hypernet", 4.0), ("hypernet", 8.0),
@@ -24,8 +24,8 @@ SAMPLES, STEPS, SEED = 128, 25, 0
 
 
 def _tasks():
-    from .compare import BENCH_SETS, _cell_key, compare_cell
-    from .executor import Task
+    from ..compare import BENCH_SETS, _cell_key, compare_cell
+    from ..executor import Task
 
     s = next(b for b in BENCH_SETS if b.name == SET)
     return [Task(_cell_key(SET, m, e, 0, SAMPLES, STEPS), compare_cell,
@@ -33,7 +33,7 @@ def _tasks():
 
 
 def time_executor(executor) -> dict:
-    from .executor import drive
+    from ..executor import drive
 
     out: dict = {}
     tasks = _tasks()
@@ -48,9 +48,12 @@ def time_executor(executor) -> dict:
             "cell_seconds": sum(c["seconds_cell"] for c in out.values()), "base_fid": base["fid"]}
 
 
-def bench_executor(cfg, machine: str) -> dict:
-    from .executor import LocalPool, RayExecutor
-    from .markdown_sections import write_section
+def bench_executor(cfg) -> dict:
+    from .common import machine as machine_line
+
+    machine = machine_line()
+    from ..executor import LocalPool, RayExecutor
+    from ..markdown_sections import write_section
 
     cores = os.cpu_count() or 1
     runs = [time_executor(LocalPool(1)), time_executor(LocalPool(cores))]

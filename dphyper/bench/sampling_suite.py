@@ -19,7 +19,7 @@ from contextlib import nullcontext
 
 import torch
 
-from .config import REPO_DIR
+from ..config import REPO_DIR
 
 PATH = REPO_DIR / "bench" / "sampling.json"
 CACHE = REPO_DIR / "bench" / "cache" / "sampling"
@@ -36,7 +36,7 @@ SPEED_SAMPLES = 64
 def parse(setting: str) -> tuple[str, int]:
     """'dpm-10' -> ('dpm', 10), checked against the samplers ``diffusion.sample`` knows ('-bf16' at the end:
     see ``options``)."""
-    from .diffusion import SAMPLERS
+    from ..diffusion import SAMPLERS
 
     name, _, steps = setting.removesuffix("-bf16").partition("-")
     if name not in SAMPLERS or not steps.isdigit() or int(steps) < 1:
@@ -63,10 +63,10 @@ def _save(res: dict) -> None:
 
 def _adapter_fn(method: str, data: dict, models, ident: str):
     """``model_fn`` of the method's adapter on this set (trained once, then read from the cache)."""
-    from .lora import lora_model_fn
-    from .methods import get_method
-    from .methods.base import MethodResult, adapter_params
-    from .privacy import DEFAULT_DELTA
+    from ..lora import lora_model_fn
+    from ..methods import get_method
+    from ..methods.base import MethodResult, adapter_params
+    from ..privacy import DEFAULT_DELTA
 
     if method == "base":
         return None
@@ -96,7 +96,7 @@ def _features(key: str, make) -> torch.Tensor:
 
 def public_sets() -> dict:
     """The suite's sets (``compare.SWEEP_SETS``: train split), built on first use."""
-    from .compare import SWEEP_SETS, build_set
+    from ..compare import SWEEP_SETS, build_set
 
     sets = {s.name: s for s in SWEEP_SETS}
     return {name: (lambda s=sets[name]: build_set(s, REPO_DIR / "bench")) for name in ADAPTERS}
@@ -106,10 +106,10 @@ def run_quality(log=print, *, adapters: dict | None = None, settings: tuple[str,
                 samples: int = SAMPLES, datasets: dict | None = None, resamples: int = 200) -> dict:
     """Every (set, adapter, setting) cell and every setting's paired difference against ``REFERENCE`` (which
     ``settings`` must hold). ``datasets`` maps a set name to a function that builds it."""
-    from .compare import method_id
-    from .diffusion import sample
-    from .evidence import evaluator_features, fid, kid, paired_difference
-    from .models import shared_models
+    from ..compare import method_id
+    from ..diffusion import sample
+    from ..evidence import evaluator_features, fid, kid, paired_difference
+    from ..models import shared_models
 
     if REFERENCE not in settings:
         raise ValueError(f"the settings must include the reference {REFERENCE}")
@@ -201,8 +201,8 @@ def run_speed(settings=SETTINGS, variants=("plain", "channels-last", "compile"),
     option at ``REFERENCE`` and the cheapest tie."""
     import copy
 
-    from .diffusion import sample
-    from .models import shared_models
+    from ..diffusion import sample
+    from ..models import shared_models
 
     out: dict = {"samples": SPEED_SAMPLES, "threads": torch.get_num_threads(), "settings": {}, "variants": {}}
     unet = shared_models().unet
@@ -278,8 +278,11 @@ def text(res: dict, machine: str) -> str:
     return "\n".join(rows)
 
 
-def bench_sampling(cfg, machine: str) -> dict:
-    from .markdown_sections import write_section
+def bench_sampling(cfg) -> dict:
+    from .common import machine as machine_line
+
+    machine = machine_line()
+    from ..markdown_sections import write_section
 
     res = run_quality()
     res["speed"] = run_speed()

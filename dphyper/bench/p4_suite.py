@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from .config import REPO_DIR
+from ..config import REPO_DIR
 
 PATH = REPO_DIR / "bench" / "p4.json"
 
@@ -24,9 +24,9 @@ def _models(images: torch.Tensor, batch: int, device: torch.device):
     """A plain LoRA step function and a DP-SGD one (sigma 1, C 1), each on its own copy of the base UNet."""
     from opacus import PrivacyEngine
 
-    from .diffusion import load_unet, make_train_scheduler, noised_loss
-    from .dpsgd import make_private
-    from .lora import add_lora
+    from ..diffusion import load_unet, make_train_scheduler, noised_loss
+    from ..dpsgd import make_private
+    from ..lora import add_lora
 
     sched = make_train_scheduler()
     g = torch.Generator().manual_seed(0)
@@ -84,9 +84,12 @@ def measure(images: torch.Tensor, pairs: int = 12, warmup: int = 2, device: torc
             "threads": torch.get_num_threads()}
 
 
-def bench_p4(cfg, machine: str) -> dict:
-    from .compare import BENCH_SETS, build_set
-    from .markdown_sections import write_section
+def bench_p4(cfg) -> dict:
+    from .common import machine as machine_line
+
+    machine = machine_line()
+    from ..compare import BENCH_SETS, build_set
+    from ..markdown_sections import write_section
 
     s = BENCH_SETS[0]
     batch = 32

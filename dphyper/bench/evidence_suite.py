@@ -22,15 +22,15 @@ def _pm(stat: dict | None, metric: str, scale: float = 1.0, digits: int = 1) -> 
 
 
 def evidence_cells(res: dict, steps: int = 25) -> list[dict]:
-    from .compare import table_cells
+    from ..compare import table_cells
 
     return table_cells(res, EVIDENCE_SETS, EVIDENCE_SAMPLES, steps)
 
 
 def evidence_summary(res: dict, steps: int = 25) -> dict:
     """Per set, method and epsilon: run statistics and the flagship's paired verdicts (FID and KID)."""
-    from .evidence import group_runs, paired_runs, run_statistics
-    from .methods import FLAGSHIP
+    from ..evidence import group_runs, paired_runs, run_statistics
+    from ..methods import FLAGSHIP
 
     groups = group_runs(evidence_cells(res, steps))
     out: dict = {}
@@ -60,7 +60,7 @@ def plan_hours(res: dict, sets=EVIDENCE_SETS, epsilons=EVIDENCE_EPSILONS, steps:
     method and ε: the time to the adapter plus four times the rest (sampling and scoring 512 samples, not 128),
     times the runs the rules ask for. Hours of the machine the cells ran on (both cores); the runs already
     stored under the protocol are subtracted."""
-    from .methods import FLAGSHIP
+    from ..methods import FLAGSHIP
 
     done = evidence_summary(res, steps)
     total = left = 0.0
@@ -78,14 +78,14 @@ def plan_hours(res: dict, sets=EVIDENCE_SETS, epsilons=EVIDENCE_EPSILONS, steps:
 
 
 def text(res: dict, steps: int = 25) -> str:
-    from .methods import FLAGSHIP
+    from ..methods import FLAGSHIP
 
     summary = evidence_summary(res, steps)
     runs = sum(r["stats"]["runs"] for ms in summary.values() for bys in ms.values() for r in bys.values())
     rows = ["## The comparison under the evidence rules (`python -m dphyper bench --sets "
             + ",".join(EVIDENCE_SETS) + " --epsilons " + ",".join(f"{e:g}" for e in EVIDENCE_EPSILONS)
             + f" --repeats 5 --compare-samples {EVIDENCE_SAMPLES}`)", "",
-            f"Generated from `bench/results.json` ({runs} runs stored so far). A cell is R independent runs (fresh "
+            f"Generated from `bench/results.json` ({runs} run{'s' if runs != 1 else ''} stored so far). A cell is R independent runs (fresh "
             "privacy noise and training randomness; run r samples with seed r for every method, so differences "
             f"are paired); {EVIDENCE_SAMPLES} samples per run. Cells print mean ± the Student-t 95 % half-width "
             f"over runs (one run: the value alone). *vs {FLAGSHIP}*: the paired FID difference ({FLAGSHIP} − "
