@@ -282,6 +282,22 @@ def _colour(meth: str) -> str:
     return method_style(meth)[1]
 
 
+def _band(eps: list, mean: list, half: list, colour: str, group: str) -> list:
+    """The benchmark's 95 % interval over runs as a shaded band (cells with one run have none: a gap)."""
+    import plotly.graph_objects as go
+
+    upper = [m + h if h is not None else None for m, h in zip(mean, half)]
+    lower = [m - h if h is not None else None for m, h in zip(mean, half)]
+    edge = dict(mode="lines", line={"width": 0}, legendgroup=group, showlegend=False, hoverinfo="skip")
+    return [go.Scatter(x=eps, y=upper, **edge),
+            go.Scatter(x=eps, y=lower, fill="tonexty", fillcolor=_fade(colour), name="95 % interval", **edge)]
+
+
+def _fade(colour: str, alpha: float = 0.18) -> str:
+    c = colour.lstrip("#")
+    return f"rgba({int(c[0:2], 16)}, {int(c[2:4], 16)}, {int(c[4:6], 16)}, {alpha})"
+
+
 def utility_figure(log_eps: float, no_privacy: bool, bench_set: str | None, runs: list | None = None):
     """FID and class agreement vs epsilon from the benchmark, the chosen epsilon, the user's runs."""
     import plotly.graph_objects as go
@@ -294,6 +310,9 @@ def utility_figure(log_eps: float, no_privacy: bool, bench_set: str | None, runs
     if entry:
         for meth, m in entry["methods"].items():
             for col, key in ((1, "fid"), (2, "agreement")):
+                if m["epsilon"] and m.get(key + "_half"):
+                    fig.add_traces(_band(m["epsilon"], m[key], m[key + "_half"], _colour(meth), meth),
+                                   rows=1, cols=col)
                 if m["epsilon"]:
                     fig.add_trace(go.Scatter(x=m["epsilon"], y=m[key], mode="lines+markers", name=_label(meth),
                                              legendgroup=meth, showlegend=col == 1,

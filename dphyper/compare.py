@@ -426,6 +426,8 @@ def table_cells(res: dict, sets: tuple[str, ...], samples: int, steps: int) -> l
 
 def summarise(res: dict, sets: tuple[str, ...], samples: int, steps: int) -> dict:
     """Per set and method: epsilon -> mean FID / KID / agreement over repeats (and their count)."""
+    from .evidence import mean_interval
+
     out: dict = {}
     for c in table_cells(res, sets, samples, steps):
         m = out.setdefault(c["set"], {}).setdefault(c["method"], {})
@@ -440,6 +442,8 @@ def summarise(res: dict, sets: tuple[str, ...], samples: int, steps: int) -> dic
                                                                                  "seconds_to_lora")}
                 rows[e]["fid_std"] = float(np.std([c["fid"] for c in cells])) if len(cells) > 1 else None
                 rows[e]["repeats"] = len(cells)
+                for k in ("fid", "agreement"):  # the 95 % half-width over runs (DESIGN.md section 5); None for one
+                    rows[e][k + "_half"] = mean_interval([c[k] for c in cells])["half_width"] if len(cells) > 1 else None
             summary.setdefault(s, {})[meth] = rows
     return summary
 

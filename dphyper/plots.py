@@ -43,6 +43,10 @@ def curves(summary: dict, sets_info: dict, settings: dict) -> dict:
                 "agreement": [r["agreement"] for _, r in finite],
                 "seconds_to_lora": [r["seconds_to_lora"] for _, r in finite],
             }
+            for k in ("fid", "agreement"):  # interval bands, once some cell has repeated runs
+                halves = [r.get(k + "_half") for _, r in finite]
+                if any(h is not None for h in halves):
+                    entry["methods"][meth][k + "_half"] = halves
             for flat in ("inf", "base"):
                 if flat in rows:
                     entry["methods"][meth]["flat"] = {"fid": rows[flat]["fid"], "agreement": rows[flat]["agreement"],

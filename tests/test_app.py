@@ -531,3 +531,32 @@ def test_the_server_caps_the_allocators_arenas_before_its_threads_start(monkeypa
     monkeypatch.undo()
     if sys.platform.startswith("linux") and memory._glibc():
         assert memory.limit_arenas(2) is True
+
+
+def test_the_curve_draws_the_benchmarks_interval_as_a_band(monkeypatch):
+    """Issue 38: where the benchmark holds repeated runs of a cell, the privacy-utility figure shades its 95 %
+    interval around the mean; a method whose cells have one run each gets no band."""
+    from dphyper import app
+    from dphyper.compare import summarise
+    from dphyper.plots import curves
+
+    def cell(method, eps, rep, fid, agreement):
+        return {"set": "s", "method": method, "epsilon": eps, "samples": 8, "sampling_steps": 2, "fid": fid,
+                "kid": 1.0, "agreement": agreement, "seconds_to_lora": 1.0, "method_id": "x", "repeat": rep}
+
+    cells = [cell("hypernet", e, r, 100 + 10 * r, 0.5 + 0.1 * r) for e in (1.0, 4.0) for r in range(3)]
+    cells += [cell("dpsgd", e, 0, 300.0, 0.1) for e in (1.0, 4.0)]
+    res = {"cells": dict(enumerate(cells)), "sets": {"s": {"n": 100}},
+           "method_ids": {"hypernet": {"100": "x"}, "dpsgd": {"100": "x"}}}
+    summ = summarise(res, ("s",), 8, 2)
+    assert summ["s"]["hypernet"]["1.0"]["fid_half"] == pytest.approx(4.303 * 10 / 3 ** 0.5, rel=1e-3)  # t(0.975, 2)
+    assert summ["s"]["dpsgd"]["1.0"]["fid_half"] is None
+    curv = curves(summ, {"s": {"n": 100, "kind": "single-class"}}, {})
+    assert "fid_half" in curv["sets"]["s"]["methods"]["hypernet"] and "fid_half" not in curv["sets"]["s"]["methods"]["dpsgd"]
+    monkeypatch.setattr(app, "_curves", lambda: curv)
+    fig = app.utility_figure(0.0, False, "s")
+    bands = [t for t in fig.data if t.fill == "tonexty"]
+    assert len(bands) == 2  # FID and agreement, hypernet only
+    upper = [t for t in fig.data if t.fill is None and t.legendgroup == "hypernet" and not t.showlegend
+             and t.mode == "lines"]
+    assert upper and upper[0].y[0] == pytest.approx(110 + 4.303 * 10 / 3 ** 0.5, rel=1e-3)
