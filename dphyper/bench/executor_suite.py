@@ -62,7 +62,7 @@ def bench_executor(cfg) -> dict:
     except ImportError as e:
         runs.append({"executor": "ray", "error": str(e)})
     res = {"machine": machine, "cores": cores, "set": SET, "samples": SAMPLES, "steps": STEPS,
-           "cells": [f"{m} eps={e:g}" for m, e in CELLS], "runs": runs}
+           "cells": [m if math.isnan(e) else f"{m} ε={e:g}" for m, e in CELLS], "runs": runs}
     PATH.write_text(json.dumps(res, indent=1))
     write_section(cfg.doc, "executor", text(res))
     return res
@@ -72,9 +72,10 @@ def text(res: dict) -> str:
     serial = res["runs"][0]["wall_seconds"]
     rows = ["## Cells as tasks: serial, local pool, Ray (`python -m dphyper bench --suite executor`)", "",
             f"Machine: {res['machine']}. The same {len(res['cells'])} comparison cells on `{res['set']}` "
-            f"({res['samples']} samples, {res['steps']} steps): " + ", ".join(res["cells"]) + ". Each executor starts "
+            f"({res['samples']} samples, {res['steps']} steps): " + ", ".join(c.replace(" eps=nan", "").replace("eps=", "ε=") for c in res["cells"]) + ". Each executor starts "
             "cold (workers import the package and load the models). Serial: one worker with every core's threads; "
-            "pool and Ray: one cell per core, one thread each.", "",
+            "pool and Ray: one cell per core, one thread each. The base model's cell is deterministic: the same FID "
+            "from every executor says a cell does not depend on where it ran.", "",
             "| executor | cells at a time | wall time | speed-up | sum of cell times | base model's FID |", "|---|---|---|---|---|---|"]
     for r in res["runs"]:
         if "error" in r:
