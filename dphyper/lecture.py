@@ -15,6 +15,7 @@ import time
 EXAMPLE = "sneakers"
 SAMPLES = 16
 SEED = 0
+DISPLAY_SCALE = 3
 STEPS: tuple[tuple[float, str], ...] = (
     (math.inf, "**No privacy.** The hypernetwork reads the exact mean embedding of the 200 sneakers and turns it "
                "into a LoRA in one pass: the samples are sneakers. This is the picture privacy will cost us."),
@@ -70,7 +71,10 @@ def run_step(k: int, models=None) -> tuple[object, str]:
     m = get_method(FLAGSHIP)
     t0 = time.perf_counter()
     r = run_method(m, images, m.config_cls(epsilon=eps, samples=SAMPLES, seed=SEED), models or shared_models())
-    return make_grid(r.samples), step_text(k, r.report, time.perf_counter() - t0)
+    grid = make_grid(r.samples)
+    # 32-pixel images on a projector: enlarged, with hard pixel edges (no blur)
+    grid = grid.resize((grid.width * DISPLAY_SCALE, grid.height * DISPLAY_SCALE), resample=0)
+    return grid, step_text(k, r.report, time.perf_counter() - t0)
 
 
 def build_tab() -> None:
@@ -85,7 +89,7 @@ def build_tab() -> None:
         again = gr.Button("Run this step again (a new noise draw)")
         nxt = gr.Button("Next step ▶", variant="primary")
     with gr.Row():
-        picture = gr.Image(label="16 samples (same seed at every step)", type="pil", height=360)
+        picture = gr.Image(label="16 samples (same seed at every step)", type="pil", height=460)
         text = gr.Markdown("Press **Next step** to start with no privacy.")
 
     def show(k: int):

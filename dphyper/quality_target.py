@@ -16,8 +16,9 @@ def plain_epsilon(epsilon: float, delta: float) -> str:
     if not math.isfinite(epsilon):
         return "**No privacy**: what the run outputs can reveal anything about any one of your images."
     factor = math.exp(epsilon)
+    times = f"{factor:.3g}" if factor < 100 else f"{factor:,.0f}" if factor < 1e9 else f"{factor:.1e}"
     return (f"In plain words: at ε = {epsilon:.3g}, anyone who sees what a run outputs can become at most "
-            f"**{factor:.3g}× more confident** (in odds) about whether any one of your images was used, "
+            f"**{times}× more confident** (in odds) about whether any one of your images was used, "
             f"except with probability δ = {delta:g}.")
 
 

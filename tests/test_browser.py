@@ -133,3 +133,22 @@ def test_the_audit_tab_draws_a_picture(page, tmp_path):
     assert os.path.getsize(shot) > 20_000
     page.get_by_role("tab", name="Private LoRA").first.click()  # back to the first tab for any later test
     page.set_viewport_size({"width": 1400, "height": 1000})
+
+
+@needs_models
+def test_the_lecture_steps_through_epsilon_at_a_projectors_width(page, tmp_path):
+    """Issue 38: the lecture tab at 1,920 px: a step shows its samples and its sentence, the next step lowers ε."""
+    page.set_viewport_size({"width": 1920, "height": 1080})
+    page.get_by_role("tab", name="Lecture: ε step by step").click()
+    page.get_by_role("button", name="Next step ▶").click()
+    page.wait_for_function("() => document.body.innerText.includes('Step 1 of 7')", timeout=180000)
+    assert page.get_by_text("No privacy", exact=False).count() >= 1
+    page.get_by_role("button", name="Next step ▶").click()
+    page.wait_for_function("() => document.body.innerText.includes('Step 2 of 7')", timeout=180000)
+    assert page.get_by_text("ε = 8", exact=False).count() >= 1
+    assert page.get_by_text("this step took", exact=False).count() >= 1
+    shot = os.environ.get("DPHYPER_LECTURE_SCREENSHOT") or str(tmp_path / "lecture.png")
+    page.screenshot(path=shot, full_page=True)
+    assert os.path.getsize(shot) > 20_000
+    page.get_by_role("tab", name="Private LoRA").first.click()
+    page.set_viewport_size({"width": 1400, "height": 1000})

@@ -28,3 +28,10 @@ def test_plain_words_follow_epsilon():
 
     assert "2.72× more confident" in privacy_summary(0.0, False, 1e-5, 100)
     assert "1.11× more confident" in privacy_summary(-1.0, False, 1e-5, 100)
+
+
+def test_large_odds_read_as_whole_numbers():
+    from dphyper.quality_target import plain_epsilon
+
+    assert "2,981× more confident" in plain_epsilon(8.0, 1e-5)  # e^8, not "2.98e+03"
+    assert "20.1× more confident" in plain_epsilon(3.0, 1e-5)
