@@ -412,7 +412,8 @@ def test_bench_epsilons_option_runs_a_subset_of_the_grid_in_order():
     assert _epsilons("") == ()  # the whole grid
     assert _epsilons("4, 1") == (4.0, 1.0)
     assert set(_epsilons(",".join(f"{e:g}" for e in EPSILONS))) == set(EPSILONS)
-    for bad in ("3", "inf", "one", "-1"):
+    assert _epsilons("64,1024") == (64.0, 1024.0)  # the seed paper's range, beyond the tables' grid
+    for bad in ("3", "inf", "one", "-1", "2048"):
         with pytest.raises(ValueError, match="--epsilons"):
             _epsilons(bad)
 
@@ -645,3 +646,38 @@ def test_a_merge_keeps_other_processes_cells_and_never_restores_a_removed_one(tm
     _save(path, {"cells": {"new-key": {"fid": 1.0}, "kept": {"fid": 2.0}, "other": {"fid": 3.0}}, "sets": {}})
     _merge_cell(path, mine, "my-cell", {"fid": 4.0}, None)  # ... and stores its cell after a re-key elsewhere
     assert set(_load(path)["cells"]) == {"new-key", "kept", "other", "my-cell"}
+
+
+@needs_fmnist
+def test_shifted_sets_are_what_their_names_say_and_disjoint_from_their_reference():
+    """Issue 41: mix25-rot90-100 holds 25 turned test images and 75 unshifted ones; the reference is built the
+    same way from other images; glyph sets draw their private and reference glyphs with different seeds."""
+    from dphyper.compare import BENCH_SETS
+    from dphyper.data import load_fashion_mnist
+    from dphyper.shifted_sets import all_names, parse, set_name
+
+    names = {s.name for s in BENCH_SETS if s.kind == "shifted"}
+    assert set(all_names()) == names and "shift-rot90-1000" in names and "mix50-glyphs-100" in names
+    assert parse("mix25-rot90-100") == ("rot90", 0.25, 100) and set_name("invert", 1.0, 1000) == "shift-invert-1000"
+    with pytest.raises(ValueError):
+        parse("mix30-rot90-100")
+    x, _ = load_fashion_mnist("test")
+    test = {t.numpy().tobytes() for t in x}
+
+    def key(t):
+        return t.numpy().tobytes()
+
+    d = build_set(BenchSet("mix25-rot90-100", "shifted", 100), None)
+    p = d["private"]
+    assert len(p) == 100 and d["info"]["n"] == 100
+    assert all(key(torch.rot90(t, k=-1, dims=(1, 2))) in test for t in p[:25])  # turned test images
+    assert all(key(t) in test for t in p[25:])  # unshifted
+    assert not {key(t) for t in p} & {key(t) for t in d["reference"]}
+    ref = d["reference"]
+    assert sum(key(torch.rot90(t, k=-1, dims=(1, 2))) in test for t in ref) == round(0.25 * len(ref))
+    g = build_set(BenchSet("shift-glyphs-100", "shifted", 100), None)
+    assert not {key(t) for t in g["private"]} & {key(t) for t in g["reference"]}
+    assert not any(key(t) in test for t in g["private"])
+    inv = build_set(BenchSet("shift-invert-100", "shifted", 100), None)["private"]
+    assert all(key(-t) in test for t in inv)
+    assert torch.equal(build_set(BenchSet("mix25-rot90-100", "shifted", 100), None)["private"], p)  # deterministic

@@ -59,7 +59,7 @@ def _json(path: Path) -> dict:
 
 def _epsilons(text: str) -> tuple[float, ...]:
     """``--epsilons 1,4``: finite, positive budgets of the comparison grid (a subset runs first)."""
-    from ..compare import EPSILONS
+    from ..compare import EPSILONS, WIDE_EPSILONS
 
     out = []
     for part in (p.strip() for p in text.split(",") if p.strip()):
@@ -67,9 +67,10 @@ def _epsilons(text: str) -> tuple[float, ...]:
             e = float(part)
         except ValueError:
             raise ValueError(f"--epsilons: {part!r} is not a number") from None
-        if e not in EPSILONS:
-            raise ValueError(f"--epsilons: {part} is not on the comparison grid {', '.join(f'{x:g}' for x in EPSILONS)} "
-                             "(ε = ∞ runs with every one-shot method)")
+        if e not in EPSILONS + WIDE_EPSILONS:
+            raise ValueError(f"--epsilons: {part} is not on the comparison grid "
+                             f"{', '.join(f'{x:g}' for x in EPSILONS + WIDE_EPSILONS)} (ε = ∞ runs with every "
+                             "one-shot method)")
         out.append(e)
     return tuple(out)
 
