@@ -223,6 +223,8 @@ def run_cell(method: str, epsilon: float, data: dict, models, *, samples: int, s
         x = r.samples
         to_lora = r.timings["to_adapter"]
         extra = {k: r.report[k] for k in REPORT_EXTRAS if k in r.report}
+        if isinstance(r.report.get("reach"), dict):  # the reach check's verdict on this run's release (issue 41)
+            extra["reach"] = {k: r.report["reach"].get(k) for k in ("verdict", "distance", "bound")}
         if r.losses:
             extra["final_loss"] = float(np.mean(r.losses[-10:]))
         if r.report.get("steps"):

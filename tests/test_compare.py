@@ -68,6 +68,8 @@ def test_tiny_benchmark_grid_end_to_end(tmp_path):
         assert 0.0 <= c["agreement"] <= 1.0
     dp = next(c for c in cells if c["method"] == "dpsgd")
     assert dp["steps"] == 2 and dp["epsilon_spent"] <= 1.0 + 1e-6 and dp["noise_multiplier"] > 0
+    hyp = next(c for c in cells if c["method"] == "hypernet")  # the reach check's verdict is kept (issue 41)
+    assert hyp["reach"]["verdict"] in ("within", "outside", "cannot tell")
     # The stored results resume: a rerun trains nothing new.
     again = run_compare(st, log=lambda m: pytest.fail(f"recomputed {m}"))
     assert again["cells"].keys() == res["cells"].keys()
