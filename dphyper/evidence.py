@@ -31,11 +31,11 @@ KID_SUBSETS = 10
 def evaluator_features(x: torch.Tensor, model=None, batch_size: int = 512) -> torch.Tensor:
     """The evaluator's 128-d penultimate features of images in [-1, 1], after the same uint8 rounding that
     ``evaluator.fid_kid`` applies (float64, CPU)."""
-    from .evaluator import load_evaluator
+    from .evaluator import _Uint8Dataset, load_evaluator
 
     model = model or load_evaluator()
     device = next(model.parameters()).device
-    q = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    q = _Uint8Dataset(x).x  # the rounding fid_kid's dataset applies
     out = [model.features(b.to(device).float().div(127.5).sub(1.0)).double().cpu() for b in q.split(batch_size)]
     return torch.cat(out)
 

@@ -199,21 +199,18 @@ class Driver:
     _flight: dict = field(default_factory=dict)
 
     def run(self) -> int:
-        try:
-            while True:
-                self._fill()
-                if not self._flight:
-                    return self.started
-                for h in self.executor.wait_any(list(self._flight)):
-                    task = self._flight.pop(h)
-                    out = self.executor.result(h)
-                    if isinstance(out, Retry):
-                        self._flight[out.handle] = task
-                        continue
-                    self.done(task, out)
-        finally:
-            for h in list(self._flight):  # an error in one cell: the others' workers are stopped with the pool
-                self._flight.pop(h)
+        # A cell that raises ends the run with its error; the caller's ``executor.close()`` stops the others.
+        while True:
+            self._fill()
+            if not self._flight:
+                return self.started
+            for h in self.executor.wait_any(list(self._flight)):
+                task = self._flight.pop(h)
+                out = self.executor.result(h)
+                if isinstance(out, Retry):
+                    self._flight[out.handle] = task
+                    continue
+                self.done(task, out)
 
     def _fill(self) -> None:
         busy = {t.key for t in self._flight.values()}

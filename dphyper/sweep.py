@@ -194,18 +194,6 @@ def noise_bands(out: Path) -> dict[str, float]:
     return {name: 2 * math.sqrt(2) * r["sd"] for name, r in load_fid_noise(out)["sets"].items()}
 
 
-def sweep_cell(method: str, s: BenchSet, eps: float, hp: dict, out: str, samples: int, steps: int,
-               seed: int) -> tuple[dict, dict]:
-    """One sweep cell as a task (any process): the cell and its set's public description."""
-    from .models import shared_models
-
-    models = shared_models()
-    data = compare._set_data(s, out)
-    cell = compare.run_cell(method, eps, data, models, samples=samples, steps=steps, seed=seed, overrides=hp)
-    compare._models_are_on_disk(models)
-    return cell, data["info"]
-
-
 def _todo(method: str, s: BenchSet, fresh: dict, bands: dict[str, float]) -> list[tuple[float, dict]]:
     """The (epsilon, settings) of ``method`` on sweep set ``s`` that today's plan wants and no fresh cell holds,
     in the plan's order: what a sweep worker runs next (``run_sweep``) and what ``--plan`` lists."""
@@ -237,12 +225,14 @@ def run_sweep(methods: tuple[str, ...], out: Path, *, sets: tuple[BenchSet, ...]
         for s in sets or SWEEP_SETS:
             for method in methods:
                 for eps, hp in _todo(method, s, fresh, bands):
-                    yield Task(_sweep_key(method, s.name, eps, hp), sweep_cell,
-                               (method, s, eps, hp, str(out), samples, steps, seed), gpu=True)
+                    # the comparison's own cell task, with the sweep's settings as its overrides
+                    yield Task(_sweep_key(method, s.name, eps, hp), compare.compare_cell,
+                               (method, s, eps, str(out), samples, steps, seed, hp), gpu=True)
 
     def done(task, result):
         cell, info = result
-        method, s, eps, hp = task.args[:4]
+        method, s, eps = task.args[:3]
+        hp = task.args[7]
         state["res"]["sets"][s.name] = info
         cell.update({"set": s.name, "hp": hp, "cost": run_cost(hp, s.n, method), "epsilon": eps,
                      "stamp": sweep_stamp(method, hp, samples=samples, steps=steps, seed=seed)})

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import time
 from contextlib import nullcontext
+from pathlib import Path
 
 import torch
 
@@ -84,8 +85,12 @@ def _adapter_fn(method: str, data: dict, models, ident: str):
     return lora_model_fn(models.unet, adapter_params(result, models.unet))
 
 
+def _features_path(key: str) -> Path:
+    return CACHE / (key.replace("|", "_") + ".features.pt")
+
+
 def _features(key: str, make) -> torch.Tensor:
-    path = CACHE / (key.replace("|", "_") + ".features.pt")
+    path = _features_path(key)
     if path.exists():
         return torch.load(path)
     feats = make()
@@ -129,8 +134,9 @@ def run_quality(log=print, *, adapters: dict | None = None, settings: tuple[str,
                 key = f"{set_name}|{method}|{setting}"
                 cell = res["cells"].get(key)
                 fkey = f"{key}|{ident}|k{samples}|s{SEED}"
-                if cell is not None and cell.get("ident") == ident and cell.get("samples") == samples and (CACHE / (fkey.replace("|", "_") + ".features.pt")).exists():
-                    feats[setting] = torch.load(CACHE / (fkey.replace("|", "_") + ".features.pt"))
+                stored = cell is not None and cell.get("ident") == ident and cell.get("samples") == samples
+                if stored and _features_path(fkey).exists():
+                    feats[setting] = torch.load(_features_path(fkey))
                     continue
                 if model_fn is None and method != "base":
                     model_fn = _adapter_fn(method, data, models, ident)
