@@ -179,6 +179,8 @@ def _add_run(sub, add, words: list[str] | None) -> None:
 
     for m in METHODS.values():
         add_method(rsub, m.name, m, f"{m.label}: noise {m.noise}")
+        for alias in m.aliases:
+            add_method(rsub, alias, m, f"alias of `run {m.name}`")
     for alias, target in ALIASES.items():
         add_method(sub, alias, METHODS[target], f"alias of `run {target}`")
 

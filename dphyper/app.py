@@ -35,6 +35,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from .adapters import FORMATS
 from .plots import style as method_style
 from .config import EXAMPLES_DIR, REPO_DIR
 from .ledger import LedgerBook, drop_duplicates, total_text
@@ -446,7 +447,7 @@ def _owner_agreement(samples, images) -> float:
     return class_agreement(classify(samples, ev), ref / ref.sum())
 
 
-WEIGHTS_WORDS = {"lora": "a LoRA", "sparse": "a sparse delta of the UNet"}  # by adapter format
+WEIGHTS_WORDS = {name: f.words for name, f in FORMATS.items()}  # by adapter format
 
 
 def _caption(method: str, report: dict, seconds: float, adapter_format: str = "lora") -> str:
@@ -1103,15 +1104,16 @@ def build_demo():
                 chosen = gr.CheckboxGroup([(m.label, m.name) for m in METHODS.values()], value=list(METHODS),
                                           label="Methods side by side", scale=2)
                 n_samples = gr.Slider(4, 64, value=16, step=4, label="Samples per method", scale=1)
+                fits = [m.label for m in METHODS.values() if "fit_steps" in {f.name for f in fields(m.config_cls)}]
                 max_steps = gr.Slider(0, 1000, value=0, step=10, label="Step budget of the training methods "
-                                      "(0 = the tuned schedule; slicing: steps of its free fit)", scale=1)
+                                      f"(0 = the tuned schedule; {', '.join(fits)}: steps of the free fit)", scale=1)
             plan = gr.Markdown()
             cols: dict[str, dict] = {}
             with gr.Row(equal_height=False):
                 for m in METHODS.values():
                     with gr.Column(min_width=COLUMN_MIN_WIDTH) as col:
                         c = cols[m.name] = {"col": col}
-                        gr.Markdown(f"**{m.label}** · noise {m.noise}")
+                        gr.Markdown(f"**{m.label}** · noise {m.noise}" + (f"  \n*{m.relation}*" if m.relation else ""))
                         with gr.Row():
                             c["go"] = gr.Button(f"{m.label} ({m.duration or ('seconds' if m.one_shot else 'minutes on CPU')})",
                                                 variant="primary" if m.one_shot else "secondary")

@@ -280,3 +280,28 @@ def train_base(cfg: BaseTrainConfig, images: torch.Tensor | None = None) -> dict
                "train_seconds": round(seconds_total, 1), "params": sum(p.numel() for p in unet.parameters())}
     (out / "training.json").write_text(json.dumps({"summary": summary, "history": history}, indent=1))
     return summary
+
+
+def vary(unet: UNet2DModel, images: torch.Tensor, strength: float, steps: int = 25, seed: int | None = None,
+         batch_size: int = 256) -> torch.Tensor:
+    """SDEdit (Meng et al. 2022): noise ``images`` (n, 1, 32, 32) in [-1, 1] to the DDIM schedule's point at
+    ``strength`` (0 = unchanged, 1 = pure noise) and denoise them with ``unet`` from there. Model calls per image:
+    the schedule's steps after that point (about ``strength`` x ``steps``)."""
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"strength must be in [0, 1], got {strength}")
+    device = next(unet.parameters()).device
+    gen = torch.Generator(device="cpu")
+    gen.manual_seed(seed) if seed is not None else gen.seed()
+    sched = make_sample_scheduler("ddim")
+    sched.set_timesteps(steps)
+    start = min(max(int(round((1.0 - strength) * steps)), 0), steps)
+    if start == steps:
+        return images.clone()
+    out = []
+    for lo in range(0, len(images), batch_size):
+        x0 = images[lo:lo + batch_size]
+        x = sched.add_noise(x0, torch.randn(x0.shape, generator=gen), sched.timesteps[start:start + 1]).to(device)
+        for t in sched.timesteps[start:]:
+            x = sched.step(unet(x, t.to(device).expand(len(x))).sample, t, x).prev_sample
+        out.append(x.clamp(-1, 1).cpu())
+    return torch.cat(out)

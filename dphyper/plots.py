@@ -22,12 +22,13 @@ def style(meth: str) -> tuple[str, str]:
     so that a newly registered method needs no edit here."""
     if meth in METHOD_STYLE:
         return METHOD_STYLE[meth]
+    from .adapters import FORMATS
     from .methods import METHODS
 
     names = list(METHODS)
     m = METHODS.get(meth)
-    # What it trains: a LoRA for most methods; DP sparse changes chosen rows of the base UNet itself.
-    label = meth if m is None else f"{m.label} LoRA" if m.adapter_format == "lora" else f"{m.label} (rows of the base UNet)"
+    # What it makes: a LoRA for most methods; DP sparse changes chosen rows of the base UNet, PE an image set.
+    label = meth if m is None else f"{m.label} {FORMATS[m.adapter_format].noun}"
     return label, PALETTE[(names.index(meth) if meth in names else 0) % len(PALETTE)]
 
 

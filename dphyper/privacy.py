@@ -121,8 +121,9 @@ def check_epsilon_delta(epsilon: float, delta: float) -> None:
 class PrivacyEvent:
     """What happened, once: one mechanism applied to one dataset (immutable)."""
 
-    mechanism: str  # "gaussian_sum_count" (hypernet, qem), "gaussian_sliced_rows" (slicing), "gaussian_row_scores"
-    # (sparse's selection), "dpsgd_poisson_gaussian" (dpsgd, pda-dpmd, sparse)
+    mechanism: str  # "gaussian_sum_count" (hypernet, qem, dp-merf), "gaussian_sliced_rows" (slicing),
+    # "gaussian_row_scores" (sparse's selection), "gaussian_vote_histograms" (private-evolution, one per round),
+    # "dpsgd_poisson_gaussian" (dpsgd, pda-dpmd, sparse)
     epsilon: float
     delta: float
     noise_multiplier: float  # sigma / sensitivity
@@ -177,19 +178,21 @@ class PrivacyLedger:
         if any(not e.private for e in events):
             return math.inf, delta
         if all(_one_gaussian(e) for e in events):
-            s_total = sum(e.noise_multiplier ** -2 for e in events) ** -0.5
+            # T Gaussian mechanisms with multiplier s compose to one with s / sqrt(T) (GDP, adaptively too)
+            s_total = sum(e.steps * e.noise_multiplier ** -2 for e in events) ** -0.5
             return analytic_gaussian_epsilon(noise_multiplier=s_total, delta=delta), delta
         return _pld_epsilon(list(events), delta), delta
 
 
-# One-shot releases whose privacy is exactly (or dominated by) one Gaussian mechanism with the
-# event's multiplier: they compose exactly in Gaussian DP (slicing's padded, shuffled rows: see
-# methods/slicing.py for the dominance argument; sparse's unit-norm row scores: methods/sparse.py).
-ONE_GAUSSIAN = ("gaussian_sum_count", "gaussian_sliced_rows", "gaussian_row_scores")
+# Releases whose privacy is exactly (or dominated by) ``steps`` Gaussian mechanisms with the event's
+# multiplier, each on the whole dataset: they compose exactly in Gaussian DP (slicing's padded, shuffled
+# rows: see methods/slicing.py for the dominance argument; sparse's unit-norm row scores: methods/sparse.py;
+# the vote histograms of Private Evolution's rounds, adaptively chosen: methods/private_evolution.py).
+ONE_GAUSSIAN = ("gaussian_sum_count", "gaussian_sliced_rows", "gaussian_row_scores", "gaussian_vote_histograms")
 
 
 def _one_gaussian(e: PrivacyEvent) -> bool:
-    return e.mechanism in ONE_GAUSSIAN and e.steps == 1 and e.sample_rate == 1.0
+    return e.mechanism in ONE_GAUSSIAN and e.steps >= 1 and e.sample_rate == 1.0
 
 
 def _pld_epsilon(events: list[PrivacyEvent], delta: float) -> float:

@@ -25,3 +25,12 @@ def public_pool(size: int) -> torch.Tensor:
             images, _ = load_fashion_mnist_uint8("train")
             _pool[size] = uint8_to_tensor(images[pool_indices(len(images), size)])
         return _pool[size]
+
+
+def public_pool_labelled(size: int, pool: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``size`` images of the seeded public pool of ``pool`` images (``public_pool(pool)``), with
+    their class labels."""
+    from .data import load_fashion_mnist_uint8
+
+    _, labels = load_fashion_mnist_uint8("train")
+    return public_pool(pool)[:size], torch.as_tensor(labels[pool_indices(len(labels), size)]).long()

@@ -28,7 +28,7 @@ def results_table(results_path: Path = RESULTS, epsilon: float = EPSILON) -> str
     st = CompareSettings().resolved()
     summ = summarise(res, st.sets, st.samples, st.steps)
     cols = [*REFERENCES, *((name, m.label) for name, m in METHODS.items())]
-    lines = ["| set | " + " | ".join(label for _, label in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    table: list[list[str]] = []
     runs: set[int] = set()
     for s in st.sets:
         row = [s]
@@ -41,7 +41,15 @@ def results_table(results_path: Path = RESULTS, epsilon: float = EPSILON) -> str
                 continue
             runs.add(cell["repeats"])
             row.append(f"{cell['fid']:.1f} ({cell['agreement']:.2f})")
-        lines.append("| " + " | ".join(row) + " |")
+        table.append(row)
+    # A method with no stored cell at all gets no empty column: the sentence under the table names it.
+    empty = [j for j, (name, _) in enumerate(cols) if name not in dict(REFERENCES)
+             and all(row[j + 1] == "–" for row in table)]
+    keep = [j for j in range(len(cols)) if j not in empty]
+    lines = ["| set | " + " | ".join(cols[j][1] for j in keep) + " |", "|---" * (len(keep) + 1) + "|"]
+    lines += ["| " + " | ".join([row[0], *(row[j + 1] for j in keep)]) + " |" for row in table]
+    if empty:
+        lines += ["", "No stored cells yet: " + ", ".join(cols[j][1] for j in empty) + "."]
     n_runs = ", ".join(str(r) for r in sorted(runs)) or "0"
     head = (f"FID at ε = {epsilon:g} (class agreement), {st.samples} samples per run, runs per cell: {n_runs} "
             "(generated from `bench/results.json` by `python -m dphyper bench --report-only`):")

@@ -82,7 +82,9 @@ def test_pda_dpmd_audit_runs_the_shipped_mixed_step(broken, expect_caught):
 # consistent and each broken one caught (4,000 trials each; 20,000-trial results are in docs/BENCHMARKS.md).
 _RELEASE_AUDITS = [("qem", v) for v in ("none", "no-clip", "weak-noise", "clip-before-whitening")] + \
                   [("slicing", v) for v in ("none", "no-clip", "weak-noise", "no-padding", "no-shuffle")] + \
-                  [("sparse", v) for v in ("none", "no-clip", "weak-noise", "exact-selection")]
+                  [("sparse", v) for v in ("none", "no-clip", "weak-noise", "exact-selection")] + \
+                  [("dp-merf", v) for v in ("none", "no-clip", "weak-noise", "exact-count")] + \
+                  [("private-evolution", v) for v in ("none", "no-clip", "weak-noise", "one-round-noise")]
 
 
 @pytest.mark.parametrize("method, broken", _RELEASE_AUDITS)

@@ -72,9 +72,21 @@ def test_every_method_runs_from_the_command_line(name, tiny, tmp_path):
     assert abs(sum(v for k, v in secs.items() if k != "total") - secs["total"]) < 0.05 * len(secs), line
     if not method.one_shot:  # a training method shows a bar with its total
         assert re.search(r"\d+/\d+", run.stderr), run.stderr[-2000:]
+    from dphyper.adapters import FORMATS
     from dphyper.diffusion import load_unet
     from dphyper.methods import load_adapter_into
 
+    if FORMATS[method.adapter_format].draw is not None:  # an image set (Private Evolution): the samples are its
+        from PIL import Image  # images, and it is refused as weights with the way to read it
+        from safetensors.torch import load_file
+
+        kept = load_file(str(out / adapter))["images"]
+        png = torch.tensor(list(Image.open(out / "samples" / "sample_00000.png").convert("L").getdata()),
+                           dtype=torch.float32).reshape(32, 32)
+        assert min(float((((k[0] + 1) * 127.5).round() - png).abs().max()) for k in kept) <= 1.0
+        with pytest.raises(ValueError, match="load_file"):
+            load_adapter_into(load_unet(device=torch.device("cpu")), out / adapter)
+        return
     base = load_unet(device=torch.device("cpu"))
     unet = load_adapter_into(load_unet(device=torch.device("cpu")), out / adapter)
     x, t = torch.randn(2, 1, 32, 32, generator=torch.Generator().manual_seed(0)), torch.tensor([10, 500])

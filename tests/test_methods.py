@@ -1,5 +1,6 @@
 """The one contract, parametrised over the registry: every method behaves the same from outside."""
 
+import dataclasses
 import json
 import math
 import shutil
@@ -71,6 +72,15 @@ def test_contract(name, models, tmp_path):
     text = (tmp_path / name / "report.json").read_text()
     assert json.loads(text) == out
     assert "test_" not in text and "second" not in text and '"n"' not in text
+    from dphyper.adapters import FORMATS
+
+    if FORMATS[res.adapter_format].draw is not None:  # an image set (Private Evolution): it loads back, and
+        from safetensors.torch import load_file  # every sample is one of its images
+
+        kept = load_file(str(tmp_path / name / adapter_file))["images"]
+        assert torch.equal(kept, res.adapter["images"].float())
+        assert all(any(torch.equal(s, k) for k in kept) for s in res.samples)
+        return
     # The adapter loads back the documented way and changes the model.
     from dphyper.diffusion import load_unet
     unet = load_adapter_into(load_unet(device=torch.device("cpu")), tmp_path / name / adapter_file)
@@ -159,7 +169,10 @@ def test_trained_methods_can_be_cancelled(name, models):
             cancel.set()
 
     with pytest.raises(Cancelled):
-        long = {"fit_steps": 50} if name == "slicing" else {"max_steps": 50}
+        fields = {f.name for f in dataclasses.fields(get_method(name).config_cls)}
+        # a free fit's length, a training's, or (Private Evolution) its rounds
+        long = {"fit_steps": 50} if "fit_steps" in fields else {"max_steps": 50} if "max_steps" in fields else \
+            {"rounds": 4}
         run_method(get_method(name), images, _cfg(name, **long), models, progress=progress, cancel=cancel)
     assert max(steps) == 2
 

@@ -31,6 +31,7 @@ SUITES: dict[str, tuple[str, str, str]] = {
     "p4": ("p4_suite", "bench_p4", "result"),
     "sparse": ("sparse_suite", "bench_sparse", "file"),
     "theory": ("theory_suite", "bench_theory", "file"),
+    "same-release": ("same_release_suite", "bench_same_release", "result"),
 }
 
 

@@ -21,7 +21,8 @@ class BenchConfig:
     """`python -m dphyper bench`: measure and record numbers in docs/BENCHMARKS.md."""
 
     suite: str = field(default="compare", metadata={"help": "which suite: compare (every method, the default), "
-                                                   "sweep, fid-noise, app, audit, models, hypernet, p1, reach, sampling, executor, p4, sparse or theory"})
+                                                   "sweep, fid-noise, app, audit, models, hypernet, p1, reach, sampling, executor, p4, sparse, theory or "
+                                                   "same-release (compare, same-release: --sets, --epsilons, --repeats, --compare-samples)"})
     methods: str = field(default="", metadata={"help": "compare/sweep/audit: comma-separated method names (default: "
                                                 "all registered; 'floor' = compare only the base model and the "
                                                 "non-private floor)"})

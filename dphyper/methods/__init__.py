@@ -6,9 +6,11 @@ one file here plus one line below (and its tests).
 """
 
 from .base import ADAPTER_FILES, Cancelled, Method, MethodResult, load_adapter_into, run_method, write_outputs
+from .dp_merf import DP_MERF
 from .dpsgd import DPSGD
 from .hypernet import HYPERNET
 from .pda_dpmd import PDA_DPMD
+from .private_evolution import PRIVATE_EVOLUTION
 from .qem import QEM
 from .slicing import SLICING
 from .sparse import SPARSE
@@ -20,6 +22,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     QEM,
     SLICING,
     SPARSE,
+    DP_MERF,
+    PRIVATE_EVOLUTION,
 )}
 
 # The registry's first method is the flagship: every comparison's paired differences are taken against it.

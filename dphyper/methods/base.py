@@ -9,7 +9,8 @@ In: private images (n, 1, 32, 32) in [-1, 1], the method's config dataclass (a
   keys in lora.safetensors (``lora.save_lora``) and loaded back with ``lora.load_lora_into``;
   or ``sparse``, rows of the base UNet's own tensors (NAME.rows, NAME.delta), saved in
   sparse_delta.safetensors and loaded back with ``sparse.load_sparse_delta_into``
-  (``load_adapter_into`` reads either);
+  (``load_adapter_into`` reads either); or ``images``, a synthetic image set (``images``) that the
+  samples are drawn from instead of the UNet (``adapters.FORMATS``);
 * ``report``: DP outputs and public settings only (written as report.json);
 * ``events``: what the run did to the private data, as immutable ``PrivacyEvent``s that a
   ledger composes;
@@ -54,7 +55,7 @@ class MethodResult:
     owner: dict = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     losses: list[float] = field(default_factory=list)
-    adapter_format: str = "lora"  # "lora" or "sparse" (ADAPTER_FILES)
+    adapter_format: str = "lora"  # "lora", "sparse" or "images" (ADAPTER_FILES)
 
 
 @dataclass(frozen=True)
@@ -185,6 +186,10 @@ class Method:
     # Config overrides for the smallest run the method accepts (a few images, seconds on a CPU): what the
     # registry-wide tests (the contract, the CLI) run, so a new method is covered without editing them.
     smallest: dict = field(default_factory=dict)
+    # Other names of ``python -m dphyper run NAME`` (e.g. "pe"); the CLI lists them beside the method.
+    aliases: tuple[str, ...] = ()
+    # For the page's teaching text: how it relates to the flagship, in one or two sentences ("" = nothing to add).
+    relation: str = ""
 
 
 def run_method(method: Method, images: torch.Tensor, cfg, models, *, progress: Progress | None = None,
@@ -210,7 +215,10 @@ def sample_into(method: Method, result: MethodResult, cfg, models, *,
     # and reported, so anyone can re-create these samples from the adapter.
     seed = cfg.seed if cfg.seed is not None else secrets.randbits(31)
     t = time.perf_counter()
-    if cfg.samples:
+    fmt = FORMATS[result.adapter_format]
+    if cfg.samples and fmt.draw is not None:  # an artifact that is itself a set of images: draw from it
+        result.samples = fmt.draw(result.adapter, cfg.samples, seed)
+    elif cfg.samples:
         result.samples = sample(models.unet, cfg.samples, steps=cfg.steps, seed=seed,
                                 model_fn=lora_model_fn(models.unet, adapter_params(result, models.unet)))
     result.timings["sample"] = time.perf_counter() - t

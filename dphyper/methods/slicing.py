@@ -61,12 +61,10 @@ in R^k, a Gaussian kernel of width h on each slice, and the MMD between the empi
 distribution of the released u_l^T Y_i and u_l^T q_w. With Gaussian kernels and Gaussian
 smoothing every expectation is closed-form (the kernel estimator, no adversary, no sampling):
 E k_h(a + sigma Z, b) = h / sqrt(h^2 + sigma^2) exp(-(a - b)^2 / (2 (h^2 + sigma^2))), so the
-objective is a quadratic w^T K w - 2 w^T c, minimised over the simplex by accelerated projected
-gradient (FISTA) from the uniform public pool, with an optional pull towards it (``reg``). The generator (the same
-LoRA as every method) is then trained without noise, by the denoising loss, on public images
-drawn with the weights w: the diffusion model's own way of fitting a distribution, instead of
-differentiating through a 25-step sampler on a CPU (minutes instead of hours). Its cost is
-``fit_steps`` x ``batch`` example gradients, none of them on private data.
+objective is a quadratic w^T K w - 2 w^T c, minimised over the simplex from the uniform public pool,
+with an optional pull towards it (``reg``); the generator (the same LoRA as every method) is then
+trained without noise on public images drawn with w. Both steps are ``dphyper.public_fit``, shared
+with DP-MERF. Cost: ``fit_steps`` x ``batch`` example gradients, none of them on private data.
 """
 
 from __future__ import annotations
@@ -84,13 +82,14 @@ import numpy as np
 import torch
 
 from ..data import DataError
-from ..errors import Cancelled
+from ..public_data import public_pool_labelled
+from ..sliced_mmd import directions, divergence_terms, mmd2  # noqa: F401  (directions: the tests')
+from ..public_fit import check_cancel, stage, class_shares, fit_simplex, train_lora_on
 from ..run_config import PrivateRunConfig
 from ..privacy import PrivacyEvent, PrivacyWarning, calibrate_gaussian, check_epsilon_delta, clip_embeddings, private_generator
 from .base import BROKEN_VARIANTS, Audit, Method, MethodResult, epsilon_for_report, shipped_defaults
 
 SPACES = ("embedding", "pixels")
-FIT_PIECE = 8  # images per forward/backward of the LoRA fit (memory; the batch and its draws are unchanged)
 PUBLIC_POOL = 4096  # the fixed public pool (Fashion-MNIST train), as in qem and pda-dpmd
 MECHANISM = "gaussian_sliced_rows"
 
@@ -243,15 +242,6 @@ def features(images: torch.Tensor, space: str, models) -> torch.Tensor:
     return embed(images, models.encoder).to(torch.float64)
 
 
-def public_pool_labelled(size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The same seeded public pool as ``public_data.public_pool`` with its labels."""
-    from ..data import load_fashion_mnist_uint8
-    from ..public_data import pool_indices, public_pool
-
-    _, labels = load_fashion_mnist_uint8("train")
-    return public_pool(PUBLIC_POOL)[:size], torch.as_tensor(labels[pool_indices(len(labels), size)]).long()
-
-
 def _map_id(cfg: SlicingConfig) -> tuple:
     """The public settings that define the projection map (a release is re-fitted only under the same map)."""
     from ..checkpoints import encoder_id
@@ -265,7 +255,7 @@ def public_slices(cfg: SlicingConfig, models) -> PublicSlices:
     key = _map_id(cfg)
     with _public_lock:
         if key not in _public:
-            images, labels = public_pool_labelled(cfg.pool)
+            images, labels = public_pool_labelled(cfg.pool, PUBLIC_POOL)
             feats = features(images, cfg.space, models)
             center = feats.mean(0)
             V = projection(feats.shape[1], cfg.slices, cfg.projection_seed)
@@ -281,88 +271,13 @@ def project_private(images: torch.Tensor, cfg: SlicingConfig, pub: PublicSlices,
 # ---------------------------------------------------------------- the fit (post-processing)
 
 
-def directions(k: int, count: int, seed: int) -> torch.Tensor:
-    """U (k, L): public random unit directions in the release's k-dim space (count 0: the k axes)."""
-    if count == 0:
-        return torch.eye(k, dtype=torch.float64)
-    g = torch.Generator().manual_seed(seed + 1)
-    u = torch.randn(k, count, generator=g, dtype=torch.float64)
-    return u / u.norm(dim=0, keepdim=True)
-
-
-def _gauss(diff: torch.Tensor, h2: float, var: float) -> torch.Tensor:
-    """E k_h(a, b) for a - b = diff + N(0, var): h / sqrt(h^2 + var) exp(-diff^2 / (2 (h^2 + var))).
-
-    Overwrites ``diff`` (callers pass a fresh difference): one (C, C) float64 temporary instead of five."""
-    v = h2 + var
-    return diff.square_().mul_(-1 / (2 * v)).exp_().mul_(math.sqrt(h2 / v))
-
-
-def divergence_terms(released: torch.Tensor, candidates: torch.Tensor, sigma: float, cfg: SlicingConfig,
-                     seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, float, float]:
-    """K (C, C), c (C,), the constant term and h^2 of the smoothed sliced MMD^2(release, q_w) = w^T K w - 2 w^T c + const.
-
-    ``candidates`` (C, k) are the mixture's component centres (row 0 the padding rows' 0).
-    """
-    U = directions(released.shape[1], cfg.directions, cfg.projection_seed + seed)
-    r, m = released @ U, candidates @ U  # (N, L), (C, L)
-    var = sigma ** 2 if cfg.smooth else 0.0
-    spread2 = float(m[1:].var(0).mean()) if len(m) > 2 else 0.0
-    h2 = cfg.bandwidth ** 2 * (spread2 + sigma ** 2) if (spread2 + sigma ** 2) > 0 else cfg.bandwidth ** 2
-    L = r.shape[1]
-    K = torch.zeros(len(m), len(m), dtype=torch.float64)
-    c = torch.zeros(len(m), dtype=torch.float64)
-    const = 0.0
-    # One direction at a time, in place: the (C, C) float64 temporary is 34 MB at C = 2,049 (a chunk of 8
-    # directions with out-of-place temporaries peaked 0.8 GB above the app; issue 37).
-    for j in range(L):
-        K += _gauss(m[:, None, j] - m[None, :, j], h2, 2 * var)
-        c += _gauss(r[:, None, j] - m[None, :, j], h2, var).mean(0)
-        const += float(_gauss(r[:, None, j] - r[None, :, j], h2, 0.0).mean())
-    return K / L, c / L, const / L, h2
-
-
-def _project_simplex(v: torch.Tensor) -> torch.Tensor:
-    """Euclidean projection onto the probability simplex (sort-based; Duchi et al. 2008)."""
-    u, _ = torch.sort(v, descending=True)
-    css = torch.cumsum(u, 0) - 1
-    ind = torch.arange(1, len(v) + 1, dtype=v.dtype)
-    rho = int(torch.nonzero(u - css / ind > 0).max())
-    return (v - css[rho] / (rho + 1)).clamp_min(0)
-
-
 def fit_weights(K: torch.Tensor, c: torch.Tensor, cfg: SlicingConfig, start: torch.Tensor, cancel=None) -> torch.Tensor:
-    """argmin over the simplex of w^T K w - 2 w^T c + reg C ||w - start||^2 (C components), by FISTA.
+    """argmin over the simplex of w^T K w - 2 w^T c + reg C ||w - start||^2, by FISTA (``public_fit.fit_simplex``).
 
     ``start`` (the uniform public pool mixed with the best padding weight) is the first iterate and
     the centre of the pull, so the fit moves away from the base model's own data only as far as
-    the release asks. The step uses the curvature of K on the simplex's tangent space (K's
-    constant part does not move a sum-to-one w), found by power iteration."""
-    C = len(c)
-    pull = cfg.reg * C
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(C, generator=g, dtype=torch.float64)
-    for _ in range(50):
-        x = x - x.mean()
-        x = K @ x
-        x = x / x.norm().clamp_min(1e-300)
-    x = x - x.mean()
-    lip = 2 * (float(x @ K @ x) / max(float(x @ x), 1e-300) + pull) * 1.05 + 1e-12
-    w = y = start.clone()
-    t = 1.0
-    for it in range(cfg.fit_iters):
-        if it % 50 == 0:
-            _check(cancel)
-        grad = 2 * (K @ y - c) + 2 * pull * (y - start)
-        w_next = _project_simplex(y - grad / lip)
-        t_next = (1 + math.sqrt(1 + 4 * t * t)) / 2
-        y = w_next + ((t - 1) / t_next) * (w_next - w)
-        w, t = w_next, t_next
-    return w
-
-
-def mmd2(K: torch.Tensor, c: torch.Tensor, const: float, w: torch.Tensor) -> float:
-    return float(w @ K @ w - 2 * w @ c + const)
+    the release asks."""
+    return fit_simplex(K, c, start, reg=cfg.reg, iters=cfg.fit_iters, cancel=cancel, label="Slicing")
 
 
 @dataclass(frozen=True)
@@ -402,58 +317,7 @@ def _best_padding_mix(K: torch.Tensor, c: torch.Tensor, u: torch.Tensor) -> torc
 
 
 def _check(cancel) -> None:
-    """Cancel between pieces of work: nothing computed so far leaves the server (the release, if made,
-    is dropped with the run)."""
-    if cancel is not None and cancel.is_set():
-        raise Cancelled("Slicing cancelled; nothing was released.")
-
-
-def _stage(progress, desc: str, total: int) -> None:
-    if progress is not None:
-        progress({"stage": "prepare", "step": 0, "total": total, "eta_seconds": None, "desc": desc})
-
-
-def train_lora_on(weights: torch.Tensor, images: torch.Tensor, cfg: SlicingConfig, models, gen: torch.Generator, *,
-                  progress=None, cancel=None) -> tuple[dict[str, torch.Tensor], list[float]]:
-    """The generator's fit: the LoRA trained by the denoising loss on public images drawn with ``weights``."""
-    import copy
-
-    from ..diffusion import denoising_backward, make_train_scheduler
-    from ..lora import lora_parameter_names
-
-    # This run's own copy of the served UNet (which carries a zero-effect LoRA and is never written).
-    # The LoRA starts from the hypernetwork's public A and B = 0, so the same fit seed gives the same LoRA.
-    unet = copy.deepcopy(models.unet).requires_grad_(False)
-    named = dict(unet.named_parameters())
-    h = models.hypernet
-    with torch.no_grad():
-        for n in lora_parameter_names(unet):
-            named[n].zero_()
-        for n, a in zip(h.a_names, h.lora_a):
-            named[n].copy_(a)
-    names = lora_parameter_names(unet)
-    params = [named[n].requires_grad_(True) for n in names]
-    opt = torch.optim.Adam(params, lr=cfg.lr)
-    sched = make_train_scheduler()
-    device = next(unet.parameters()).device
-    unet.train()
-    losses = []
-    t0 = time.perf_counter()
-    for step in range(cfg.fit_steps):
-        _check(cancel)
-        idx = torch.multinomial(weights, cfg.batch, replacement=True, generator=gen)
-        opt.zero_grad(set_to_none=True)
-        losses.append(denoising_backward(lambda x, t: unet(x, t).sample, images[idx].to(device), sched, gen,
-                                         FIT_PIECE))
-        opt.step()
-        if progress is not None:
-            per_step = (time.perf_counter() - t0) / (step + 1)
-            progress({"stage": "fit", "step": step + 1, "total": cfg.fit_steps, "loss": losses[-1],
-                      "eta_seconds": per_step * (cfg.fit_steps - step - 1),
-                      "desc": f"Slicing: fitting the LoRA to the release, step {step + 1} / {cfg.fit_steps} "
-                              "(post-processing: no further ε)"})
-    lora = {n: p.detach().clone() for n, p in zip(names, params)}
-    return lora, losses
+    check_cancel(cancel, "Slicing")
 
 
 def refit(rel: SlicedRelease, cfg: SlicingConfig, models, *, progress=None, cancel=None) -> MethodResult:
@@ -468,7 +332,7 @@ def refit(rel: SlicedRelease, cfg: SlicingConfig, models, *, progress=None, canc
                          "re-fit it with its own settings")
     fit_key = (_map_id(cfg), cfg.directions, cfg.bandwidth, cfg.smooth, cfg.reg, cfg.fit_iters)
     if fit_key not in rel.fits:
-        _stage(progress, "Slicing: weighting the public images to match the release (post-processing: no further ε)",
+        stage(progress, "Slicing: weighting the public images to match the release (post-processing: no further ε)",
                cfg.fit_steps)
         rel.fits[fit_key] = fit_release(rel, pub, cfg, cancel=cancel)
     fit = rel.fits[fit_key]
@@ -476,9 +340,10 @@ def refit(rel: SlicedRelease, cfg: SlicingConfig, models, *, progress=None, canc
     seed = cfg.fit_seed if cfg.fit_seed is not None else secrets.randbits(31)
     gen = torch.Generator().manual_seed(seed)
     t = time.perf_counter()
-    lora, losses = train_lora_on(fit.weights, pub.images, cfg, models, gen, progress=progress, cancel=cancel)
+    lora, losses = train_lora_on(fit.weights, pub.images, models, gen, steps=cfg.fit_steps, lr=cfg.lr,
+                                 batch=cfg.batch, label="Slicing", progress=progress, cancel=cancel)
     timings["fit_lora"] = time.perf_counter() - t
-    share = torch.zeros(10, dtype=torch.float64).index_add_(0, pub.labels, fit.weights)
+    share = class_shares(fit.weights, pub.labels)
     top = torch.argsort(share, descending=True)[:3]
     report = {
         "method": "slicing",
@@ -516,11 +381,11 @@ def refit(rel: SlicedRelease, cfg: SlicingConfig, models, *, progress=None, canc
 def train(images: torch.Tensor, cfg: SlicingConfig, models, *, progress=None, cancel=None) -> MethodResult:
     t = time.perf_counter()
     _refuse_over(len(images), cfg.rows)  # before any computation on the images
-    _stage(progress, "Slicing: projecting the public pool (once per server and setting)", cfg.fit_steps)
+    stage(progress, "Slicing: projecting the public pool (once per server and setting)", cfg.fit_steps)
     pub = public_slices(cfg, models)
     public_seconds = time.perf_counter() - t
     _check(cancel)  # a cancel before the release: nothing is released
-    _stage(progress, "Slicing: the one noisy release of your images' projections", cfg.fit_steps)
+    stage(progress, "Slicing: the one noisy release of your images' projections", cfg.fit_steps)
     t = time.perf_counter()
     projected = project_private(images, cfg, pub, models)
     rel = release_slices(projected, rows=cfg.rows, clip=cfg.clip, epsilon=cfg.epsilon, delta=cfg.delta)
