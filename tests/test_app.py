@@ -26,7 +26,7 @@ def app_module(tmp_path_factory):
     os.environ["DPHYPER_TEMP_DIR"] = str(tmp_path_factory.mktemp("gradio_tmp"))
     from dphyper import app as app_module
 
-    app_module.TEMP_DIR = app_module.Path(os.environ["DPHYPER_TEMP_DIR"])
+    app_module.common.TEMP_DIR = app_module.common.Path(os.environ["DPHYPER_TEMP_DIR"])
     app_module.prepare_temp_dir()
     return app_module
 
@@ -107,13 +107,13 @@ def test_upload_run_and_session_isolation(app_url, app_module):
     assert "40 images" in overview and "deleted from the server" in overview
     assert "n = 40" in summary and "10 steps" in plan  # what depends on n follows the upload
     # R3: the uploads are gone as soon as they are decoded.
-    left = [p.name for p in app_module.TEMP_DIR.rglob("test_*.png")]
+    left = [p.name for p in app_module.common.TEMP_DIR.rglob("test_*.png")]
     assert not left, f"uploaded files still on disk: {left[:3]}"
     # Gradio's parser leaves empty temp files loose at the top of the cache; the session sweeper takes them.
-    loose = [p for p in app_module.TEMP_DIR.iterdir() if p.is_file()]
+    loose = [p for p in app_module.common.TEMP_DIR.iterdir() if p.is_file()]
     assert all(p.stat().st_size == 0 for p in loose)
     assert app_module._sweep_upload_leftovers(max_age_s=0) == len(loose)
-    assert not [p for p in app_module.TEMP_DIR.iterdir() if p.is_file()]
+    assert not [p for p in app_module.common.TEMP_DIR.iterdir() if p.is_file()]
     gallery, caption, downloads, report, ledger = _run(alice)[:5]
     assert len(gallery) == 4 and report["method"] == "hypernet" and report["epsilon"] == 1.0
     assert any(str(d).endswith("lora.safetensors") for d in downloads) and "ε spent 1" in caption
@@ -348,8 +348,8 @@ def test_sweeper_deletes_only_old_loose_files_of_the_upload_cache(app_module, tm
 
     # a cache of its own: the real one is shared with any other app or test run on the machine, whose
     # Gradio leftovers once made the count 2 here
-    monkeypatch.setattr(app_module, "TEMP_DIR", tmp_path)
-    top = app_module.TEMP_DIR
+    monkeypatch.setattr(app_module.common, "TEMP_DIR", tmp_path)
+    top = app_module.common.TEMP_DIR
     old_file, new_file, run = top / "tmpold", top / "tmpnew", top / "run-keep"
     old_file.write_bytes(b"")
     new_file.write_bytes(b"")
@@ -518,13 +518,14 @@ def test_the_server_caps_the_allocators_arenas_before_its_threads_start(monkeypa
 
     order = []
     monkeypatch.setattr(memory, "limit_arenas", lambda count=2: order.append("arenas") or True)
-    monkeypatch.setattr(app, "prepare_temp_dir", lambda: order.append("temp"))
+    serve = sys.modules["dphyper.app.serve"]  # the room that launches (``app.launch`` is its function)
+    monkeypatch.setattr(serve, "prepare_temp_dir", lambda: order.append("temp"))
 
     def stop():
         order.append("warm")
         raise RuntimeError("stop before the server")
 
-    monkeypatch.setattr(app, "warm_up", stop)
+    monkeypatch.setattr(serve, "warm_up", stop)
     with pytest.raises(RuntimeError, match="stop before"):
         app.launch()
     assert order == ["arenas", "temp", "warm"]
@@ -553,7 +554,7 @@ def test_the_curve_draws_the_benchmarks_interval_as_a_band(monkeypatch):
     assert summ["s"]["dpsgd"]["1.0"]["fid_half"] is None
     curv = curves(summ, {"s": {"n": 100, "kind": "single-class"}}, {})
     assert "fid_half" in curv["sets"]["s"]["methods"]["hypernet"] and "fid_half" not in curv["sets"]["s"]["methods"]["dpsgd"]
-    monkeypatch.setattr(app, "_curves", lambda: curv)
+    monkeypatch.setattr(app.figures, "_curves", lambda: curv)
     fig = app.utility_figure(0.0, False, "s")
     bands = [t for t in fig.data if t.fill == "tonexty"]
     assert len(bands) == 2  # FID and agreement, hypernet only

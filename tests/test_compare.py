@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from dphyper.compare import (BENCH_SETS, BenchSet, CompareSettings, build_set, class_agreement, run_compare,
-                             step_cost, summarise, targets)
+from dphyper.bench.targets import step_cost, targets
+from dphyper.compare import BENCH_SETS, BenchSet, CompareSettings, build_set, class_agreement, run_compare, summarise
 from dphyper.plots import curves, plot_html, plot_png
 
 from .conftest import needs_fmnist

@@ -135,12 +135,12 @@ def test_hostile_upload_in_the_app(tmp_path):
 
     good, bad = build_hostile(tmp_path / "hostile")
     paths = [p for p in (tmp_path / "hostile").rglob("*") if p.is_file() and not p.name.startswith(".")]
-    old = app.TEMP_DIR
-    app.TEMP_DIR = tmp_path  # the uploads "live" in the app's temp dir: they must be deleted after decoding
+    old = app.common.TEMP_DIR
+    app.common.TEMP_DIR = tmp_path  # the uploads "live" in the app's temp dir: they must be deleted after decoding
     try:
         data, overview, thumbs = app.load_data(None, [str(p) for p in paths], None)
     finally:
-        app.TEMP_DIR = old
+        app.common.TEMP_DIR = old
     assert f"Skipped {len(bad)} file(s)" in overview
     # Several good files decode to the same pixels (one picture saved in many formats): each image counts
     # once, the copies are dropped before any release and the page says so.

@@ -14,7 +14,8 @@ from .common import BenchConfig, _epsilons, _executor, _stored_machine, machine
 
 def bench_compare(cfg: BenchConfig) -> dict:
     """Hypernetwork vs DP-SGD vs non-private LoRA vs base model, at every epsilon (issue 4)."""
-    from ..compare import CURVES_PATH, DELTA, CompareSettings, run_compare, step_cost, summarise, targets
+    from ..compare import CURVES_PATH, DELTA, CompareSettings, run_compare, summarise
+    from .targets import step_cost, targets
     from ..plots import curves, plot_html, plot_png
 
     names = tuple(m for m in cfg.methods.split(",") if m)

@@ -190,6 +190,9 @@ class Method:
     aliases: tuple[str, ...] = ()
     # For the page's teaching text: how it relates to the flagship, in one or two sentences ("" = nothing to add).
     relation: str = ""
+    # What the page's step budget k > 0 sets in its config (a shorter run); None: its ``max_steps`` field (a
+    # training method) or its ``fit_steps`` (a free fit), where it has one.
+    budget: Callable[[int], dict] | None = None
 
 
 def run_method(method: Method, images: torch.Tensor, cfg, models, *, progress: Progress | None = None,

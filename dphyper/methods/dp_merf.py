@@ -250,7 +250,8 @@ def refit(rel, cfg: DPMerfConfig, models, *, progress=None, cancel=None) -> Meth
     timings["fit_lora"] = time.perf_counter() - t
     share = class_shares(fit.weights, fmap.labels)
     top = torch.argsort(share, descending=True)[:3]
-    what = (f"{2 * cfg.frequencies} random Fourier features of the pixels, length scale {fmap.length_scale:.3g}"
+    what = (f"{2 * cfg.frequencies} random Fourier features (cos and sin of {cfg.frequencies} random frequencies) "
+            f"of the pixels, length scale {fmap.length_scale:.3g}"
             if cfg.features == "rff" else "the public encoder's 64-d embedding")
     report = gaussian_release_report("dp-merf", rel, rel.event.epsilon, detail=f"mean of {what}, each row "
                                                                                 "clipped to 1, + count")
@@ -290,6 +291,12 @@ def train(images: torch.Tensor, cfg: DPMerfConfig, models, *, progress=None, can
     result.owner["noise_check"] = sum_count_noise_check(rel, clean, n)
     result.timings.update({"public_features": public_seconds, "release": release_seconds})
     return result
+
+
+def plan(n: int, epsilon: float, delta: float, max_steps: int) -> str:
+    d = DPMerfConfig()
+    return (f"one noisy mean of {2 * d.frequencies} random features, then a free fit of {max_steps or d.fit_steps} "
+            "steps on weighted public images")
 
 
 def identity() -> dict:
@@ -369,8 +376,8 @@ def audit_scores(cfg, member: np.ndarray, frequencies_: int = 250) -> np.ndarray
 
 
 DP_MERF = Method(name="dp-merf", label="DP-MERF", config_cls=DPMerfConfig, train=train, one_shot=False,
-                 noise="once, into the mean of random Fourier features of the pixels (+ count; then a free fit)",
-                 identity=identity, sweep=SWEEP, one_default=True, cost=cost, duration="about a minute on CPU",
+                 noise="once, into the mean of 1,000 random features of the pixels and the count (then a free fit)",
+                 identity=identity, sweep=SWEEP, one_default=True, cost=cost, duration="about 30 s on CPU", plan=plan,
                  refit=refit, audit=Audit(audit_scores, variants=VARIANTS),
                  smallest={"frequencies": 16, "pool": 64, "fit_iters": 20, "fit_steps": 3, "batch": 4},
                  relation="The hypernetwork's idea before it: one noisy mean embedding of the images. DP-MERF "

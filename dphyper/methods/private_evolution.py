@@ -50,13 +50,14 @@ import numpy as np
 import torch
 
 from ..privacy import PrivacyEvent, calibrate_gaussian, check_epsilon_delta, private_generator
-from ..public_fit import check_cancel, stage
+from ..public_fit import check_cancel
 from ..run_config import PrivateRunConfig
 from .base import Audit, Method, MethodResult, epsilon_for_report
 
 SPACES = ("phi", "pixels")
 MECHANISM = "gaussian_vote_histograms"
 LABEL = "Private Evolution"
+SAMPLE_CHUNK = 32  # the initial population is drawn this many images at a time (progress, cancel)
 
 
 @dataclass
@@ -174,15 +175,26 @@ def train(images: torch.Tensor, cfg: PEConfig, models, *, progress=None, cancel=
     seed = cfg.pe_seed if cfg.pe_seed is not None else secrets.randbits(31)
     gen = torch.Generator().manual_seed(seed)
     timings: dict[str, float] = {}
-    total = cfg.rounds + 2
+    total = cfg.rounds + 1
 
     def report_stage(step: int, desc: str) -> None:
         if progress is not None:
             progress({"stage": "evolve", "step": step, "total": total, "eta_seconds": None, "desc": desc})
 
-    stage(progress, f"{LABEL}: {cfg.population} images from the base model (the random API)", total)
+    chunks = [min(SAMPLE_CHUNK, cfg.population - i) for i in range(0, cfg.population, SAMPLE_CHUNK)]
+    total = len(chunks) + cfg.rounds + 1
     t = time.perf_counter()
-    pop = sample(models.unet, cfg.population, steps=cfg.steps, seed=seed)
+    parts = []
+    for i, size in enumerate(chunks):  # the base model's own images, a chunk at a time (progress, cancel)
+        check_cancel(cancel, LABEL)
+        parts.append(sample(models.unet, size, steps=cfg.steps, seed=seed + i))
+        if progress is not None:
+            per = (time.perf_counter() - t) / (i + 1)
+            progress({"stage": "evolve", "step": i + 1, "total": total,
+                      "eta_seconds": per * (len(chunks) - i - 1) * 1.8,  # the rounds cost about 0.8 of this
+                      "desc": f"{LABEL}: {cfg.population} images from the base model, "
+                              f"{sum(chunks[:i + 1])} / {cfg.population}"})
+    pop = torch.cat(parts)
     calls = cfg.population * cfg.steps
     timings["sample_population"] = time.perf_counter() - t
     t = time.perf_counter()
@@ -193,7 +205,7 @@ def train(images: torch.Tensor, cfg: PEConfig, models, *, progress=None, cancel=
     vary_seconds = vote_seconds = 0.0
     for r, st in enumerate(strengths(cfg)):
         check_cancel(cancel, LABEL)
-        report_stage(r + 1, f"{LABEL}: round {r + 1} / {cfg.rounds}, noisy votes and variations")
+        report_stage(len(chunks) + r + 1, f"{LABEL}: round {r + 1} / {cfg.rounds}, noisy votes and variations")
         t = time.perf_counter()
         hist = vote_round(private, embed_for_votes(pop, cfg.space, models), votes=cfg.votes, noise_std=sigma)
         vote_seconds += time.perf_counter() - t
@@ -207,7 +219,7 @@ def train(images: torch.Tensor, cfg: PEConfig, models, *, progress=None, cancel=
         calls += _calls(cfg.population, st, cfg.steps)
     del private  # nothing below reads the private images
     check_cancel(cancel, LABEL)
-    report_stage(cfg.rounds + 1, f"{LABEL}: the released set ({cfg.final} images; post-processing)")
+    report_stage(total, f"{LABEL}: the released set ({cfg.final} images; post-processing)")
     chosen, a = resample(pop, hist, cut, cfg.final, gen)
     alive.append(a)
     t = time.perf_counter()
@@ -236,6 +248,20 @@ def train(images: torch.Tensor, cfg: PEConfig, models, *, progress=None, cancel=
         report["warning"] = "epsilon = inf: NO privacy (non-private reference)"
     return MethodResult(adapter={"images": released}, report=report, events=(event,), timings=timings,
                         adapter_format="images")
+
+
+def budget(k: int) -> dict:
+    """The page's step budget k: a population of k images (8 to 256) and a released set of 2k (16 to 512)."""
+    return {"population": min(max(k, 8), 256), "final": min(max(2 * k, 16), 512)}
+
+
+def plan(n: int, epsilon: float, delta: float, max_steps: int) -> str:
+    cfg = PEConfig(**budget(max_steps)) if max_steps else PEConfig()
+    calls = cost({"population": cfg.population, "final": cfg.final}, n)
+    noise = (f"each round's vote noise std {round_noise(epsilon, delta, cfg.rounds)[1]:.1f} votes against about "
+             f"{n / cfg.population:.1f} votes per image" if math.isfinite(epsilon) else "no noise (ε = ∞)")
+    return (f"{cfg.rounds} rounds over {cfg.population} of the base model's images ({noise}); a released set of "
+            f"{cfg.final} images; about {calls:,} model calls")
 
 
 def cost(hp: dict, n: int) -> int:
@@ -307,8 +333,8 @@ def audit_scores(cfg, member: np.ndarray, bins: int = 128) -> np.ndarray:
 
 PRIVATE_EVOLUTION = Method(
     name="private-evolution", label="Private Evolution", config_cls=PEConfig, train=train, one_shot=False,
-    noise="into T nearest-neighbour vote histograms over the base model's samples (no weights adapted)",
-    identity=identity, sweep=SWEEP, one_default=True, cost=cost, duration="minutes on CPU",
+    noise="into 4 rounds of votes: each private image picks the closest of the base model's own images",
+    identity=identity, sweep=SWEEP, one_default=True, cost=cost, duration="minutes on CPU", budget=budget, plan=plan,
     adapter_format="images", audit=Audit(audit_scores, variants=VARIANTS),
     smallest={"population": 8, "rounds": 2, "final": 8}, aliases=("pe",),
     relation="No parameter is adapted at all: the private images only vote, round after round, for the base "
