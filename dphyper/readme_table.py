@@ -48,6 +48,23 @@ def results_table(results_path: Path = RESULTS, epsilon: float = EPSILON) -> str
     keep = [j for j in range(len(cols)) if j not in empty]
     lines = ["| set | " + " | ".join(cols[j][1] for j in keep) + " |", "|---" * (len(keep) + 1) + "|"]
     lines += ["| " + " | ".join([row[0], *(row[j + 1] for j in keep)]) + " |" for row in table]
+    # Where each method stands against the flagship, counted from the same cells (raw FID; with one run per
+    # cell a count, not evidence: BENCHMARKS' evidence section has the intervals).
+    from .methods import FLAGSHIP
+
+    fj = next(j for j, (name, _) in enumerate(cols) if name == FLAGSHIP)
+    fid = lambda v: float(v.split(" ")[0]) if v != "–" else None  # noqa: E731
+    versus = []
+    for j, (name, label) in enumerate(cols):
+        if name in dict(REFERENCES) or j == fj or j in empty:
+            continue
+        pairs = [(fid(row[j + 1]), fid(row[fj + 1])) for row in table]
+        pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
+        below = [row[0] for row in table if fid(row[j + 1]) is not None and fid(row[fj + 1]) is not None
+                 and fid(row[j + 1]) < fid(row[fj + 1])]
+        versus.append(f"{label} {len(below)} of {len(pairs)}" + (f" ({', '.join(below)})" if below else ""))
+    lines += ["", f"Sets where a method's FID is below the {cols[fj][1].lower()}'s at ε = {epsilon:g}: "
+              + "; ".join(versus) + "."]
     if empty:
         lines += ["", "No stored cells yet: " + ", ".join(cols[j][1] for j in empty) + "."]
     n_runs = ", ".join(str(r) for r in sorted(runs)) or "0"
