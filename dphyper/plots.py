@@ -6,10 +6,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-METHOD_STYLE = {  # label, colour
-    "hypernet": ("hypernetwork (one-shot)", "#1f77b4"),
-    "dpsgd": ("DP-SGD LoRA", "#d62728"),
-    "pda-dpmd": ("PDA-DPMD LoRA", "#ff7f0e"),
+METHOD_STYLE = {  # label, colour of the references (a method's own is ``Method.plot_style``)
     "nonprivate": ("non-private LoRA, converged (ε = ∞)", "#2ca02c"),
     "base": ("base model (no fine-tuning)", "#7f7f7f"),
     "hypernet_inf": ("hypernetwork, no noise (ε = ∞)", "#9ecae1"),
@@ -27,6 +24,8 @@ def style(meth: str) -> tuple[str, str]:
 
     names = list(METHODS)
     m = METHODS.get(meth)
+    if m is not None and m.plot_style is not None:
+        return m.plot_style
     # What it makes: a LoRA for most methods; DP sparse changes chosen rows of the base UNet, PE an image set.
     label = meth if m is None else f"{m.label} {FORMATS[m.adapter_format].noun}"
     return label, PALETTE[(names.index(meth) if meth in names else 0) % len(PALETTE)]
@@ -62,7 +61,9 @@ def _lines(entry: dict) -> list[tuple[str, str, list[float], list[float], bool]]
     for meth, m in entry["methods"].items():
         if m["epsilon"]:
             out.append((meth, style(meth)[1], m["epsilon"], m["fid"], False))
-    for meth, key in (("hypernet", "hypernet_inf"), ("nonprivate", "nonprivate"), ("base", "base")):
+    from .methods import FLAGSHIP
+
+    for meth, key in ((FLAGSHIP, "hypernet_inf"), ("nonprivate", "nonprivate"), ("base", "base")):
         m = entry["methods"].get(meth)
         if m and "flat" in m:
             out.append((key, METHOD_STYLE[key][1], [], [m["flat"]["fid"]], True))

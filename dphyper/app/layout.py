@@ -81,7 +81,7 @@ def public_api() -> list[str]:
 
 def build_demo():
     from ..audit import audit_variants
-    from ..methods import METHODS
+    from ..methods import FLAGSHIP, METHODS
 
     variants = audit_variants()
     names = example_names()
@@ -194,10 +194,10 @@ def build_demo():
         with gr.Tab("Privacy audit"):
             gr.Markdown(AUDIT_TEXT)
             with gr.Row():
-                a_method = gr.Radio([(METHODS[m].label, m) for m in variants], value="hypernet",
+                a_method = gr.Radio([(METHODS[m].label, m) for m in variants], value=FLAGSHIP,
                                     label="Mechanism")
                 a_eps = gr.Slider(0.25, 8, value=1.0, step=0.25, label="ε claimed")
-                a_broken = gr.Dropdown(list(variants["hypernet"]), value="none",
+                a_broken = gr.Dropdown(list(variants[FLAGSHIP]), value="none",
                                        label="Simulate a bug (teaching only)")
                 a_trials = gr.Slider(200, 20000, value=4000, step=200, label=_trials_label(METHODS))
             a_go = gr.Button("Run the audit (public data only)")

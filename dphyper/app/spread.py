@@ -7,6 +7,8 @@ import time
 
 from ..gpu import gpu
 from ..ledger import LedgerBook
+from ..methods import FLAGSHIP
+from ..methods.dpsgd import DPSGD
 from ..models import shared_models
 from .budget import _epsilon
 from .common import UserError
@@ -75,8 +77,8 @@ def runner(name: str):
 
 
 # The stable API names of the first two methods, also importable (tests, notebooks).
-run_hypernet = one_shot_runner("hypernet")
-run_dpsgd = training_runner("dpsgd")
+run_hypernet = one_shot_runner(FLAGSHIP)
+run_dpsgd = training_runner(DPSGD.name)
 
 
 @gpu

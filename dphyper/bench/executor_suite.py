@@ -17,8 +17,10 @@ import time
 from ..config import REPO_DIR
 
 PATH = REPO_DIR / "bench" / "executor.json"
-CELLS = (("base", math.nan), ("hypernet", 0.25), ("hypernet", 1.0), ("hypernet", 4.0), ("hypernet", 8.0),
-         ("hypernet", math.inf), ("qem", 1.0), ("qem", 4.0))
+from ..methods import FLAGSHIP  # noqa: E402
+from ..methods.qem import QEM  # noqa: E402
+
+CELLS = (("base", math.nan), *((FLAGSHIP, e) for e in (0.25, 1.0, 4.0, 8.0, math.inf)), (QEM.name, 1.0), (QEM.name, 4.0))
 SET = "sneakers-100"
 SAMPLES, STEPS, SEED = 128, 25, 0
 

@@ -27,7 +27,11 @@ CACHE = REPO_DIR / "bench" / "cache" / "sampling"
 SETTINGS = ("ddim-25", "dpm-8", "dpm-10", "dpm-15", "unipc-8", "unipc-10", "ddim-25-bf16")
 REFERENCE = "ddim-25"  # what every method sampled with before this suite
 # The flagship and two rivals of different kinds (noisy gradients; a one-shot fit), on both public sets' sizes.
-ADAPTERS = {"public-coats-100": ("base", "hypernet", "dpsgd", "slicing"), "public-mixed-1000": ("base", "hypernet")}
+from ..methods import FLAGSHIP  # noqa: E402
+from ..methods.dpsgd import DPSGD  # noqa: E402
+from ..methods.slicing import SLICING  # noqa: E402
+
+ADAPTERS = {"public-coats-100": ("base", FLAGSHIP, DPSGD.name, SLICING.name), "public-mixed-1000": ("base", FLAGSHIP)}
 EPSILON = 4.0  # where every adapter moves the model (DP-SGD's and slicing's do little at eps = 1)
 SAMPLES = 512
 SEED = 0

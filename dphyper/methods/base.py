@@ -193,6 +193,8 @@ class Method:
     # What the page's step budget k > 0 sets in its config (a shorter run); None: its ``max_steps`` field (a
     # training method) or its ``fit_steps`` (a free fit), where it has one.
     budget: Callable[[int], dict] | None = None
+    # Its line in the comparison's figures: (label, colour); None = its label and what it makes, a palette colour.
+    plot_style: tuple[str, str] | None = None
 
 
 def run_method(method: Method, images: torch.Tensor, cfg, models, *, progress: Progress | None = None,

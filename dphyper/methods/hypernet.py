@@ -155,4 +155,4 @@ def audit_scores(cfg, member: np.ndarray) -> np.ndarray:
 HYPERNET = Method(name="hypernet", label="Hypernetwork", config_cls=HypernetConfig, train=train, one_shot=True,
                   noise="once, into a 64-d clipped mean embedding (+ count)", identity=identity, sweep=SWEEP, one_default=True,
                   cost=lambda hp, n: n,  # one encoder pass per image
-                  audit=Audit(audit_scores))
+                  audit=Audit(audit_scores), plot_style=("hypernetwork (one-shot)", "#1f77b4"))

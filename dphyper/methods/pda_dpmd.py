@@ -102,4 +102,5 @@ AUDIT = Audit(functools.partial(dpsgd_audit_scores, pda=True), variants=(*BROKEN
 PDA_DPMD = Method(name="pda-dpmd", label="PDA-DPMD", config_cls=PDADPMDConfig, train=train, one_shot=False,
                   noise="every step, as DP-SGD, mixed with a public gradient", identity=identity, sweep=SWEEP,
                   audit=AUDIT, plan=plan,
-                  smallest={"max_steps": 3, "public_batch_size": 8, "public_pool": 64})
+                  smallest={"max_steps": 3, "public_batch_size": 8, "public_pool": 64},
+                  plot_style=("PDA-DPMD LoRA", "#ff7f0e"))
