@@ -1,7 +1,7 @@
 """The app in real Chromium (Debian's /usr/bin/chromium driven by Playwright; never `playwright install`).
 
-``DPHYPER_SCREENSHOT=docs/app.png python -m pytest tests/test_browser.py`` also writes the
-README's screenshot.
+``DPHYPER_SCREENSHOT=docs/app.png python -m pytest tests/test_browser.py -k upload_folder`` also writes the
+README's screenshot (``DPHYPER_SCREENSHOT_WIDTH=1280`` or ``1920`` sets the page's width).
 """
 
 import os
@@ -29,7 +29,8 @@ def page(app_url):  # noqa: F811
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+        # DPHYPER_SCREENSHOT_WIDTH: the width of a screenshot for the docs (a projector's 1,280 or 1,920)
+        pg = browser.new_page(viewport={"width": int(os.environ.get("DPHYPER_SCREENSHOT_WIDTH", 1400)), "height": 1000})
         pg.goto(app_url)
         pg.wait_for_selector("text=dphyper", timeout=30000)
         yield pg
