@@ -207,6 +207,33 @@ def _side_by_side(c, names):
 
 
 @needs_models
+@pytest.mark.parametrize("name, fit", [("dp-merf", "dphyper.methods.dp_merf"), ("slicing", "dphyper.methods.slicing")])
+def test_a_failure_after_the_release_still_counts_in_the_ledger(app_module, monkeypatch, name, fit):
+    """A DP cold review (issue 36): a free fit that fails after the release shows nothing, but the release was
+    made, so the session's ledger records it (and the page says so); before, the event was lost."""
+    import importlib
+
+    import gradio as gr
+
+    from dphyper.app import load_example
+    from dphyper.app.runs import training_runner
+    from dphyper.ledger import LedgerBook
+
+    def boom(*a, **k):
+        raise RuntimeError("the disk is full")
+
+    monkeypatch.setattr(importlib.import_module(fit), "train_lora_on", boom)
+    data = load_example("bags")[0]
+    book = LedgerBook()
+    gen = training_runner(name)(data, 0.0, False, 1e-5, 4, 0, book, [], None, progress=None)
+    with pytest.raises(gr.Error, match="counted in the ledger"):
+        for _ in gen:
+            pass
+    assert len(book) == 1
+    assert book.view(data["fingerprints"]).epsilon == pytest.approx(1.0, rel=1e-3)
+
+
+@needs_models
 def test_dpsgd_cancel_stops_the_worker_and_releases_nothing(app_module):
     from dphyper.app import load_example, run_dpsgd
 

@@ -237,10 +237,11 @@ def one_shot_runner(name: str):
     return run
 
 
-def _drive(method, job, progress, preparing: str):
+def _drive(method, job, progress, preparing: str, on_release=None):
     """Run ``job(progress_cb, cancel)`` in a worker thread; yield status lines while it runs, then return
-    its result. Cancel (or closing the page) sets the event and the worker stops before releasing."""
-    from ..errors import Cancelled
+    its result. Cancel (or closing the page) sets the event and the worker stops before releasing. A run that
+    failed after its release hands the release's events to ``on_release`` (the ledger) before the error."""
+    from ..errors import Cancelled, FailedAfterRelease
 
     state: dict = {"p": None, "result": None, "error": None}
     cancel = threading.Event()
@@ -272,6 +273,10 @@ def _drive(method, job, progress, preparing: str):
         cancel.set()  # the page was closed or Cancel was pressed: stop the worker (no-op when done)
     if isinstance(state["error"], Cancelled):
         raise UserError(f"{method.label} cancelled: nothing was released and no privacy was spent.")
+    if isinstance(state["error"], FailedAfterRelease) and on_release is not None:
+        on_release(state["error"].events)
+        raise UserError(f"{method.label} failed after its release ({public_error(state['error'])}): nothing was "
+                        "shown, but the release was made, so its ε is counted in the ledger.")
     if state["error"] is not None:
         raise UserError(f"{method.label} failed: {type(state['error']).__name__}: {public_error(state['error'])}")
     return state["result"]
@@ -291,8 +296,12 @@ def training_runner(name: str):
         cfg = _config(method, epsilon, delta, n_samples, max_steps)
         token = _start_run(data, name)
         t0 = time.perf_counter()
+        def counted(events) -> None:
+            for e in events:
+                book.record(data["fingerprints"], e, method.name)
+
         driver = _drive(method, lambda cb, cancel: _train(name, data["images"], cfg, cb, cancel), progress,
-                        f"{method.label}: preparing (calibrating the noise with the accountant)…")
+                        f"{method.label}: preparing (calibrating the noise with the accountant)…", on_release=counted)
         result = yield from _relay(driver)
         tag, keep = None, None
         if method.refit is not None:  # keep the DP release (and its settings) for a free re-fit in this session

@@ -59,6 +59,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..errors import Cancelled, FailedAfterRelease
 from ..privacy import _gaussian_sum_count, calibrate_gaussian, clip_embeddings, release_mean, signal_share
 from ..public_data import public_pool_labelled
 from ..public_fit import check_cancel, class_shares, fit_simplex, stage, train_lora_on
@@ -286,7 +287,12 @@ def train(images: torch.Tensor, cfg: DPMerfConfig, models, *, progress=None, can
     n = len(feats)
     del feats  # private; nothing below sees it
     release_seconds = time.perf_counter() - t
-    result = refit(MerfRelease(rel, _map_id(cfg)), cfg, models, progress=progress, cancel=cancel)
+    try:
+        result = refit(MerfRelease(rel, _map_id(cfg)), cfg, models, progress=progress, cancel=cancel)
+    except Cancelled:
+        raise  # before anything was shown: the release is dropped with the run
+    except Exception as exc:  # noqa: BLE001  (the release was made: the caller's ledger must still count it)
+        raise FailedAfterRelease((rel.event,), exc) from exc
     result.events = (rel.event,)
     result.owner["noise_check"] = sum_count_noise_check(rel, clean, n)
     result.timings.update({"public_features": public_seconds, "release": release_seconds})

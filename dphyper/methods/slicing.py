@@ -86,6 +86,7 @@ from ..public_data import public_pool_labelled
 from ..sliced_mmd import directions, divergence_terms, mmd2  # noqa: F401  (directions: the tests')
 from ..public_fit import check_cancel, stage, class_shares, fit_simplex, train_lora_on
 from ..run_config import PrivateRunConfig
+from ..errors import Cancelled, FailedAfterRelease
 from ..privacy import PrivacyEvent, PrivacyWarning, calibrate_gaussian, check_epsilon_delta, clip_embeddings, private_generator
 from .base import BROKEN_VARIANTS, Audit, Method, MethodResult, epsilon_for_report, shipped_defaults
 
@@ -392,7 +393,12 @@ def train(images: torch.Tensor, cfg: SlicingConfig, models, *, progress=None, ca
     rel = dataclasses.replace(rel, settings=_map_id(cfg))  # public settings, kept with the release for a re-fit
     del projected  # private; nothing below sees it
     release_seconds = time.perf_counter() - t
-    result = refit(rel, cfg, models, progress=progress, cancel=cancel)
+    try:
+        result = refit(rel, cfg, models, progress=progress, cancel=cancel)
+    except Cancelled:
+        raise  # before anything was shown: the release is dropped with the run
+    except Exception as exc:  # noqa: BLE001  (the release was made: the caller's ledger must still count it)
+        raise FailedAfterRelease((rel.event,), exc) from exc
     result.events = (rel.event,)
     result.timings.update({"public_slices": public_seconds, "release": release_seconds})
     return result
