@@ -282,6 +282,7 @@ def train_base(cfg: BaseTrainConfig, images: torch.Tensor | None = None) -> dict
     return summary
 
 
+@torch.no_grad()
 def vary(unet: UNet2DModel, images: torch.Tensor, strength: float, steps: int = 25, seed: int | None = None,
          batch_size: int = 256) -> torch.Tensor:
     """SDEdit (Meng et al. 2022): noise ``images`` (n, 1, 32, 32) in [-1, 1] to the DDIM schedule's point at

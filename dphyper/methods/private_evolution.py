@@ -8,8 +8,9 @@ The algorithm
 1. A population S_0 of M images from the base model (``population``; DDIM, the sampling steps).
 2. For t = 1 .. T (``rounds``): every private image votes for its ``votes`` = k nearest members of S_{t-1} in
    an embedding that is not the evaluator's (``space``: the public encoder phi, or the pixels), each vote of
-   weight 1 / sqrt(k); the histogram h_t (M bins) is released with Gaussian noise; bins below ``threshold`` x
-   the noise std are zeroed; M images are drawn from S_{t-1} with probability proportional to what is left
+   weight 1 / sqrt(k); the histogram h_t (M bins) is released with Gaussian noise; every bin is lowered by
+   ``threshold`` x the noise std and those below 0 dropped (the paper's max(h - H, 0)); M images are drawn from
+   S_{t-1} with probability proportional to what is left
    (all zero: S_{t-1} is kept as it is); S_t is their SDEdit variation at a strength falling linearly from
    ``strength`` to ``strength_end``.
 3. The released set: ``final`` images drawn the same way by the last histogram and varied at ``strength_end``.
@@ -50,6 +51,7 @@ import numpy as np
 import torch
 
 from ..privacy import PrivacyEvent, calibrate_gaussian, check_epsilon_delta, private_generator
+from ..errors import Cancelled, FailedAfterRelease
 from ..public_fit import check_cancel
 from ..run_config import PrivateRunConfig
 from .base import Audit, Method, MethodResult, epsilon_for_report
@@ -70,7 +72,8 @@ class PEConfig(PrivateRunConfig):
                                                     "(each vote 1/sqrt(k): sensitivity 1)"})
     space: str = field(default="phi", metadata={"help": "where the votes' distances are taken: phi (the public "
                                                         "encoder) or pixels"})
-    threshold: float = field(default=2.0, metadata={"help": "bins below this many noise stds are dropped"})
+    threshold: float = field(default=2.0, metadata={"help": "H in noise stds: each bin is lowered by H and those "
+                                                               "below 0 dropped"})
     strength: float = field(default=0.6, metadata={"help": "SDEdit strength of the first round's variations"})
     strength_end: float = field(default=0.2, metadata={"help": "... of the last round's and the released set's"})
     final: int = field(default=512, metadata={"help": "size of the released synthetic set"})
@@ -95,10 +98,14 @@ class PEConfig(PrivateRunConfig):
 
 
 def nearest(private: torch.Tensor, candidates: torch.Tensor, k: int) -> torch.Tensor:
-    """(n, k) indices of each private row's k nearest candidates (always k distinct indices per row)."""
-    d = torch.cdist(private.double(), candidates.double())
+    """(n, k) indices of each private row's k nearest candidates (always k distinct indices per row).
+
+    Each row's votes depend on that row and the candidates only, bit for bit: distances without cdist's
+    matrix-multiply path (whose rounding depends on the other rows; a DP review found one vote in 5,980 moved
+    when a row was removed, with duplicate candidates), and ties broken by a stable sort (lowest index)."""
+    d = torch.cdist(private.double(), candidates.double(), compute_mode="donot_use_mm_for_euclid_dist")
     d = torch.nan_to_num(d, nan=math.inf)  # a NaN row still votes (k arbitrary bins), never more
-    return d.topk(k, dim=1, largest=False).indices
+    return torch.sort(d, dim=1, stable=True).indices[:, :k]
 
 
 def vote_histogram(idx: torch.Tensor, bins: int, *, noise_std: float, weight: float,
@@ -128,7 +135,10 @@ def release_votes(idx: torch.Tensor, bins: int, *, votes: int, noise_std: float)
     """The shipped weighting: each of a row's ``votes`` = k votes weighs 1 / sqrt(k) (sensitivity 1)."""
     if idx.ndim != 2 or idx.shape[1] != votes:
         raise ValueError(f"every private image casts exactly {votes} votes")
-    return vote_histogram(idx, bins, noise_std=noise_std, weight=1.0 / math.sqrt(votes))
+    # 1/sqrt(k) rounds up for some k (k w^2 = 1 + 2e-16): a relative margin of 1e-12, far above any summation
+    # order's rounding, keeps the squared norm of a row's votes <= 1 however it is added up
+    w = (1.0 - 1e-12) / math.sqrt(votes)
+    return vote_histogram(idx, bins, noise_std=noise_std, weight=w)
 
 
 def vote_round(private: torch.Tensor, candidates: torch.Tensor, *, votes: int, noise_std: float) -> torch.Tensor:
@@ -139,12 +149,14 @@ def vote_round(private: torch.Tensor, candidates: torch.Tensor, *, votes: int, n
 # ---------------------------------------------------------------- the run
 
 
-def embed_for_votes(images: torch.Tensor, space: str, models) -> torch.Tensor:
+def embed_for_votes(images: torch.Tensor, space: str, models, *, alone: bool = False) -> torch.Tensor:
+    """The votes' space. ``alone``: each image through the encoder by itself (the private images: the encoder's
+    batched arithmetic differs in the last bits with the batch, and a row's vote must not depend on the others)."""
     if space == "pixels":
         return images.reshape(len(images), -1).double().cpu()
     from ..encoder import embed
 
-    return embed(images, models.encoder).double()
+    return embed(images, models.encoder, batch_size=1 if alone else 64).double()
 
 
 def resample(pop: torch.Tensor, hist: torch.Tensor, cut: float, size: int, gen: torch.Generator) -> tuple:
@@ -175,7 +187,6 @@ def train(images: torch.Tensor, cfg: PEConfig, models, *, progress=None, cancel=
     seed = cfg.pe_seed if cfg.pe_seed is not None else secrets.randbits(31)
     gen = torch.Generator().manual_seed(seed)
     timings: dict[str, float] = {}
-    total = cfg.rounds + 1
 
     def report_stage(step: int, desc: str) -> None:
         if progress is not None:
@@ -198,39 +209,46 @@ def train(images: torch.Tensor, cfg: PEConfig, models, *, progress=None, cancel=
     calls = cfg.population * cfg.steps
     timings["sample_population"] = time.perf_counter() - t
     t = time.perf_counter()
-    private = embed_for_votes(images, cfg.space, models)  # private; only the vote histograms below read it
+    private = embed_for_votes(images, cfg.space, models, alone=True)  # private; only the votes below read it
     timings["embed"] = time.perf_counter() - t
     cut = cfg.threshold * sigma
     alive, hist = [], None
     vary_seconds = vote_seconds = 0.0
-    for r, st in enumerate(strengths(cfg)):
+    votes_made = 0
+    try:
+        for r, st in enumerate(strengths(cfg)):
+            check_cancel(cancel, LABEL)
+            report_stage(len(chunks) + r + 1, f"{LABEL}: round {r + 1} / {cfg.rounds}, noisy votes and variations")
+            t = time.perf_counter()
+            hist = vote_round(private, embed_for_votes(pop, cfg.space, models), votes=cfg.votes, noise_std=sigma)
+            votes_made += 1
+            vote_seconds += time.perf_counter() - t
+            if r == cfg.rounds - 1:
+                break  # the last histogram picks the released set below
+            chosen, a = resample(pop, hist, cut, cfg.population, gen)
+            alive.append(a)
+            t = time.perf_counter()
+            pop = vary(models.unet, chosen, st, steps=cfg.steps, seed=int(torch.randint(2 ** 31, (1,), generator=gen)))
+            vary_seconds += time.perf_counter() - t
+            calls += _calls(cfg.population, st, cfg.steps)
+        del private  # nothing below reads the private images
         check_cancel(cancel, LABEL)
-        report_stage(len(chunks) + r + 1, f"{LABEL}: round {r + 1} / {cfg.rounds}, noisy votes and variations")
-        t = time.perf_counter()
-        hist = vote_round(private, embed_for_votes(pop, cfg.space, models), votes=cfg.votes, noise_std=sigma)
-        vote_seconds += time.perf_counter() - t
-        if r == cfg.rounds - 1:
-            break  # the last histogram picks the released set below
-        chosen, a = resample(pop, hist, cut, cfg.population, gen)
+        report_stage(total, f"{LABEL}: the released set ({cfg.final} images; post-processing)")
+        chosen, a = resample(pop, hist, cut, cfg.final, gen)
         alive.append(a)
         t = time.perf_counter()
-        pop = vary(models.unet, chosen, st, steps=cfg.steps, seed=int(torch.randint(2 ** 31, (1,), generator=gen)))
+        released = vary(models.unet, chosen, cfg.strength_end, steps=cfg.steps,
+                        seed=int(torch.randint(2 ** 31, (1,), generator=gen)))
         vary_seconds += time.perf_counter() - t
-        calls += _calls(cfg.population, st, cfg.steps)
-    del private  # nothing below reads the private images
-    check_cancel(cancel, LABEL)
-    report_stage(total, f"{LABEL}: the released set ({cfg.final} images; post-processing)")
-    chosen, a = resample(pop, hist, cut, cfg.final, gen)
-    alive.append(a)
-    t = time.perf_counter()
-    released = vary(models.unet, chosen, cfg.strength_end, steps=cfg.steps,
-                    seed=int(torch.randint(2 ** 31, (1,), generator=gen)))
-    vary_seconds += time.perf_counter() - t
-    calls += _calls(cfg.final, cfg.strength_end, cfg.steps)
+        calls += _calls(cfg.final, cfg.strength_end, cfg.steps)
+    except Cancelled:
+        raise  # nothing was shown: the histograms are dropped with the run
+    except Exception as exc:  # noqa: BLE001  (histograms were made: the caller's ledger must still count them)
+        if votes_made == 0:
+            raise
+        raise FailedAfterRelease((_event(cfg, sigma, votes_made),), exc) from exc
     timings.update({"votes": vote_seconds, "variations": vary_seconds})
-    event = PrivacyEvent(mechanism=MECHANISM, epsilon=cfg.epsilon, delta=cfg.delta, noise_multiplier=sigma,
-                         sensitivity=1.0, steps=cfg.rounds,
-                         accountant="analytic_gaussian (GDP composition)" if sigma > 0 else "none (non-private)")
+    event = _event(cfg, sigma, cfg.rounds)
     report = {
         "method": "private-evolution", "private": event.private, "epsilon": epsilon_for_report(cfg.epsilon),
         "delta": cfg.delta, "noise_multiplier": sigma, "sensitivity": 1.0, "multiplier_of_the_run": s,
@@ -262,6 +280,14 @@ def plan(n: int, epsilon: float, delta: float, max_steps: int) -> str:
              f"{n / cfg.population:.1f} votes per image" if math.isfinite(epsilon) else "no noise (ε = ∞)")
     return (f"{cfg.rounds} rounds over {cfg.population} of the base model's images ({noise}); a released set of "
             f"{cfg.final} images; about {calls:,} model calls")
+
+
+def _event(cfg: PEConfig, sigma: float, rounds: int) -> PrivacyEvent:
+    """The run's privacy event: ``rounds`` Gaussian histograms of noise std sigma (sensitivity 1); a run that failed
+    after r < T of them records r (its epsilon field is the run's claim, the ledger composes the r rounds)."""
+    return PrivacyEvent(mechanism=MECHANISM, epsilon=cfg.epsilon, delta=cfg.delta, noise_multiplier=sigma,
+                        sensitivity=1.0, steps=rounds,
+                        accountant="analytic_gaussian (GDP composition)" if sigma > 0 else "none (non-private)")
 
 
 def cost(hp: dict, n: int) -> int:
