@@ -124,6 +124,34 @@ def class_shares(weights: torch.Tensor, labels: torch.Tensor, classes: int = 10)
     return torch.zeros(classes, dtype=torch.float64).index_add_(0, labels, weights.double())
 
 
+def top_classes(weights: torch.Tensor, labels: torch.Tensor, k: int = 3) -> tuple[dict[str, float], str, float]:
+    """The report's ``public_class_shares`` (the k public classes with the most fitted weight, largest first,
+    rounded), the top class's name and its exact share (what the report's note is decided on)."""
+    from .data import CLASS_NAMES
+
+    share = class_shares(weights, labels)
+    top = torch.argsort(share, descending=True)[:k]
+    return ({CLASS_NAMES[int(i)]: round(float(share[i]), 3) for i in top}, CLASS_NAMES[int(top[0])],
+            float(share[top[0]]))
+
+
+def check_fit_settings(cfg, pool_limit: int, positive: tuple[str, ...]) -> None:
+    """The settings every free fit shares (``pool``, ``batch``, ``fit_iters``, ``fit_steps``, ``reg``) and the
+    fields named in ``positive``: refused with a clear message (a config's ``__post_init__`` calls this)."""
+    if cfg.fit_iters < 0 or cfg.fit_steps < 0:
+        raise ValueError("fit_iters and fit_steps must be >= 0")
+    if not 1 <= cfg.pool <= pool_limit:
+        raise ValueError(f"pool must be in [1, {pool_limit}] (the public pool), got {cfg.pool}")
+    if cfg.batch < 1:
+        raise ValueError("batch must be >= 1")
+    for name in positive:
+        v = getattr(cfg, name)
+        if not (v > 0 and math.isfinite(v)):
+            raise ValueError(f"{name} must be a finite number > 0, got {v}")
+    if not (cfg.reg >= 0 and math.isfinite(cfg.reg)):
+        raise ValueError(f"reg must be a finite number >= 0, got {cfg.reg}")
+
+
 def stage(progress, desc: str, total: int) -> None:
     """A progress report for a stage that is starting (no steps yet): what it does, in words."""
     if progress is not None:

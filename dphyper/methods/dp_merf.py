@@ -62,7 +62,7 @@ import torch
 from ..errors import Cancelled, FailedAfterRelease
 from ..privacy import _gaussian_sum_count, calibrate_gaussian, clip_embeddings, release_mean, signal_share
 from ..public_data import public_pool_labelled
-from ..public_fit import check_cancel, class_shares, fit_simplex, stage, train_lora_on
+from ..public_fit import check_cancel, check_fit_settings, fit_simplex, stage, top_classes, train_lora_on
 from ..run_config import PrivateRunConfig
 from .base import Audit, Method, MethodResult, gaussian_release_report, shipped_defaults, sum_count_noise_check
 
@@ -98,16 +98,9 @@ class DPMerfConfig(PrivateRunConfig):
         super().__post_init__()
         if self.features not in FEATURES:
             raise ValueError(f"features must be one of {', '.join(FEATURES)}, got {self.features!r}")
-        if self.frequencies < 1 or self.fit_iters < 0 or self.fit_steps < 0 or self.batch < 1:
-            raise ValueError("frequencies and batch must be >= 1; fit_iters and fit_steps >= 0")
-        if not 1 <= self.pool <= PUBLIC_POOL:
-            raise ValueError(f"pool must be in [1, {PUBLIC_POOL}] (the public pool), got {self.pool}")
-        for name in ("bandwidth", "lr"):
-            v = getattr(self, name)
-            if not (v > 0 and math.isfinite(v)):
-                raise ValueError(f"{name} must be a finite number > 0, got {v}")
-        if not (self.reg >= 0 and math.isfinite(self.reg)):
-            raise ValueError(f"reg must be a finite number >= 0, got {self.reg}")
+        if self.frequencies < 1:
+            raise ValueError("frequencies must be >= 1")
+        check_fit_settings(self, PUBLIC_POOL, ("bandwidth", "lr"))
 
 
 # ---------------------------------------------------------------- the feature map (public)
@@ -226,8 +219,6 @@ def fit_release(mean: torch.Tensor, fmap: FeatureMap, cfg: DPMerfConfig, cancel=
 def refit(rel, cfg: DPMerfConfig, models, *, progress=None, cancel=None) -> MethodResult:
     """Everything after the release (a ``privacy.ReleasedMean``: this method's, or with ``features=phi`` the
     hypernetwork's): reads only the release, public data and settings (no privacy cost)."""
-    from ..data import CLASS_NAMES
-
     timings: dict[str, float] = {}
     t = time.perf_counter()
     stage(progress, f"{LABEL}: weighting the public images to match the release (post-processing: no further ε)",
@@ -249,8 +240,7 @@ def refit(rel, cfg: DPMerfConfig, models, *, progress=None, cancel=None) -> Meth
                                  steps=cfg.fit_steps, lr=cfg.lr, batch=cfg.batch, label=LABEL, progress=progress,
                                  cancel=cancel)
     timings["fit_lora"] = time.perf_counter() - t
-    share = class_shares(fit.weights, fmap.labels)
-    top = torch.argsort(share, descending=True)[:3]
+    shares, top, top_share = top_classes(fit.weights, fmap.labels)
     what = (f"{2 * cfg.frequencies} random Fourier features (cos and sin of {cfg.frequencies} random frequencies) "
             f"of the pixels, length scale {fmap.length_scale:.3g}"
             if cfg.features == "rff" else "the public encoder's 64-d embedding")
@@ -262,10 +252,10 @@ def refit(rel, cfg: DPMerfConfig, models, *, progress=None, cancel=None) -> Meth
         "reg": cfg.reg, "pool": cfg.pool, "fit_steps": cfg.fit_steps, "lr": cfg.lr, "fit_seed": seed,
         "distance": round(fit.distance, 4), "distance_uniform": round(fit.distance_uniform, 4),
         "effective_public_images": round(fit.effective_size, 1),
-        "public_class_shares": {CLASS_NAMES[int(i)]: round(float(share[i]), 3) for i in top},
+        "public_class_shares": shares,
         "signal_share": round(share_of_signal, 3),
-        "note": (f"the fit weighted the public images towards {CLASS_NAMES[int(top[0])]} "
-                 f"({float(share[top[0]]):.0%}); re-fitting costs no ε" if share_of_signal >= SIGNAL_NOTE else
+        "note": (f"the fit weighted the public images towards {top} "
+                 f"({top_share:.0%}); re-fitting costs no ε" if share_of_signal >= SIGNAL_NOTE else
                  f"at this ε the release is mostly noise (signal share {share_of_signal:.2f}): the fit stays near "
                  "the public data; re-fitting costs no ε"),
     })

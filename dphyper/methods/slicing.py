@@ -84,7 +84,7 @@ import torch
 from ..data import DataError
 from ..public_data import public_pool_labelled
 from ..sliced_mmd import directions, divergence_terms, mmd2  # noqa: F401  (directions: the tests')
-from ..public_fit import check_cancel, stage, class_shares, fit_simplex, train_lora_on
+from ..public_fit import check_cancel, check_fit_settings, fit_simplex, stage, top_classes, train_lora_on
 from ..run_config import PrivateRunConfig
 from ..errors import Cancelled, FailedAfterRelease
 from ..privacy import PrivacyEvent, PrivacyWarning, calibrate_gaussian, check_epsilon_delta, clip_embeddings, private_generator
@@ -121,18 +121,9 @@ class SlicingConfig(PrivateRunConfig):
         super().__post_init__()
         if self.space not in SPACES:
             raise ValueError(f"space must be one of {', '.join(SPACES)}, got {self.space!r}")
-        if self.slices < 1 or self.rows < 1 or self.directions < 0 or self.fit_iters < 0 or self.fit_steps < 0:
-            raise ValueError("slices and rows must be >= 1; directions, fit_iters and fit_steps >= 0")
-        if not 1 <= self.pool <= PUBLIC_POOL:
-            raise ValueError(f"pool must be in [1, {PUBLIC_POOL}] (the public pool), got {self.pool}")
-        if self.batch < 1:
-            raise ValueError("batch must be >= 1")
-        for name in ("clip", "bandwidth", "lr"):
-            v = getattr(self, name)
-            if not (v > 0 and math.isfinite(v)):
-                raise ValueError(f"{name} must be a finite number > 0, got {v}")
-        if not (self.reg >= 0 and math.isfinite(self.reg)):
-            raise ValueError(f"reg must be a finite number >= 0, got {self.reg}")
+        if self.slices < 1 or self.rows < 1 or self.directions < 0:
+            raise ValueError("slices and rows must be >= 1; directions >= 0")
+        check_fit_settings(self, PUBLIC_POOL, ("clip", "bandwidth", "lr"))
 
 
 # ---------------------------------------------------------------- the release
@@ -323,8 +314,6 @@ def _check(cancel) -> None:
 
 def refit(rel: SlicedRelease, cfg: SlicingConfig, models, *, progress=None, cancel=None) -> MethodResult:
     """Everything after the release: reads only the release, public data and settings (no privacy cost)."""
-    from ..data import CLASS_NAMES
-
     timings: dict[str, float] = {}
     t = time.perf_counter()
     pub = public_slices(cfg, models)
@@ -344,8 +333,7 @@ def refit(rel: SlicedRelease, cfg: SlicingConfig, models, *, progress=None, canc
     lora, losses = train_lora_on(fit.weights, pub.images, models, gen, steps=cfg.fit_steps, lr=cfg.lr,
                                  batch=cfg.batch, label="Slicing", progress=progress, cancel=cancel)
     timings["fit_lora"] = time.perf_counter() - t
-    share = class_shares(fit.weights, pub.labels)
-    top = torch.argsort(share, descending=True)[:3]
+    shares, top, top_share = top_classes(fit.weights, pub.labels)
     report = {
         "method": "slicing",
         "private": rel.event.private,
@@ -363,13 +351,13 @@ def refit(rel: SlicedRelease, cfg: SlicingConfig, models, *, progress=None, canc
         "fit_seed": seed,
         "divergence": fit.divergence, "divergence_uniform": fit.divergence_uniform,
         "effective_public_images": round(fit.effective_size, 1),
-        "public_class_shares": {CLASS_NAMES[int(i)]: round(float(share[i]), 3) for i in top},
-        "note": (f"the fit weighted the public images towards {CLASS_NAMES[int(top[0])]} "
-                 f"({float(share[top[0]]):.0%}); re-fitting costs no ε" if float(share[top[0]]) >= 0.15 else
+        "public_class_shares": shares,
+        "note": (f"the fit weighted the public images towards {top} "
+                 f"({top_share:.0%}); re-fitting costs no ε" if top_share >= 0.15 else
                  "at this ε the release was too noisy to move the fit away from the public data (near-uniform "
                  "weights); re-fitting costs no ε"),
     }
-    if float(share[top[0]]) >= 0.15:
+    if top_share >= 0.15:
         # (1 - padding weight) N read off the release: post-processing, and only shown when the release
         # moved the fit (when it did not, the padding weight is set by noise and the number means nothing).
         report["estimated_count"] = round((1 - fit.padding) * len(rel.rows), 1)
