@@ -75,6 +75,7 @@ TRAIN = {  # python -m dphyper train MODEL
     "encoder": (".encoder:EncoderTrainConfig", ".encoder:train_encoder", "the dataset encoder phi (open_clip, public data)"),
     "evaluator": (".evaluator:EvaluatorTrainConfig", ".evaluator:train_evaluator",
                   "the evaluator classifier behind FID/KID"),
+    # the checkpoint H (`train hypernet` trains a public model, not a private method)
     "hypernet": (".train_hypernet:HypernetTrainConfig", ".train_hypernet:train_hypernet",
                  "the hypernetwork H (noise-aware, public sets only)"),
     "public-map": (".public_map:PublicMapConfig", ".public_map:build",
@@ -92,7 +93,8 @@ COMMANDS = {  # python -m dphyper COMMAND
     "theory": (".theory:TheoryConfig", ".theory:rows", "teaching: one-shot vs DP-SGD risk in the synthetic setting (JSON rows)"),
     "examples": (":ExamplesConfig", ":_cmd_examples", "(re)write the bundled example sets from the Fashion-MNIST test split"),
 }
-# Aliases of `run METHOD` kept for older scripts; the method names are the registry's (checked by a test).
+# Aliases of `run METHOD` kept for older scripts (top-level commands, built without importing the registry so that
+# `--help` stays fast); the method names are the registry's (checked by a test).
 ALIASES = {"generate": "hypernet", "dpsgd": "dpsgd"}
 AUDIT_EXIT = {"consistent": 0, "violated": 1, "inconclusive": 3}  # 2 is argparse's (and our) usage error
 

@@ -2,7 +2,7 @@
 sampling. Below the methods: the contract (``methods/base.py``) looks a format up here and never names a method.
 
 * ``lora``: LoRA tensors keyed by UNet parameter names, saved as peft keys in ``lora.safetensors``;
-* ``sparse``: rows of the base UNet's own tensors (``NAME.rows``, ``NAME.delta``: W[rows] += delta), saved in
+* ``sparse-delta``: rows of the base UNet's own tensors (``NAME.rows``, ``NAME.delta``: W[rows] += delta), saved in
   ``sparse_delta.safetensors`` (DP sparse fine-tuning's output);
 * ``images``: a synthetic image set instead of weights (``images``, (M, 1, 32, 32) in [-1, 1]), saved in
   ``synthetic_images.safetensors``: a method that adapts no parameter (Private Evolution). Its samples are
@@ -114,7 +114,7 @@ def draw_images(tensors: dict[str, torch.Tensor], n: int, seed: int) -> torch.Te
 FORMATS: dict[str, AdapterFormat] = {
     "lora": AdapterFormat("lora.safetensors", _lora_save, _lora_load, lambda unet, t: t,
                           lambda keys: not any(k.endswith(".rows") for k in keys), "a LoRA", "LoRA"),
-    "sparse": AdapterFormat("sparse_delta.safetensors", save_sparse_delta, load_sparse_delta_into, delta_params,
+    "sparse-delta": AdapterFormat("sparse_delta.safetensors", save_sparse_delta, load_sparse_delta_into, delta_params,
                             lambda keys: any(k.endswith(".rows") for k in keys), "a sparse delta of the UNet",
                             "(rows of the base UNet)"),
     "images": AdapterFormat("synthetic_images.safetensors", save_images, _images_load, _images_params,

@@ -40,6 +40,7 @@ import numpy as np
 class AuditConfig:
     """`python -m dphyper audit`: empirical lower bound on epsilon from a canary membership test."""
 
+    # The default is the flagship (methods.FLAGSHIP, not imported here: the CLI builds this without the registry).
     method: str = field(default="hypernet", metadata={"help": "a registered method (`run --help` lists them)"})
     epsilon: float = field(default=1.0, metadata={"help": "epsilon the mechanism claims"})
     delta: float = field(default=1e-5, metadata={"help": "delta the mechanism claims"})

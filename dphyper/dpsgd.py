@@ -11,8 +11,7 @@ schedule without clipping or noise (the non-private floor).
 
 Grad-sample mode: ``hooks`` (Opacus' default). The LoRA layers are plain ``nn.Linear``
 modules inside peft, which hooks support; per-step cost is measured in docs/BENCHMARKS.md.
-Hyperparameter defaults must come from a sweep on public sets only (never the private
-folder): see ``docs/BENCHMARKS.md``.
+Hyperparameter defaults come from a sweep on public sets only (never the private folder).
 """
 
 from __future__ import annotations
@@ -38,8 +37,8 @@ from .gpu import ZERO_GPU, gpu
 from .lora import add_lora, lora_model_fn
 from .run_config import PrivateRunConfig
 from .privacy import PrivacyEvent, check_epsilon_delta, private_generator
-from .dpsgd_steps import (DRAW_PIECE, PHYSICAL_BATCH, _mask_grad_samples, _mask_views, accumulate_physical,  # noqa: F401
-                          draw_piece, masked_step, pda_alpha, pda_step, physical_batch, public_gradient)  # the family's
+from .dpsgd_steps import (DPSGD_EVENT, DRAW_PIECE, PHYSICAL_BATCH, _mask_grad_samples, _mask_views,  # noqa: F401
+                          accumulate_physical, draw_piece, masked_step, pda_alpha, pda_step, physical_batch, public_gradient)  # the family's
 
 
 # Opacus' RDP analysis warns "Optimal order is the largest alpha" whenever its fixed order grid could be extended;
@@ -203,10 +202,10 @@ def make_private(engine, module: torch.nn.Module, opt: torch.optim.Optimizer, da
 
 
 def loss_pieces(x0: torch.Tensor, scheduler, generator: torch.Generator, device: torch.device,
-                physical: int | None = None):
+                physical: int | None = None, piece: int | None = None):
     """(images, noise, timesteps) of a batch in physical pieces, the draws made per ``draw_piece`` images."""
-    phys = physical_batch(device, physical)
-    for xd in x0.split(draw_piece(device)):
+    phys = physical_batch(device, physical, piece)
+    for xd in x0.split(draw_piece(device, piece)):
         noise, t = draw_noise(xd, scheduler, generator)
         yield from zip(xd.split(phys), noise.split(phys), t.split(phys))
 
@@ -238,6 +237,8 @@ class TrainState:
     mask: dict[str, torch.Tensor] | None = None
     # Images per forward/backward (memory only, not part of a run's identity); None: ``physical_batch(device)``.
     physical: int | None = None
+    # Images per draw of the loss's noise (None: ``DRAW_PIECE``): the sparse suite's cost probe only (it changes draws).
+    piece: int | None = None
 
     @property
     def private(self) -> bool:
@@ -356,7 +357,7 @@ def advance_dpsgd(images: torch.Tensor, state: TrainState, *, max_steps: int = 0
                     p.grad_sample = torch.zeros((0, *p.shape), device=device)
                 step_with(pub, alpha)
             else:
-                pieces = list(loss_pieces(x0, sched, gen, device, state.physical))
+                pieces = list(loss_pieces(x0, sched, gen, device, state.physical, state.piece))
                 total = 0.0
                 for i, (xp, noise, t) in enumerate(pieces):
                     loss = noised_loss(lambda x, tt: model(x, tt).sample, xp, noise, t, sched)
@@ -415,12 +416,11 @@ def finish_dpsgd(state: TrainState, *, device: torch.device | None = None, t_all
         x = torch.empty(0, 1, 32, 32)
     sample_seconds = time.perf_counter() - t1
     # A non-private run is a release too: the ledger must show that it has no bound (epsilon = inf).
-    event = PrivacyEvent(mechanism="dpsgd_poisson_gaussian", epsilon=float(eps_spent) if private else math.inf,
+    event = PrivacyEvent(mechanism=DPSGD_EVENT, epsilon=float(eps_spent) if private else math.inf,
                          delta=cfg.delta, noise_multiplier=float(state.sigma),
                          sensitivity=cfg.max_grad_norm if private else math.inf, sample_rate=state.q, steps=state.step,
                          accountant=cfg.accountant if private else "none (non-private)")
-    report = {
-        "method": "dpsgd",
+    report = {  # the method's name comes from the registry (``sample_into``)
         "private": private,
         "epsilon": cfg.epsilon if private else "inf",
         "epsilon_spent": float(eps_spent) if private else "inf",

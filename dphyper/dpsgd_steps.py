@@ -1,7 +1,12 @@
 """The DP-SGD family's step hooks and memory pieces, below the engine (``dphyper.dpsgd``): the update each
 method of the family makes from Opacus' clipped, noised gradient (DP-SGD: the plain step; PDA-DPMD: mixed with
 a public gradient, ``pda_step``; DP sparse: masked rows, ``masked_step``), and the physical pieces a Poisson
-batch is run in. The engine calls them; the methods' audits run the same functions."""
+batch is run in. The engine calls them; the methods' audits run the same functions.
+
+Why here and not in each method's file: a run is chunked across processes (a ZeroGPU call may run in another
+one), so the engine's state (``dpsgd.TrainState``) carries data that picks the step (a row mask, a public
+pool), never a callable; the steps must then be importable by the engine without importing a method. The three
+methods (``methods/dpsgd.py``, ``pda_dpmd.py``, ``sparse.py``) own their configs, defaults, audits and words."""
 
 from __future__ import annotations
 
@@ -9,6 +14,11 @@ import math
 
 import torch
 
+from .privacy import register_mechanism
+
+# Poisson-subsampled Gaussian steps: not one Gaussian on the whole set, so the PLD accountant composes them.
+DPSGD_EVENT = register_mechanism("dpsgd_poisson_gaussian", exact_gaussian=False,
+                                 words=lambda e: f"{e.steps} steps, q = {e.sample_rate:.3g}")
 
 def public_gradient(model, params: list[torch.Tensor], public: torch.Tensor, batch: int, idx_gen: torch.Generator,
                     loss_fn) -> list[torch.Tensor]:
@@ -91,14 +101,16 @@ DRAW_PIECE = {"cpu": 16, "cuda": 256}
 PHYSICAL_BATCH = {"cpu": 16, "cuda": 256}  # CPU: 1.19 GB vs 1.66 GB peak at batch 64, ~10% slower (BENCHMARKS)
 
 
-def draw_piece(device: torch.device) -> int:
-    return DRAW_PIECE.get(torch.device(device).type, 16)
+def draw_piece(device: torch.device, wanted: int | None = None) -> int:
+    """Images per draw of the loss's noise and timesteps: ``wanted`` (a cost probe's own setting: it changes
+    the draws, so no benchmark cell sets it) or DRAW_PIECE."""
+    return wanted or DRAW_PIECE.get(torch.device(device).type, 16)
 
 
-def physical_batch(device: torch.device, wanted: int | None = None) -> int:
+def physical_batch(device: torch.device, wanted: int | None = None, piece: int | None = None) -> int:
     """Images per forward/backward: ``wanted`` (a method's own memory setting) or PHYSICAL_BATCH, at most
     ``draw_piece``."""
-    return min(wanted or PHYSICAL_BATCH.get(torch.device(device).type, 16), draw_piece(device))
+    return min(wanted or PHYSICAL_BATCH.get(torch.device(device).type, 16), draw_piece(device, piece))
 
 
 def accumulate_physical(opt, params: list[torch.Tensor], masks: list[torch.Tensor] | None) -> None:

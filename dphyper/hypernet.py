@@ -38,7 +38,7 @@ from safetensors.torch import load_file, save_file
 
 from .config import ASSETS_DIR, get_device
 
-HYPERNET_PATH = ASSETS_DIR / "hypernet" / "hypernet.safetensors"
+HYPERNET_PATH = ASSETS_DIR / "hypernet" / "hypernet.safetensors"  # the shipped checkpoint H (a model, not the method)
 
 
 class HyperNetwork(nn.Module):

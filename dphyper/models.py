@@ -64,7 +64,7 @@ class PublicModels:
         from .hypernet import HYPERNET_PATH, load_hypernet
 
         unet = self.unet
-        return self._get("hypernet", lambda: load_hypernet(unet, device=self.device), HYPERNET_PATH)
+        return self._get("hypernetwork", lambda: load_hypernet(unet, device=self.device), HYPERNET_PATH)
 
     @property
     def evaluator(self):

@@ -60,5 +60,5 @@ class HypernetPipeline:
         cfg = HypernetConfig(epsilon=epsilon, delta=delta, samples=samples, steps=steps, seed=seed)
         r = run_method(HYPERNET, images, cfg, self.models)
         return GenerateResult(lora=r.adapter, samples=r.samples, release=r.owner["release"], report=r.report,
-                              rejected=rejected, owner_clean_mean=r.owner["clean_mean"] if owner_view else None,
+                              rejected=rejected, owner_clean_mean=r.noise_view.exact if owner_view else None,
                               timings={"load": load_seconds, **r.timings})

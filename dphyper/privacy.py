@@ -32,6 +32,7 @@ import threading
 import time
 import warnings
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from scipy.special import log_ndtr
@@ -121,9 +122,7 @@ def check_epsilon_delta(epsilon: float, delta: float) -> None:
 class PrivacyEvent:
     """What happened, once: one mechanism applied to one dataset (immutable)."""
 
-    mechanism: str  # "gaussian_sum_count" (hypernet, qem, dp-merf), "gaussian_sliced_rows" (slicing),
-    # "gaussian_row_scores" (sparse's selection), "gaussian_vote_histograms" (private-evolution, one per round),
-    # "dpsgd_poisson_gaussian" (dpsgd, pda-dpmd, sparse)
+    mechanism: str  # a key of MECHANISMS, registered by the module that makes such events
     epsilon: float
     delta: float
     noise_multiplier: float  # sigma / sensitivity
@@ -184,15 +183,31 @@ class PrivacyLedger:
         return _pld_epsilon(list(events), delta), delta
 
 
-# Releases whose privacy is exactly (or dominated by) ``steps`` Gaussian mechanisms with the event's
-# multiplier, each on the whole dataset: they compose exactly in Gaussian DP (slicing's padded, shuffled
-# rows: see methods/slicing.py for the dominance argument; sparse's unit-norm row scores: methods/sparse.py;
-# the vote histograms of Private Evolution's rounds, adaptively chosen: methods/private_evolution.py).
-ONE_GAUSSIAN = ("gaussian_sum_count", "gaussian_sliced_rows", "gaussian_row_scores", "gaussian_vote_histograms")
+@dataclass(frozen=True)
+class Mechanism:
+    """What the ledger knows about a kind of event; the module that makes such events registers it (with the
+    argument for ``exact_gaussian`` in its docstring), so this module names no method."""
+
+    # True: an event is exactly (or dominated by) ``steps`` Gaussian mechanisms with its multiplier, each on
+    # the whole dataset, so events compose exactly in Gaussian DP; False: the PLD accountant composes it.
+    exact_gaussian: bool
+    words: Callable[[PrivacyEvent], str]  # the ledger row's words after the method's label
+
+
+MECHANISMS: dict[str, Mechanism] = {}
+
+
+def register_mechanism(name: str, *, exact_gaussian: bool, words: Callable[[PrivacyEvent], str]) -> str:
+    MECHANISMS[name] = Mechanism(exact_gaussian, words)
+    return name
+
+
+SUM_COUNT = register_mechanism("gaussian_sum_count", exact_gaussian=True, words=lambda e: "one Gaussian release")
 
 
 def _one_gaussian(e: PrivacyEvent) -> bool:
-    return e.mechanism in ONE_GAUSSIAN and e.steps >= 1 and e.sample_rate == 1.0
+    m = MECHANISMS.get(e.mechanism)  # unknown (not registered in this process): the PLD accountant, also valid
+    return m is not None and m.exact_gaussian and e.steps >= 1 and e.sample_rate == 1.0
 
 
 def _pld_epsilon(events: list[PrivacyEvent], delta: float) -> float:
@@ -332,7 +347,7 @@ def _gaussian_sum_count(
     if math.isfinite(epsilon) and delta >= 1.0 / denom:
         warnings.warn(f"delta = {delta:g} is not below 1/n (n ~ {noisy_count:.0f}): the guarantee is weak; "
                       "use a smaller delta.", PrivacyWarning, stacklevel=3)
-    event = PrivacyEvent(mechanism="gaussian_sum_count", epsilon=epsilon, delta=delta,
+    event = PrivacyEvent(mechanism=SUM_COUNT, epsilon=epsilon, delta=delta,
                          noise_multiplier=multiplier, sensitivity=sensitivity,
                          accountant="analytic_gaussian" if multiplier > 0 else "none (non-private)")
     return ReleasedMean(mean=mean, noisy_count=noisy_count,

@@ -225,6 +225,11 @@ def dpsgd_simulate(epsilon: float, n: int, d: int, delta: float = DEFAULT_DELTA,
 
 # ---------------------------------------------------------------- rows
 
+# The keys of a stored row name the synthetic mechanisms of this toy problem, not registry methods: the
+# one-shot release (what the hypernetwork does, with a public prior), the parameter-space exponential
+# mechanism (the quadratic EM's analogue) and noisy SGD.
+ONE_SHOT, PARAM_EM, NOISY_SGD = "one_shot", "param_em", "noisy_sgd"
+
 def rows(cfg: TheoryConfig) -> list[dict]:
     out = []
     for d in cfg.d:
@@ -234,12 +239,12 @@ def rows(cfg: TheoryConfig) -> list[dict]:
                 sgd = dpsgd_simulate(eps, n, d, cfg.delta, cfg.reps, seed=cfg.seed)
                 qem = qem_simulate(eps, n, d, cfg.delta, cfg.reps, seed=cfg.seed)
                 out.append({"epsilon": eps, "n": n, "d": d,
-                            "hypernet": {"mean": float(one.mean()), "std": float(one.std()),
+                            ONE_SHOT: {"mean": float(one.mean()), "std": float(one.std()),
                                          "closed_form": oneshot_closed_form(eps, n, d, cfg.delta)},
                             # closed form of the plain Newton step (no shrinkage); the simulation shrinks
-                            "qem": {"mean": float(qem.mean()), "std": float(qem.std()),
+                            PARAM_EM: {"mean": float(qem.mean()), "std": float(qem.std()),
                                     "closed_form_newton": oneshot_closed_form(eps, n, d, cfg.delta, lam=1.0)},
-                            "dpsgd": {"mean": float(sgd.mean()), "std": float(sgd.std()), "closed_form": None,
+                            NOISY_SGD: {"mean": float(sgd.mean()), "std": float(sgd.std()), "closed_form": None,
                                       "hyperparameters": dict(zip(("lr", "steps", "batch"),
                                                                   dpsgd_tuned(float(eps), n, d, cfg.delta)))}})
     return out

@@ -66,7 +66,7 @@ def warm_cache() -> None:
 def figure(log_eps: float, n: int, d: int):
     import plotly.graph_objects as go
 
-    from .theory import oneshot_closed_form
+    from .theory import NOISY_SGD, ONE_SHOT, PARAM_EM, oneshot_closed_form
 
     eps_mark = 10 ** log_eps
     fig = go.Figure()
@@ -77,14 +77,14 @@ def figure(log_eps: float, n: int, d: int):
                              line=dict(color="#16a34a", width=2, dash="dash")))
     pts = [r for r in load_curves() if r["n"] == n and r["d"] == d]
     pts.sort(key=lambda r: r["epsilon"])
-    for key, name, color in (("hypernet", "one-shot, simulated", "#2563eb"),
-                             ("qem", "parameter space (quadratic EM), simulated", "#16a34a"),
-                             ("dpsgd", "DP-SGD, simulated", "#dc2626")):
+    for key, name, color in ((ONE_SHOT, "one-shot, simulated", "#2563eb"),
+                             (PARAM_EM, "parameter space (quadratic EM), simulated", "#16a34a"),
+                             (NOISY_SGD, "DP-SGD, simulated", "#dc2626")):
         if pts and all(key in r for r in pts):
             fig.add_trace(go.Scatter(
-                x=[r["epsilon"] for r in pts], y=[r[key]["mean"] for r in pts], mode="markers+lines" if key == "dpsgd" else "markers",
+                x=[r["epsilon"] for r in pts], y=[r[key]["mean"] for r in pts], mode="markers+lines" if key == NOISY_SGD else "markers",
                 name=name, marker=dict(color=color, size=10,
-                                       symbol={"hypernet": "circle", "qem": "diamond"}.get(key, "square")),
+                                       symbol={ONE_SHOT: "circle", PARAM_EM: "diamond"}.get(key, "square")),
                 line=dict(color=color, dash="dot"),
                 error_y=dict(type="data", array=[r[key]["std"] for r in pts], visible=True)))
     fig.add_vline(x=eps_mark, line_dash="dash", line_color="gray", annotation_text=f"ε = {eps_mark:.2g}")
@@ -95,7 +95,7 @@ def figure(log_eps: float, n: int, d: int):
 
 
 def reading(log_eps: float, n: int, d: int) -> str:
-    from .theory import oneshot_closed_form
+    from .theory import NOISY_SGD, ONE_SHOT, PARAM_EM, oneshot_closed_form
 
     eps = 10 ** log_eps
     one = oneshot_closed_form(eps, n, d)
@@ -103,11 +103,11 @@ def reading(log_eps: float, n: int, d: int) -> str:
     if not near:
         return f"At ε = {eps:.2g}, n = {n}, d = {d}: one-shot risk {one:.2e} (no DP-SGD simulation stored)."
     r = min(near, key=lambda r: abs(math.log(r["epsilon"]) - math.log(eps)))
-    ratio = r["dpsgd"]["mean"] / r["hypernet"]["closed_form"]
+    ratio = r[NOISY_SGD]["mean"] / r[ONE_SHOT]["closed_form"]
     who = "one-shot release" if ratio > 1 else "DP-SGD"
     qem = ""
-    if "qem" in r:
-        q = r["qem"]["mean"] / r["hypernet"]["closed_form"]
+    if PARAM_EM in r:
+        q = r[PARAM_EM]["mean"] / r[ONE_SHOT]["closed_form"]
         qem = (f"The parameter-space one-shot (quadratic EM) is at **{q:.2f}×**: the same release, but its "
                "shrinkage comes from the release alone instead of a public prior. ")
     return (f"**Reading the plot.** At ε ≈ {r['epsilon']:g} with n = {n} examples in d = {d} dimensions, "

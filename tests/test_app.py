@@ -75,9 +75,9 @@ def test_utility_plot_marks_epsilon_and_shows_user_runs():
     assert x1 and x1[0] == pytest.approx(1.0) and x2[0] == pytest.approx(10 ** 0.5)
     if sets:  # the benchmark's curves are drawn, one line per method
         names = {t.name for t in f1.data}
-        assert {"hypernetwork", "DP-SGD"} <= names
+        assert {"Hypernetwork", "DP-SGD"} <= names
     f3 = utility_figure(0.0, False, bench, [{"method": "hypernet", "epsilon": 2.0, "agreement": 0.7, "label": "x"}])
-    mine = [t for t in f3.data if t.name == "your hypernetwork runs"]
+    mine = [t for t in f3.data if t.name == "your Hypernetwork runs"]
     assert mine and list(mine[0].y) == [0.7]
     assert not utility_figure(0.0, True, bench, []).layout.shapes  # no epsilon marker without privacy
 
@@ -160,7 +160,7 @@ def test_every_event_of_a_result_enters_the_sessions_ledger(app_module):
     data = load_example("bags")[0]
     events = tuple(release_mean(torch.rand(10, 4) / 4, epsilon=e, delta=1e-5).event for e in (0.25, 0.75))
     result = MethodResult(adapter={"w": torch.zeros(2, 2)}, report={"method": "sparse", "epsilon": 1.0, "delta": 1e-5}, events=events,
-                          samples=torch.zeros(4, 1, 32, 32), adapter_format="sparse")
+                          samples=torch.zeros(4, 1, 32, 32), adapter_format="sparse-delta")
     book = LedgerBook()
     out = _finish(get_method("sparse"), result, data, 1.0, 1.0, book, [], 0.0, False, None)
     assert len(book) == 2 and _ledger_rows(out[4]) == [1, 2]
@@ -415,7 +415,7 @@ def _stop_result():
 
     ev = release_mean(torch.rand(10, 4) / 4, epsilon=1.0, delta=1e-5).event
     return MethodResult(adapter={"w": torch.zeros(2, 2)}, report={"method": "sparse", "epsilon": 1.0, "delta": 1e-5},
-                        events=(ev,), samples=torch.zeros(2, 1, 32, 32), adapter_format="sparse")
+                        events=(ev,), samples=torch.zeros(2, 1, 32, 32), adapter_format="sparse-delta")
 
 
 def test_stop_says_what_the_ledger_says():

@@ -69,10 +69,10 @@ def test_rows_shape_for_the_cli():
     out = rows(TheoryConfig(epsilon=(1.0,), n=(200,), d=(5,), reps=20))
     assert len(out) == 1
     row = out[0]
-    assert {"epsilon", "n", "d", "hypernet", "dpsgd"} <= set(row)
-    assert row["hypernet"]["closed_form"] > 0 and row["dpsgd"]["closed_form"] is None
-    assert row["qem"]["closed_form_newton"] >= row["hypernet"]["closed_form"] and row["qem"]["mean"] > 0
-    assert row["dpsgd"]["mean"] > 0 and row["hypernet"]["std"] >= 0
+    assert {"epsilon", "n", "d", "one_shot", "param_em", "noisy_sgd"} <= set(row)
+    assert row["one_shot"]["closed_form"] > 0 and row["noisy_sgd"]["closed_form"] is None
+    assert row["param_em"]["closed_form_newton"] >= row["one_shot"]["closed_form"] and row["param_em"]["mean"] > 0
+    assert row["noisy_sgd"]["mean"] > 0 and row["one_shot"]["std"] >= 0
 
 
 def test_tab_figure_marks_epsilon_and_reads_stored_curves():
@@ -90,7 +90,7 @@ def test_tab_figure_marks_epsilon_and_reads_stored_curves():
     assert fig_a.layout.shapes[0].x0 == pytest.approx(1.0) and fig_b.layout.shapes[0].x0 == pytest.approx(10.0)
     # stored closed forms are what the live formula gives (the file is not stale)
     r = rows_[0]
-    assert r["hypernet"]["closed_form"] == pytest.approx(oneshot_closed_form(r["epsilon"], r["n"], r["d"]), rel=1e-6)
+    assert r["one_shot"]["closed_form"] == pytest.approx(oneshot_closed_form(r["epsilon"], r["n"], r["d"]), rel=1e-6)
     assert "×" in theory_tab.reading(0.0, ns[0], ds[0]) and "quadratic EM" in theory_tab.reading(0.0, ns[0], ds[0])
 
 

@@ -68,7 +68,6 @@ from .noise_view import (  # noqa: F401
 )
 from .ledger_view import (  # noqa: F401
     LEDGER_RULES,
-    WEIGHTS_WORDS,
     _caption,
     _ledger_markdown,
     _ledger_method,

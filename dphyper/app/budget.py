@@ -29,7 +29,7 @@ def methods_plan(data: dict | None, log_eps: float, no_privacy: bool, delta: flo
         return ""
     from ..dpsgd import sigma_memo
 
-    epsilon = math.inf if no_privacy else 10 ** log_eps
+    epsilon = _epsilon(log_eps, no_privacy)  # validated, as for a run
     lines: dict[str, list[str]] = {}
     # This session's own memo of noise-multiplier searches (it lives with its data and goes with it): never one
     # shared by the server, whose speed would tell a visitor which folder sizes others loaded (issue 37).

@@ -57,7 +57,7 @@ def default_curve_set(n: int | None) -> str | None:
     return min(sets, key=lambda s: abs(math.log((infos[s]["info"].get("n") or 1) / max(n or 200, 1))))
 
 
-LABELS = {"hypernet": "hypernetwork", "nonprivate": "non-private LoRA", "base": "base model"}
+LABELS = {"nonprivate": "non-private LoRA", "base": "base model"}  # the references; methods: their registry label
 
 
 def quality_for(bench_set: str | None, target: float) -> str:

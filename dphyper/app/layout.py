@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import fields
 import gradio as gr
 
 from ..adapters import FORMATS
@@ -131,12 +130,14 @@ def build_demo():
                 chosen = gr.CheckboxGroup([(m.label, m.name) for m in METHODS.values()], value=list(METHODS),
                                           label="Methods side by side", scale=2)
                 n_samples = gr.Slider(4, 64, value=16, step=4, label="Samples per method", scale=1)
-                fits = [m.label for m in METHODS.values() if m.budget is None
-                        and "fit_steps" in {f.name for f in fields(m.config_cls)}]
-                sized = [m.label for m in METHODS.values() if m.budget is not None]
+                units: dict[str, list[str]] = {}
+                for m in METHODS.values():
+                    if m.budget is not None:
+                        units.setdefault(m.budget_unit, []).append(m.label)
                 max_steps = gr.Slider(0, 1000, value=0, step=10, label="Step budget of the training methods "
-                                      f"(0 = the tuned schedule; {', '.join(fits)}: steps of the free fit; "
-                                      f"{', '.join(sized)}: images per round)", scale=1)
+                                      "(0 = the tuned schedule; " + "; ".join(
+                                          f"{', '.join(labels)}: {unit}" for unit, labels in units.items()) + ")",
+                                      scale=1)
             plan = gr.Markdown()
             cols: dict[str, dict] = {}
             with gr.Row(equal_height=False):

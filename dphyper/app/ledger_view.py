@@ -9,7 +9,6 @@ from ..ledger import LedgerBook
 from ..ledger import total_text
 
 
-WEIGHTS_WORDS = {name: f.words for name, f in FORMATS.items()}  # by adapter format
 
 
 # ---------------------------------------------------------------- ledger and runs
@@ -19,18 +18,11 @@ def _ledger_method(method: str, e) -> str:
     """A ledger row's method in words: the registry's label and what its event did."""
     from ..methods import METHODS
 
+    from ..privacy import MECHANISMS
+
     label = METHODS[method].label if method in METHODS else method
-    if e.mechanism == "gaussian_sum_count":
-        return f"{label} (one Gaussian release)"
-    if e.mechanism == "gaussian_sliced_rows":
-        return f"{label} (one Gaussian release of padded slices)"
-    if e.mechanism == "gaussian_row_scores":
-        return f"{label} (selection: one Gaussian release of row scores)"
-    if e.mechanism == "gaussian_vote_histograms":
-        return f"{label} ({e.steps} rounds of noisy votes)"
-    if e.mechanism == "dpsgd_poisson_gaussian":
-        return f"{label} ({e.steps} steps, q = {e.sample_rate:.3g})"
-    return f"{label} ({e.mechanism.replace('_', ' ')})"
+    m = MECHANISMS.get(e.mechanism)  # its words come from the module that makes such events
+    return f"{label} ({m.words(e) if m is not None else e.mechanism.replace('_', ' ')})"
 
 LEDGER_RULES = (
     "Releases are counted **per image**: a run counts against every image it used, whatever the folder, "
@@ -72,9 +64,9 @@ def _caption(method: str, report: dict, seconds: float, adapter_format: str = "l
     eps = report.get("epsilon_spent", report["epsilon"])
     eps_text = "∞ (no privacy)" if eps == "inf" else f"{float(eps):.3g}"
     if report.get("refit"):  # post-processing of an earlier release
-        return (f"**{method}** — {seconds:.1f} s to {WEIGHTS_WORDS[adapter_format]} and samples; no ε spent (re-uses the release that "
+        return (f"**{method}** — {seconds:.1f} s to {FORMATS[adapter_format].words} and samples; no ε spent (re-uses the release that "
                 f"cost ε {eps_text}, δ {report['delta']:g}) · {report.get('note', '')}")
-    text = f"**{method}** — {seconds:.1f} s to {WEIGHTS_WORDS[adapter_format]} and samples; ε spent {eps_text}, δ {report['delta']:g}"
+    text = f"**{method}** — {seconds:.1f} s to {FORMATS[adapter_format].words} and samples; ε spent {eps_text}, δ {report['delta']:g}"
     if report.get("epsilon_selection") not in (None, "inf") and report.get("mask") == "private":
         text += (f" (its selection's ε {float(report['epsilon_selection']):.3g} and its DP-SGD's ε "
                  f"{float(report['epsilon_dpsgd_alone']):.3g} alone compose to that) · "

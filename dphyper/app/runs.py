@@ -178,8 +178,8 @@ def _finish(method, result, data: dict, epsilon: float, seconds: float, book: Le
     if result.report.get("steps"):
         caption += f" · {result.report['steps']} steps"
     noise_fig = gr.skip()
-    if "clean_mean" in result.owner:  # a method that releases a mean embedding: show what the noise did
-        noise_fig = noise_figure(result.owner["clean_mean"], result.owner["release"].mean, epsilon)
+    if result.noise_view is not None:  # a method that releases a mean embedding: show what the noise did
+        noise_fig = noise_figure(result.noise_view.exact, result.noise_view.released, epsilon)
     with _session_lock(data):
         state["done"] = True  # its outputs go to the page now: a later Stop leaves them and their caption alone
     return (list(to_uint8_images(result.samples)), caption,
@@ -200,13 +200,8 @@ def _plot_point(runs: list, method, epsilon: float, agreement: float, release_ta
 
 def _config(method, epsilon: float, delta: float, n_samples: int, max_steps: int = 0):
     kw = {"epsilon": epsilon, "delta": delta, "samples": int(n_samples)}
-    names = {f.name for f in fields(method.config_cls)}
-    if method.budget is not None:
-        kw.update(method.budget(int(max_steps)) if max_steps else {})
-    elif "max_steps" in names:
-        kw["max_steps"] = int(max_steps or 0)
-    elif "fit_steps" in names and max_steps:  # a free fit (slicing, DP-MERF): the budget of the fit
-        kw["fit_steps"] = int(max_steps)
+    if method.budget is not None and max_steps:  # 0 = the method's tuned schedule
+        kw.update(method.budget(int(max_steps)))
     try:
         return method.config_cls(**kw)
     except ValueError as exc:
@@ -331,7 +326,7 @@ def _relay(driver):
 def refit_runner(name: str):
     """Re-fit a method's last release in this session: post-processing of a DP output, no ledger entry."""
     from ..methods import get_method
-    from ..methods.base import sample_into
+    from ..methods.base import budget_value, refit_config, sample_into
 
     method = get_method(name)
 
@@ -343,8 +338,7 @@ def refit_runner(name: str):
             raise UserError(f"Run {method.label} on these images first: a re-fit re-uses its release.")
         rel, cfg, tag = kept
         # The step budget means what it means for a run: 0 is the method's default length.
-        default_steps = next(f.default for f in fields(method.config_cls) if f.name == "fit_steps")
-        cfg = replace(cfg, samples=int(n_samples), fit_seed=None, fit_steps=int(max_steps) or default_steps)
+        cfg = refit_config(method, cfg, n_samples, max_steps)
         models = shared_models()
         token = _start_run(data, name)
         t0 = time.perf_counter()
@@ -361,8 +355,10 @@ def refit_runner(name: str):
         driver = _drive(method, job, progress, f"{method.label}: re-fitting the kept release (no ε)…")
         result = yield from _relay(driver)
         result.report["refit"] = "a re-fit of the session's earlier release: no privacy cost, no ledger entry"
-        result.report["note"] = (f"{result.report.get('note', '')} · this re-fit: the same weighting of the public "
-                                 f"images (a function of the release), {cfg.fit_steps} fit steps, a new LoRA seed")
+        fresh = f", a new {' and '.join(f.replace('_', ' ') for f in method.refit_fresh)}" if method.refit_fresh else ""
+        result.report["note"] = (f"{result.report.get('note', '')} · this re-fit: the same release (what the fit "
+                                 f"does with it is a function of the release), {budget_value(method, cfg)} "
+                                 f"{method.budget_unit}{fresh}")
         epsilon = rel.event.epsilon
         log_eps = math.log10(epsilon) if math.isfinite(epsilon) else 0.0
         yield _finish(method, result, data, epsilon, time.perf_counter() - t0, book, runs, log_eps,

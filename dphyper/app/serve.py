@@ -23,8 +23,7 @@ def prepare_temp_dir() -> None:
 def warm_up() -> None:
     """Load every public model before serving, so the first user does not wait for it."""
     m = shared_models()
-    for part in ("unet", "encoder", "hypernet", "evaluator"):
-        getattr(m, part)
+    m.unet, m.encoder, m.hypernet, m.evaluator  # noqa: B018 (each property loads its checkpoint once)
     _public_map()
 
 

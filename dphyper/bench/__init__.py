@@ -23,13 +23,13 @@ SUITES: dict[str, tuple[str, str, str]] = {
     "app": ("app_suite", "bench_app", "file"),
     "audit": ("audit_suite", "bench_audit", "file"),
     "models": ("models_suite", "bench_models", "file"),
-    "hypernet": ("models_suite", "bench_hypernet", "file"),
+    "hypernet": ("models_suite", "bench_hypernet", "file"),  # suite names: the CLI's and BENCHMARKS' sections
     "p1": ("models_suite", "bench_p1", "file"),
     "reach": ("reach_suite", "bench_reach", "file"),
     "sampling": ("sampling_suite", "bench_sampling", "result"),
     "executor": ("executor_suite", "bench_executor", "result"),
     "p4": ("p4_suite", "bench_p4", "result"),
-    "sparse": ("sparse_suite", "bench_sparse", "file"),
+    "sparse": ("sparse_suite", "bench_sparse", "file"),  # (a suite name, as above)
     "theory": ("theory_suite", "bench_theory", "file"),
     "same-release": ("same_release_suite", "bench_same_release", "result"),
 }

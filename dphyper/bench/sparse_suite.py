@@ -114,20 +114,19 @@ def sparse_step_probe(physical: int) -> None:
     batches of ``physical`` images; prints seconds per step and this process's peak RSS as JSON."""
     import resource
 
-    from . import dpsgd
+    from .. import dpsgd
     from ..compare import SWEEP_SETS, build_set
     from ..diffusion import load_unet
     from ..methods.sparse import SparseConfig, layers_of, resolve
 
-    dpsgd.PHYSICAL_BATCH["cpu"] = dpsgd.PHYSICAL_BATCH["cuda"] = physical
-    dpsgd.DRAW_PIECE["cpu"] = dpsgd.DRAW_PIECE["cuda"] = max(physical, 16)  # a cost probe: no cell's draws
     d = resolve(SparseConfig(), 100)
     layers = layers_of(load_unet(device=torch.device("cpu")))
     mask = _random_sparse_mask(layers, d.groups)
     del layers
     images = build_set(SWEEP_SETS[0], REPO_DIR / "bench")["private"]
     q, planned, _ = dpsgd.schedule(len(images), d)
-    state = dpsgd.TrainState(cfg=d, q=q, planned=planned, total_steps=6, sigma=1.0, mask=mask)
+    state = dpsgd.TrainState(cfg=d, q=q, planned=planned, total_steps=6, sigma=1.0, mask=mask,
+                             physical=physical, piece=max(physical, 16))  # a cost probe: no cell's draws
     state = dpsgd.advance_dpsgd(images, state, max_steps=1)  # warm-up
     t = time.perf_counter()
     dpsgd.advance_dpsgd(images, state, max_steps=5)

@@ -12,7 +12,7 @@ from .common import BenchConfig, machine
 
 def bench_theory(cfg: BenchConfig) -> dict:
     from . import theory_tab
-    from ..theory import oneshot_closed_form, oneshot_simulate, qem_simulate
+    from ..theory import NOISY_SGD, ONE_SHOT, PARAM_EM, oneshot_closed_form, oneshot_simulate, qem_simulate
 
     reps = 3000
     res: dict = {"machine": machine(), "cells": []}
@@ -60,14 +60,14 @@ def bench_theory(cfg: BenchConfig) -> dict:
                  "|---|" + "---|" * len([r for r in stored if r["n"] == 1000 and r["d"] == ds[0]])]
         for d in ds:
             cells = [r for r in stored if r["n"] == 1000 and r["d"] == d]
-            rows.append(f"| {d} | " + " | ".join(f"{r['dpsgd']['mean'] / r['hypernet']['mean']:.1f}×" for r in cells) + " |")
-        if all("qem" in r for r in stored):
+            rows.append(f"| {d} | " + " | ".join(f"{r[NOISY_SGD]['mean'] / r[ONE_SHOT]['mean']:.1f}×" for r in cells) + " |")
+        if all(PARAM_EM in r for r in stored):
             rows += ["", "Quadratic EM (parameter space, James–Stein shrunk) / one-shot risk ratio at n = 1000:", "",
                      "| d | " + " | ".join(f"ε = {r['epsilon']:g}" for r in stored if r["n"] == 1000 and r["d"] == ds[0])
                      + " |", "|---|" + "---|" * len([r for r in stored if r["n"] == 1000 and r["d"] == ds[0]])]
             for d in ds:
                 cells = [r for r in stored if r["n"] == 1000 and r["d"] == d]
-                rows.append(f"| {d} | " + " | ".join(f"{r['qem']['mean'] / r['hypernet']['mean']:.2f}×" for r in cells)
+                rows.append(f"| {d} | " + " | ".join(f"{r[PARAM_EM]['mean'] / r[ONE_SHOT]['mean']:.2f}×" for r in cells)
                             + " |")
     write_section(cfg.doc, "theory", "\n".join(rows))
     return res

@@ -30,8 +30,9 @@ import math
 import secrets
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Callable
 
 import torch
@@ -55,7 +56,16 @@ class MethodResult:
     owner: dict = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     losses: list[float] = field(default_factory=list)
-    adapter_format: str = "lora"  # "lora", "sparse" or "images" (ADAPTER_FILES)
+    adapter_format: str = "lora"  # "lora", "sparse-delta" or "images" (ADAPTER_FILES)
+    # Owner-only, for a method that releases a noisy mean in the public map's embedding space (the app's
+    # "what the noise did" figure); None for the others. Never written, never shown to anyone but the owner.
+    noise_view: "NoiseView | None" = None
+
+
+@dataclass(frozen=True)
+class NoiseView:
+    exact: torch.Tensor  # the clipped exact mean embedding (NOT private)
+    released: torch.Tensor  # the released noisy mean
 
 
 @dataclass(frozen=True)
@@ -79,8 +89,21 @@ def sum_count_noise_check(rel, exact_mean: torch.Tensor, n: int) -> NoiseCheck:
     return NoiseCheck(released, exact, rel.event.noise_multiplier * rel.event.sensitivity)
 
 
-# The adapter file of each format, in the common output layout (``dphyper.adapters.FORMATS``).
-ADAPTER_FILES = {name: f.file for name, f in FORMATS.items()}
+class _AdapterFiles(Mapping):
+    """The adapter file of each format, in the common output layout: a live view of ``adapters.FORMATS``, so a
+    format registered later (a new method's own) has its file here too."""
+
+    def __getitem__(self, name: str) -> str:
+        return FORMATS[name].file
+
+    def __iter__(self):
+        return iter(FORMATS)
+
+    def __len__(self) -> int:
+        return len(FORMATS)
+
+
+ADAPTER_FILES = _AdapterFiles()
 
 
 def adapter_params(result: MethodResult, unet) -> dict[str, torch.Tensor]:
@@ -148,6 +171,17 @@ class Audit:
 
 
 @dataclass(frozen=True)
+class StepsBudget:
+    """The usual step budget: k > 0 sets one integer field of the config (``max_steps`` of a training run,
+    ``fit_steps`` of a free fit)."""
+
+    field: str
+
+    def __call__(self, k: int) -> dict:
+        return {self.field: int(k)}
+
+
+@dataclass(frozen=True)
 class Method:
     """A registry entry: the name the CLI, app, benchmark and audit use, and how to run it."""
 
@@ -169,9 +203,10 @@ class Method:
     # How long a click takes, for the app's button ("" = "seconds" for one-shot, "minutes on CPU" otherwise).
     duration: str = ""
     # Post-processing of a kept release: (release, cfg, models, progress=, cancel=) -> MethodResult with no
-    # events (slicing's fit); None when a method has nothing to re-run without spending privacy.
+    # events (slicing's fit); None when a method has nothing to re-run without spending privacy. The kept release
+    # is its run's ``owner["release"]``, an object with the ``event`` it was recorded under.
     refit: Callable[..., MethodResult] | None = None
-    # What its adapter is: "lora" (lora.safetensors) or "sparse" (sparse_delta.safetensors); ADAPTER_FILES.
+    # What its adapter is: a key of ``adapters.FORMATS`` ("lora", "sparse-delta", "images"); ADAPTER_FILES.
     adapter_format: str = "lora"
     # True for a method that keeps n private and so ships one setting for every set size, chosen by the
     # sweep's ``sweep.one_default`` (stage 3 then runs every set's best on every set); False for one with
@@ -190,11 +225,33 @@ class Method:
     aliases: tuple[str, ...] = ()
     # For the page's teaching text: how it relates to the flagship, in one or two sentences ("" = nothing to add).
     relation: str = ""
-    # What the page's step budget k > 0 sets in its config (a shorter run); None: its ``max_steps`` field (a
-    # training method) or its ``fit_steps`` (a free fit), where it has one.
+    # What the page's step budget k > 0 sets in its config (a shorter run), e.g. ``StepsBudget("max_steps")``,
+    # and what k counts, in words (the slider's label); None: the method has no step budget (one-shot).
     budget: Callable[[int], dict] | None = None
+    budget_unit: str = ""
+    # Config fields a re-fit draws anew (None: a new OS-seeded draw), e.g. the free fit's seed ("fit_seed").
+    refit_fresh: tuple[str, ...] = ()
     # Its line in the comparison's figures: (label, colour); None = its label and what it makes, a palette colour.
     plot_style: tuple[str, str] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.budget is None) != (not self.budget_unit):
+            raise ValueError(f"{self.name}: a step budget and its unit (budget_unit) come together")
+
+
+def budget_value(method: Method, cfg) -> int | None:
+    """What the step budget counts in this config (its first field), None for a method without one."""
+    return getattr(cfg, next(iter(method.budget(1)))) if method.budget is not None else None
+
+
+def refit_config(method: Method, cfg, samples: int, k: int):
+    """The config of a re-fit of a kept release: the page's number of samples, step budget k (0 = the
+    method's default length, not the kept run's) and a new draw of every field in ``refit_fresh``."""
+    steps: dict = {}
+    if method.budget is not None:
+        default = method.config_cls()
+        steps = method.budget(int(k)) if k else {f: getattr(default, f) for f in method.budget(1)}
+    return replace(cfg, samples=int(samples), **{f: None for f in method.refit_fresh}, **steps)
 
 
 def run_method(method: Method, images: torch.Tensor, cfg, models, *, progress: Progress | None = None,

@@ -64,7 +64,8 @@ from ..privacy import _gaussian_sum_count, calibrate_gaussian, clip_embeddings, 
 from ..public_data import public_pool_labelled
 from ..public_fit import check_cancel, check_fit_settings, fit_simplex, stage, top_classes, train_lora_on
 from ..run_config import PrivateRunConfig
-from .base import Audit, Method, MethodResult, gaussian_release_report, shipped_defaults, sum_count_noise_check
+from .base import (Audit, Method, MethodResult, StepsBudget, gaussian_release_report, shipped_defaults,
+                   sum_count_noise_check)
 
 FEATURES = ("rff", "phi")
 PUBLIC_POOL = 4096  # the fixed public pool (Fashion-MNIST train), as in slicing, qem and pda-dpmd
@@ -376,5 +377,6 @@ DP_MERF = Method(name="dp-merf", label="DP-MERF", config_cls=DPMerfConfig, train
                  identity=identity, sweep=SWEEP, one_default=True, cost=cost, duration="about 30 s on CPU", plan=plan,
                  refit=refit, audit=Audit(audit_scores, variants=VARIANTS),
                  smallest={"frequencies": 16, "pool": 64, "fit_iters": 20, "fit_steps": 3, "batch": 4},
+                 budget=StepsBudget("fit_steps"), budget_unit="steps of the free fit", refit_fresh=("fit_seed",),
                  relation="The hypernetwork's idea before it: one noisy mean embedding of the images. DP-MERF "
                           "decodes it by optimisation (a fit to the release) instead of one forward pass.")

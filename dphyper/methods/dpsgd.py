@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..dpsgd import DPSGDConfig, train_dpsgd
-from .base import Audit, Method, MethodResult
+from .base import Audit, Method, MethodResult, StepsBudget
 
 
 def train(images: torch.Tensor, cfg: DPSGDConfig, models, *, progress=None, cancel=None,
@@ -146,4 +146,5 @@ def plan(n: int, epsilon: float, delta: float, max_steps: int) -> str:
 DPSGD = Method(name="dpsgd", label="DP-SGD", config_cls=DPSGDConfig, train=train, one_shot=False,
                noise="every step, into clipped per-example LoRA gradients", identity=identity, sweep=SWEEP,
                audit=Audit(audit_scores, trials=1000, max_app_trials=1000), plan=plan,
-               smallest={"max_steps": 3}, plot_style=("DP-SGD LoRA", "#d62728"))
+               smallest={"max_steps": 3}, plot_style=("DP-SGD LoRA", "#d62728"),
+               budget=StepsBudget("max_steps"), budget_unit="training steps")

@@ -22,7 +22,7 @@ import torch
 
 from ..run_config import PrivateRunConfig
 from ..privacy import clipped_mean, release_mean, signal_share  # signal_share: H's LoRA strength (issue 18)
-from .base import Audit, Method, MethodResult, gaussian_release_report, sum_count_noise_check
+from .base import Audit, Method, MethodResult, NoiseView, gaussian_release_report, sum_count_noise_check
 
 
 @dataclass
@@ -70,7 +70,7 @@ def train(images: torch.Tensor, cfg: HypernetConfig, models, *, progress=None, c
     report["note"] = report["reach"]["message"]  # every verdict is said, "within" and a failed check too
     return MethodResult(adapter=lora, report=report, events=(rel.event,), owner={"clean_mean": clean, "release": rel,
                                                                                 "noise_check": sum_count_noise_check(rel, clean, len(images))},
-                        timings=timings)
+                        timings=timings, noise_view=NoiseView(exact=clean, released=rel.mean))
 
 
 def _reach(rel) -> dict:

@@ -28,7 +28,7 @@ import torch
 from ..dpsgd import DPSGDConfig
 from ..dpsgd import resolve as resolve_dpsgd
 from ..public_data import pool_indices, public_pool  # noqa: F401  (re-exported: older callers)
-from .base import BROKEN_VARIANTS, Audit, Method, MethodResult
+from .base import BROKEN_VARIANTS, Audit, Method, MethodResult, StepsBudget
 from .dpsgd import SWEEP as DPSGD_SWEEP
 from .dpsgd import audit_scores as dpsgd_audit_scores
 from .dpsgd import identity as dpsgd_identity
@@ -103,4 +103,5 @@ PDA_DPMD = Method(name="pda-dpmd", label="PDA-DPMD", config_cls=PDADPMDConfig, t
                   noise="every step, as DP-SGD, mixed with a public gradient", identity=identity, sweep=SWEEP,
                   audit=AUDIT, plan=plan,
                   smallest={"max_steps": 3, "public_batch_size": 8, "public_pool": 64},
-                  plot_style=("PDA-DPMD LoRA", "#ff7f0e"))
+                  plot_style=("PDA-DPMD LoRA", "#ff7f0e"),
+                  budget=StepsBudget("max_steps"), budget_unit="training steps")

@@ -50,14 +50,16 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..privacy import PrivacyEvent, calibrate_gaussian, check_epsilon_delta, private_generator
+from ..privacy import PrivacyEvent, calibrate_gaussian, check_epsilon_delta, private_generator, register_mechanism
 from ..errors import Cancelled, FailedAfterRelease
 from ..public_fit import check_cancel
 from ..run_config import PrivateRunConfig
 from .base import Audit, Method, MethodResult, epsilon_for_report
 
 SPACES = ("phi", "pixels")
-MECHANISM = "gaussian_vote_histograms"
+# T adaptively chosen Gaussian histograms on the whole set (the argument above): exact GDP composition.
+MECHANISM = register_mechanism("gaussian_vote_histograms", exact_gaussian=True,
+                               words=lambda e: f"{e.steps} rounds of noisy votes")
 LABEL = "Private Evolution"
 SAMPLE_CHUNK = 32  # the initial population is drawn this many images at a time (progress, cancel)
 
@@ -361,6 +363,7 @@ PRIVATE_EVOLUTION = Method(
     name="private-evolution", label="Private Evolution", config_cls=PEConfig, train=train, one_shot=False,
     noise="into 4 rounds of votes: each private image picks the closest of the base model's own images",
     identity=identity, sweep=SWEEP, one_default=True, cost=cost, duration="minutes on CPU", budget=budget, plan=plan,
+    budget_unit="images per round",
     adapter_format="images", audit=Audit(audit_scores, variants=VARIANTS),
     smallest={"population": 8, "rounds": 2, "final": 8}, aliases=("pe",),
     relation="No parameter is adapted at all: the private images only vote, round after round, for the base "

@@ -87,12 +87,15 @@ from ..sliced_mmd import directions, divergence_terms, mmd2  # noqa: F401  (dire
 from ..public_fit import check_cancel, check_fit_settings, fit_simplex, stage, top_classes, train_lora_on
 from ..run_config import PrivateRunConfig
 from ..errors import Cancelled, FailedAfterRelease
-from ..privacy import PrivacyEvent, PrivacyWarning, calibrate_gaussian, check_epsilon_delta, clip_embeddings, private_generator
-from .base import BROKEN_VARIANTS, Audit, Method, MethodResult, epsilon_for_report, shipped_defaults
+from ..privacy import (PrivacyEvent, PrivacyWarning, calibrate_gaussian, check_epsilon_delta, clip_embeddings,
+                       private_generator, register_mechanism)
+from .base import BROKEN_VARIANTS, Audit, Method, MethodResult, StepsBudget, epsilon_for_report, shipped_defaults
 
 SPACES = ("embedding", "pixels")
 PUBLIC_POOL = 4096  # the fixed public pool (Fashion-MNIST train), as in qem and pda-dpmd
-MECHANISM = "gaussian_sliced_rows"
+# Dominated by one Gaussian mechanism (the argument above): exact GDP composition.
+MECHANISM = register_mechanism("gaussian_sliced_rows", exact_gaussian=True,
+                               words=lambda e: "one Gaussian release of padded slices")
 
 
 @dataclass
@@ -469,4 +472,5 @@ SLICING = Method(name="slicing", label="Slicing", config_cls=SlicingConfig, trai
                  identity=identity, sweep=SWEEP, one_default=True, cost=cost, duration="1-2 minutes on CPU", refit=refit,
                  audit=Audit(audit_scores, variants=(*BROKEN_VARIANTS, "no-padding", "no-shuffle")),
                  smallest={"slices": 4, "pool": 64, "directions": 4, "fit_iters": 20, "fit_steps": 3, "batch": 4,
-                           "rows": 40})
+                           "rows": 40}, budget=StepsBudget("fit_steps"), budget_unit="steps of the free fit",
+                 refit_fresh=("fit_seed",))

@@ -76,9 +76,14 @@ from ..dpsgd import DPSGDConfig, TrainState, schedule, train_dpsgd, tuned_defaul
 from ..dpsgd import resolve as resolve_dpsgd
 from ..errors import Cancelled
 from ..gpu import ZERO_GPU, gpu
+from ..dpsgd_steps import DPSGD_EVENT
 from ..privacy import (PrivacyEvent, _pld_epsilon, calibrate_gaussian, check_epsilon_delta, clip_embeddings,
-                       private_generator)
-from .base import BROKEN_VARIANTS, Audit, Method, MethodResult, shipped_defaults
+                       private_generator, register_mechanism)
+from .base import BROKEN_VARIANTS, Audit, Method, MethodResult, StepsBudget, shipped_defaults
+
+# One Gaussian release of unit-norm row scores on the whole set (sensitivity 1): exact GDP composition.
+ROW_SCORES = register_mechanism("gaussian_row_scores", exact_gaussian=True,
+                                words=lambda e: "selection: one Gaussian release of row scores")
 
 MASKS = ("private", "random", "public")
 # DP-SGD's settings on the selected rows, per size regime (DP-SGD's phase treats n as public, as Opacus
@@ -233,7 +238,7 @@ def release_scores(scores: torch.Tensor, *, epsilon: float, delta: float, noise_
     if noise_multiplier > 0:
         gen = generator if generator is not None else private_generator()
         total = total + torch.randn(total.shape[0], generator=gen, dtype=torch.float64) * noise_multiplier
-    event = PrivacyEvent(mechanism="gaussian_row_scores", epsilon=epsilon, delta=delta,
+    event = PrivacyEvent(mechanism=ROW_SCORES, epsilon=epsilon, delta=delta,
                          noise_multiplier=float(noise_multiplier), sensitivity=1.0,
                          accountant="analytic_gaussian" if noise_multiplier > 0 else "none (non-private)")
     return ScoreRelease(scores=total, event=event)
@@ -247,9 +252,9 @@ def top_groups(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def _events(s1: float | None, q: float, s2: float, steps: int, delta: float) -> list[PrivacyEvent]:
-    ev = [PrivacyEvent("dpsgd_poisson_gaussian", math.nan, delta, s2, 1.0, sample_rate=q, steps=steps)]
+    ev = [PrivacyEvent(DPSGD_EVENT, math.nan, delta, s2, 1.0, sample_rate=q, steps=steps)]
     if s1 is not None:
-        ev.insert(0, PrivacyEvent("gaussian_row_scores", math.nan, delta, s1, 1.0))
+        ev.insert(0, PrivacyEvent(ROW_SCORES, math.nan, delta, s1, 1.0))
     return ev
 
 
@@ -387,7 +392,7 @@ def train(images: torch.Tensor, cfg: SparseConfig, models, *, progress=None, can
                       f"dpsgd_poisson_gaussian on a {cfg.mask} mask (no selection cost)"),
     })
     return MethodResult(adapter=delta, report=report, events=tuple(events), timings=timings, losses=res.losses,
-                        adapter_format="sparse")
+                        adapter_format="sparse-delta")
 
 
 def cost(hp: dict, n: int) -> int:
@@ -481,7 +486,8 @@ def plan(n: int, epsilon: float, delta: float, max_steps: int) -> str:
 
 SPARSE = Method(name="sparse", label="DP sparse", config_cls=SparseConfig, train=train, one_shot=False,
                 noise="once into row scores (which weights), then every step into their clipped gradients",
-                identity=identity, sweep=SWEEP, cost=cost, adapter_format="sparse",
+                identity=identity, sweep=SWEEP, cost=cost, adapter_format="sparse-delta",
                 duration="minutes on CPU: 0.3 s per image, then DP-SGD",
                 audit=Audit(audit_scores, variants=(*BROKEN_VARIANTS, "exact-selection")), plan=plan,
-                smallest={"max_steps": 3, "draws": 1, "groups": 64})
+                smallest={"max_steps": 3, "draws": 1, "groups": 64},
+                budget=StepsBudget("max_steps"), budget_unit="training steps")
