@@ -62,7 +62,7 @@ def test_two_threads_sampling_with_different_loras_get_what_each_gets_alone():
     from dphyper.data import load_folder
     from dphyper.diffusion import sample
     from dphyper.lora import lora_model_fn
-    from dphyper.pipeline import HypernetPipeline
+    from dphyper.methods.hypernet import HypernetPipeline
 
     pipe = HypernetPipeline(device=torch.device("cpu"))
     la = pipe.run(load_folder(EXAMPLES_DIR / "sneakers").images, epsilon=math.inf, samples=0).lora

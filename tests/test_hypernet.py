@@ -120,7 +120,7 @@ def test_lora_file_round_trips_through_peft(tmp_path):
 
 @pytest.fixture(scope="module")
 def pipe():
-    from dphyper.pipeline import HypernetPipeline
+    from dphyper.methods.hypernet import HypernetPipeline
 
     return HypernetPipeline(device=torch.device("cpu"))
 
@@ -208,7 +208,7 @@ def test_seed_fixes_sampling_not_privacy(pipe):
 @needs_models
 def test_private_path_on_cuda():
     from dphyper.data import load_folder
-    from dphyper.pipeline import HypernetPipeline
+    from dphyper.methods.hypernet import HypernetPipeline
 
     cuda = HypernetPipeline(device=torch.device("cuda"))
     r = cuda.run(load_folder(EXAMPLES_DIR / "sneakers").images, epsilon=1.0, samples=8, steps=10, seed=0)

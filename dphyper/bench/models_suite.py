@@ -109,7 +109,7 @@ def bench_hypernet(cfg: BenchConfig) -> dict:
     from ..diffusion import sample
     from ..evaluator import class_agreement as agreement, classify, fid_kid, load_evaluator
     from ..examples import EXAMPLE_SETS, heldout_images
-    from ..pipeline import HypernetPipeline
+    from ..methods.hypernet import HypernetPipeline
 
     pipe = HypernetPipeline()
     ev = load_evaluator()
@@ -170,7 +170,7 @@ def bench_hypernet(cfg: BenchConfig) -> dict:
 def bench_p1(cfg: BenchConfig) -> dict:
     """P1: embed + privatise + generate LoRA for n = 1,000 images (sampling excluded)."""
     from ..data import load_fashion_mnist
-    from ..pipeline import HypernetPipeline
+    from ..methods.hypernet import HypernetPipeline
 
     pipe = HypernetPipeline()
     xt, _ = load_fashion_mnist("test")

@@ -9,6 +9,10 @@ Everything after the release (the noisy mean, H's forward pass, the LoRA's stren
 ``lora_scale`` weighted by the release's signal share, sampling, and the reach check of
 ``dphyper.reach``: each reads the release and public constants only) is post-processing.
 One ``gaussian_sum_count`` event.
+
+``HypernetPipeline`` is this method as one call on a folder or a tensor, on public models loaded once (the
+benchmark's example-set suite and the tests use it): what it returns is DP output only (LoRA, samples, the
+release) plus public settings; the exact clipped mean only with ``owner_view=True``, for the owner's own view.
 """
 
 from __future__ import annotations
@@ -16,12 +20,14 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..data import load_folder
 from ..run_config import PrivateRunConfig
-from ..privacy import clipped_mean, release_mean, signal_share  # signal_share: H's LoRA strength (issue 18)
+from ..privacy import DEFAULT_DELTA, ReleasedMean, clipped_mean, release_mean, signal_share  # signal_share: H's LoRA strength (issue 18)
 from .base import Audit, Method, MethodResult, NoiseView, gaussian_release_report, sum_count_noise_check
 
 
@@ -156,3 +162,48 @@ HYPERNET = Method(name="hypernet", label="Hypernetwork", config_cls=HypernetConf
                   noise="once, into a 64-d clipped mean embedding (+ count)", identity=identity, sweep=SWEEP, one_default=True,
                   cost=lambda hp, n: n,  # one encoder pass per image
                   audit=Audit(audit_scores), plot_style=("hypernetwork (one-shot)", "#1f77b4"))
+
+
+# ---------------------------------------------------------------- the method as one call on a folder
+
+
+@dataclass
+class GenerateResult:
+    lora: dict[str, torch.Tensor]  # unbatched LoRA tensors, UNet parameter names
+    samples: torch.Tensor  # (K, 1, 32, 32) in [-1, 1]
+    release: ReleasedMean | None  # None for DP-SGD (its event is in the report)
+    report: dict
+    rejected: list[tuple[str, str]] = field(default_factory=list)
+    # Only with ``owner_view=True``: the clipped exact mean (NOT private). For the data owner's own
+    # "what the noise did" plot in their session; never written to a report or a download.
+    owner_clean_mean: torch.Tensor | None = None
+    # Seconds per stage: for the caller (logs, the owner's caption, benchmarks), never in report.json.
+    # They are not DP outputs: embedding time grows with the true n, loading time with every file.
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class HypernetPipeline:
+    """The hypernetwork method on public models loaded once (``models.PublicModels``)."""
+
+    def __init__(self, device: torch.device | None = None) -> None:
+        from ..models import shared_models
+
+        self.models = shared_models(device)  # one set of public models per process and device
+        self.device = self.models.device
+        self.unet, self.encoder, self.hyper = self.models.unet, self.models.encoder, self.models.hypernet
+
+    def run(self, images: torch.Tensor | Path, *, epsilon: float, delta: float = DEFAULT_DELTA,
+            samples: int = 16, steps: int = 25, seed: int | None = None, owner_view: bool = False) -> GenerateResult:
+        from .base import run_method
+
+        t = time.perf_counter()
+        rejected: list[tuple[str, str]] = []
+        if not isinstance(images, torch.Tensor):
+            loaded = load_folder(Path(images))
+            images, rejected = loaded.images, loaded.rejected
+        load_seconds = time.perf_counter() - t
+        cfg = HypernetConfig(epsilon=epsilon, delta=delta, samples=samples, steps=steps, seed=seed)
+        r = run_method(HYPERNET, images, cfg, self.models)
+        return GenerateResult(lora=r.adapter, samples=r.samples, release=r.owner["release"], report=r.report,
+                              rejected=rejected, owner_clean_mean=r.noise_view.exact if owner_view else None,
+                              timings={"load": load_seconds, **r.timings})
