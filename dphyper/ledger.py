@@ -95,6 +95,7 @@ class LedgerBook:
         return other
 
     def record(self, images: frozenset[bytes], event: PrivacyEvent, method: str) -> None:
+        PrivacyLedger().record(event)  # refuses an unregistered mechanism now, not when the ledger is shown
         with self._lock:
             self._entries.append((event, method, images))
 

@@ -156,6 +156,9 @@ class PrivacyLedger:
             return tuple(self._events)
 
     def record(self, event: PrivacyEvent) -> None:
+        if event.mechanism not in MECHANISMS:  # how it composes must be known, never guessed
+            raise ValueError(f"unregistered privacy mechanism {event.mechanism!r}: its module registers it with "
+                             "privacy.register_mechanism (is the method's module imported?)")
         with self._lock:
             self._events.append(event)
 
@@ -198,6 +201,11 @@ MECHANISMS: dict[str, Mechanism] = {}
 
 
 def register_mechanism(name: str, *, exact_gaussian: bool, words: Callable[[PrivacyEvent], str]) -> str:
+    """Register how the ledger composes and words a mechanism's events. A name is registered once: a second
+    registration that would change how its events compose is refused (another method's events use it too)."""
+    old = MECHANISMS.get(name)
+    if old is not None and old.exact_gaussian != exact_gaussian:
+        raise ValueError(f"privacy mechanism {name!r} is already registered with exact_gaussian={old.exact_gaussian}")
     MECHANISMS[name] = Mechanism(exact_gaussian, words)
     return name
 
@@ -206,8 +214,8 @@ SUM_COUNT = register_mechanism("gaussian_sum_count", exact_gaussian=True, words=
 
 
 def _one_gaussian(e: PrivacyEvent) -> bool:
-    m = MECHANISMS.get(e.mechanism)  # unknown (not registered in this process): the PLD accountant, also valid
-    return m is not None and m.exact_gaussian and e.steps >= 1 and e.sample_rate == 1.0
+    m = MECHANISMS[e.mechanism]  # PrivacyLedger.record refuses an unregistered mechanism
+    return m.exact_gaussian and e.steps >= 1 and e.sample_rate == 1.0
 
 
 def _pld_epsilon(events: list[PrivacyEvent], delta: float) -> float:

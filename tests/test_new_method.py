@@ -126,13 +126,29 @@ def toy(monkeypatch):
     import dphyper.compare  # noqa: F401
     from dphyper.adapters import FORMATS
     from dphyper.methods import METHODS
-    from dphyper.privacy import MECHANISMS, Mechanism
+    from dphyper.privacy import MECHANISMS, register_mechanism
 
     method, fmt, mechanism = _toy_parts()
     monkeypatch.setitem(METHODS, "toy", method)
     monkeypatch.setitem(FORMATS, "toy-bias", fmt)
-    monkeypatch.setitem(MECHANISMS, mechanism, Mechanism(True, lambda e: "one toy release of brightness"))
-    return method
+    register_mechanism(mechanism, exact_gaussian=True, words=lambda e: "one toy release of brightness")
+    yield method
+    MECHANISMS.pop(mechanism)
+
+
+def test_the_shipped_mechanisms_compose_as_before_the_registry():
+    """Issue 33's registry replaced a hard-coded list: the same four releases compose exactly as Gaussians, DP-SGD's
+    steps by the PLD accountant; a mechanism nobody registered is refused, and a registration cannot flip one."""
+    import dphyper.app  # noqa: F401  (what the server imports)
+    from dphyper.privacy import MECHANISMS, PrivacyEvent, PrivacyLedger, register_mechanism
+
+    assert {k: m.exact_gaussian for k, m in MECHANISMS.items() if not k.startswith("toy")} == {
+        "gaussian_sum_count": True, "gaussian_sliced_rows": True, "gaussian_row_scores": True,
+        "gaussian_vote_histograms": True, "dpsgd_poisson_gaussian": False}
+    with pytest.raises(ValueError, match="unregistered"):
+        PrivacyLedger().record(PrivacyEvent("made_up", 1.0, 1e-5, 1.0, 1.0))
+    with pytest.raises(ValueError, match="already registered"):
+        register_mechanism("dpsgd_poisson_gaussian", exact_gaussian=True, words=lambda e: "")
 
 
 def test_the_toy_reaches_the_cli_the_audit_and_the_benchmark_plan(toy):
@@ -186,11 +202,18 @@ def test_the_toy_runs_in_the_cli_and_the_app_with_its_refit_and_downloads(toy, t
                  "--max-steps", "3", "--out", str(tmp_path / "cli")]) == 0
     assert sorted(p.name for p in (tmp_path / "cli").iterdir()) == ["grid.png", "report.json", "samples",
                                                                     "toy_bias.safetensors"]
+    again = ["run", "toy", "--images", str(folder), "--epsilon", "1", "--samples", "1", "--steps", "2",
+             "--out", str(tmp_path / "cli")]
+    first = (tmp_path / "cli" / "toy_bias.safetensors").read_bytes()
+    assert main(again) != 0 and (tmp_path / "cli" / "toy_bias.safetensors").read_bytes() == first  # refused
+    assert main([*again, "--overwrite"]) == 0 and len(list((tmp_path / "cli" / "samples").iterdir())) == 1
 
     # the app: its button (API name), plan line and slider words come from the registry entry
     demo = build_demo()
     apis = {d.api_name for d in demo.fns.values()}
     assert {"run_toy", "refit_toy"} <= apis
+    budget = [b for b in demo.blocks.values() if getattr(b, "label", None) and str(b.label).startswith("Step budget")]
+    assert len(budget) == 1 and "Toy: steps of the toy fit" in budget[0].label
     assert "Toy plan: one brightness release, then 5 fit steps." in methods_plan({"n": 6}, 0.0, False, 1e-5, 5)
     data, book, runs = load_example("bags")[0], LedgerBook(), []
     out = None
@@ -215,6 +238,9 @@ def test_the_toy_runs_in_the_cli_and_the_app_with_its_refit_and_downloads(toy, t
     assert len(again[0]) == 4 and again[3]["steps"] == 2 and "refit" in again[3]
     assert again[3]["noise_multiplier"] == report["noise_multiplier"] and len(book) == 1
     assert again[4] == ledger
+    for again in refit_runner("toy")(data, 2, 0, book, runs, None, progress=None):  # budget 0: the toy's default
+        pass
+    assert again[3]["steps"] == 4 and len(book) == 1
     with pytest.raises(gr.Error, match="first"):  # another session's data has no kept release
         for _ in refit_runner("toy")(load_example("bags")[0], 4, 2, LedgerBook(), [], None, progress=None):
             pass
@@ -229,3 +255,14 @@ def test_the_few_method_names_above_the_registry_are_the_registrys():
 
     assert set(ALIASES.values()) <= set(METHODS)
     assert AuditConfig().method == FLAGSHIP
+
+
+def test_a_refit_config_draws_the_fresh_fields_anew_and_takes_the_budget(toy):
+    from dphyper.methods.base import Method, StepsBudget, refit_config
+
+    kept = toy.config_cls(epsilon=1.0, max_steps=3, fit_seed=7, samples=16)
+    assert refit_config(toy, kept, 4, 0) == toy.config_cls(epsilon=1.0, max_steps=4, fit_seed=None, samples=4)
+    assert refit_config(toy, kept, 2, 9).max_steps == 9
+    with pytest.raises(ValueError, match="not both"):
+        Method(name="x", label="X", config_cls=toy.config_cls, train=toy.train, one_shot=False, noise="n",
+               budget=StepsBudget("fit_seed"), budget_unit="u", refit_fresh=("fit_seed",))

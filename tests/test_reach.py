@@ -181,7 +181,7 @@ def test_the_hypernetwork_reports_the_verdict_from_its_release_alone(monkeypatch
     # The check saw the released mean, never the exact (owner-only) one. (Comparing the two distances
     # instead failed once: at eps = 8 and n = 300 they can agree to the report's 5 decimals.)
     assert len(seen) >= 1 and torch.equal(seen[0], rel.mean)
-    assert not torch.equal(seen[0], r.owner["clean_mean"].to(seen[0].dtype))
+    assert not torch.equal(seen[0], r.noise_view.exact.to(seen[0].dtype))
     assert r.events and len(r.events) == 1  # the check adds no privacy event
     assert "reach_check" in r.timings
 

@@ -70,15 +70,15 @@ def _adapter_fn(method: str, data: dict, models, ident: str):
     """``model_fn`` of the method's adapter on this set (trained once, then read from the cache)."""
     from ..lora import lora_model_fn
     from ..methods import get_method
+    from ..adapters import FORMATS
     from ..methods.base import MethodResult, adapter_params
     from ..privacy import DEFAULT_DELTA
 
     if method == "base":
         return None
     path = CACHE / f"{data['info']['name']}-{method}-{ident}.pt"
-    if path.exists():
-        saved = torch.load(path)
-    else:
+    saved = torch.load(path) if path.exists() else None
+    if saved is None or saved["format"] not in FORMATS:  # a format renamed since (issue 33): train it again
         m = get_method(method)
         cfg = m.config_cls(epsilon=EPSILON, delta=DEFAULT_DELTA, samples=0, steps=25, seed=SEED)
         r = m.train(data["private"], cfg, models)

@@ -237,6 +237,8 @@ class Method:
     def __post_init__(self) -> None:
         if (self.budget is None) != (not self.budget_unit):
             raise ValueError(f"{self.name}: a step budget and its unit (budget_unit) come together")
+        if self.budget is not None and set(self.budget(1)) & set(self.refit_fresh):
+            raise ValueError(f"{self.name}: a field is either the step budget's or drawn anew at a re-fit, not both")
 
 
 def budget_value(method: Method, cfg) -> int | None:
@@ -331,8 +333,10 @@ def gaussian_release_report(name: str, rel, epsilon: float, detail: str = "") ->
     return report
 
 
-# What a run writes into its folder (and what ``--overwrite`` removes before a new run): nothing else is touched.
-OUTPUT_NAMES = ("samples", "grid.png", "report.json", *ADAPTER_FILES.values())
+def output_names() -> tuple[str, ...]:
+    """What a run writes into its folder (and what ``--overwrite`` removes before a new run): nothing else is
+    touched. Read at each call, so the adapter file of a format registered later is one of them."""
+    return ("samples", "grid.png", "report.json", *ADAPTER_FILES.values())
 
 
 def prepare_out(out: Path, overwrite: bool) -> None:
@@ -343,7 +347,7 @@ def prepare_out(out: Path, overwrite: bool) -> None:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {out} is a file, not a folder")
-    old = [name for name in OUTPUT_NAMES if (out / name).exists()]
+    old = [name for name in output_names() if (out / name).exists()]
     if not old:
         return
     if not overwrite:

@@ -74,7 +74,7 @@ def train(images: torch.Tensor, cfg: HypernetConfig, models, *, progress=None, c
     report["reach"] = _reach(rel)  # post-processing of the release: is the set within H's public reach?
     timings["reach_check"] = time.perf_counter() - t
     report["note"] = report["reach"]["message"]  # every verdict is said, "within" and a failed check too
-    return MethodResult(adapter=lora, report=report, events=(rel.event,), owner={"clean_mean": clean, "release": rel,
+    return MethodResult(adapter=lora, report=report, events=(rel.event,), owner={"release": rel,
                                                                                 "noise_check": sum_count_noise_check(rel, clean, len(images))},
                         timings=timings, noise_view=NoiseView(exact=clean, released=rel.mean))
 
