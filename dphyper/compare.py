@@ -183,7 +183,7 @@ def method_id(name: str, overrides: dict | None = None, n: int | None = None) ->
 
 
 REPORT_EXTRAS = ("noise_multiplier", "noisy_count", "steps", "sample_rate", "epsilon_spent", "lr", "batch_size",
-                 "max_grad_norm", "accountant", "epochs", "public_batch_size", "shrinkage", "step_norm")
+                 "max_grad_norm", "accountant", "epochs", "public_batch_size", "shrinkage", "step_norm", "model_calls")
 
 
 def _progress_log(msg: str) -> None:

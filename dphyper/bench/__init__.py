@@ -32,6 +32,7 @@ SUITES: dict[str, tuple[str, str, str]] = {
     "sparse": ("sparse_suite", "bench_sparse", "file"),  # (a suite name, as above)
     "theory": ("theory_suite", "bench_theory", "file"),
     "same-release": ("same_release_suite", "bench_same_release", "result"),
+    "downstream": ("downstream_suite", "bench_downstream", "result"),
 }
 
 

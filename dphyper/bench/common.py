@@ -21,9 +21,11 @@ class BenchConfig:
     """`python -m dphyper bench`: measure and record numbers in docs/BENCHMARKS.md."""
 
     suite: str = field(default="compare", metadata={"help": "which suite: compare (every method, the default), "
-                                                   "sweep, fid-noise, app, audit, models, hypernet, p1, reach, sampling, executor, p4, sparse, theory or "
-                                                   "same-release (compare, same-release: --sets, --epsilons, --repeats, --compare-samples)"})
-    methods: str = field(default="", metadata={"help": "compare/sweep/audit: comma-separated method names (default: "
+                                                   "sweep, fid-noise, app, audit, models, hypernet, p1, reach, sampling, executor, p4, sparse, theory, "
+                                                   "same-release or downstream (compare, same-release: --sets, --epsilons, --repeats, "
+                                                   "--compare-samples; downstream: --methods ('real' = the private images), --epsilons, "
+                                                   "--repeats, --report-only)"})
+    methods: str = field(default="", metadata={"help": "compare/sweep/audit/downstream: comma-separated method names (default: "
                                                 "all registered; 'floor' = compare only the base model and the "
                                                 "non-private floor)"})
     max_cells: int = field(default=0, metadata={"help": "sweep: stop after this many new cells (0 = no limit); rerun to continue"})

@@ -62,6 +62,29 @@ def bench_compare(cfg: BenchConfig) -> dict:
     return {"targets": tg, "settings": settings}
 
 
+def _work_per_run(cells: list[dict], sets: dict) -> list[str]:
+    """For a method that reports its model calls (Private Evolution: the base model's sampler and variations are
+    its whole cost): calls and seconds per run at each n, and its FID by n, from the stored cells."""
+    from ..methods import METHODS
+
+    out = []
+    for name, m in METHODS.items():
+        mine = [c for c in cells if c["method"] == name and c.get("model_calls")]
+        if not mine:
+            continue
+        by_n: dict[int, list[dict]] = {}
+        for c in mine:
+            by_n.setdefault(sets[c["set"]]["n"], []).append(c)
+        out += ["", f"**{m.label}: work per run** (UNet evaluations, from its report): " + "; ".join(
+            f"n = {n}: {sorted({c['model_calls'] for c in cs})[0]:,} calls, median "
+            f"{float(np.median([c['seconds_to_lora'] for c in cs])):.0f} s to its output, FID "
+            + ", ".join(f"{c['set']} ε={float(c['epsilon']):g} {c['fid']:.1f}"
+                        for c in sorted(cs, key=lambda c: (c['set'], float(c['epsilon']))))
+            for n, cs in sorted(by_n.items())) + ". Its calls do not grow with n (only the embedding of the "
+            "private images does): what n changes is how well the votes concentrate."]
+    return out
+
+
 def _fid_cell(r: dict) -> str:
     """'FID (agreement)', or 'mean±sd (agreement)' over repeats."""
     fid = f"{r['fid']:.1f}" if r["repeats"] == 1 else f"{r['fid']:.1f}±{r['fid_std']:.1f}"
@@ -138,6 +161,7 @@ def compare_table(curv: dict, summ: dict, tg: dict, res: dict, st) -> str:
         rows += ["", f"**P4** (seconds per DP-SGD step / per non-private step, same set, same batch size): median "
                  f"{float(np.median(p4)):.2f}× (range {min(p4):.2f}–{max(p4):.2f}, {len(p4)} runs; Opacus "
                  "grad-sample mode `hooks`)."]
+    rows += _work_per_run(table_cells(res, st.sets, st.samples, st.steps), res["sets"])
     fig = "bench/compare.png" if st.quick else "docs/privacy_utility.png"
     rows += ["", f"Figures: `bench/compare.html` (plotly), `{fig}`; all cells in `bench/results.json`"
              + ("" if st.quick else "; the app's curves in `assets/curves/privacy_utility.json`") + "."]
