@@ -58,3 +58,21 @@ def quality_answer(curves: dict, bench_set: str | None, target: float, labels: d
     for name, v in flat.items():
         lines.append(f"- {labels.get(name, name)}: {v:.2f} " + ("(reaches it)" if v >= target else "(does not)"))
     return "  \n".join(lines)
+
+
+def below_flagship(curves: dict, labels: dict[str, str], flagship: str) -> list[str]:
+    """Where another method's measured FID is below the flagship's at the same ε on a benchmark set (the stored
+    curves, one line per method), e.g. "Private Evolution: sneakers-100 at ε 8 (41 vs 63)"; [] when nowhere."""
+    out: dict[str, list[str]] = {}
+    for set_name, s in curves.get("sets", {}).items():
+        ms = s.get("methods", {})
+        if flagship not in ms:
+            continue
+        mine = dict(zip(ms[flagship]["epsilon"], ms[flagship]["fid"]))
+        for meth, m in ms.items():
+            if meth in (flagship, "base", "nonprivate"):
+                continue
+            for eps, fid in zip(m["epsilon"], m["fid"]):
+                if eps in mine and fid < mine[eps]:
+                    out.setdefault(meth, []).append(f"{set_name} at ε {eps:g} ({fid:.0f} vs {mine[eps]:.0f})")
+    return [f"{labels.get(meth, meth)}: " + ", ".join(where) for meth, where in out.items()]

@@ -16,6 +16,7 @@ from .config import REPO_DIR
 README = REPO_DIR / "README.md"
 RESULTS = REPO_DIR / "bench" / "results.json"
 EPSILON = 1.0  # the README's table is one epsilon; BENCHMARKS has every epsilon
+VERSUS_EPSILONS = (0.25, 1.0, 8.0)  # the lines under it: where each method is below the flagship, at these
 REFERENCES = (("base", "base model"), ("nonprivate", "non-private floor"))
 
 
@@ -52,19 +53,22 @@ def results_table(results_path: Path = RESULTS, epsilon: float = EPSILON) -> str
     # cell a count, not evidence: BENCHMARKS' evidence section has the intervals).
     from .methods import FLAGSHIP
 
-    fj = next(j for j, (name, _) in enumerate(cols) if name == FLAGSHIP)
-    fid = lambda v: float(v.split(" ")[0]) if v != "–" else None  # noqa: E731
+    flag_label = dict(cols)[FLAGSHIP]
     versus = []
-    for j, (name, label) in enumerate(cols):
-        if name in dict(REFERENCES) or j == fj or j in empty:
+    for name, label in cols:
+        if name in dict(REFERENCES) or name == FLAGSHIP:
             continue
-        pairs = [(fid(row[j + 1]), fid(row[fj + 1])) for row in table]
-        pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
-        below = [row[0] for row in table if fid(row[j + 1]) is not None and fid(row[fj + 1]) is not None
-                 and fid(row[j + 1]) < fid(row[fj + 1])]
-        versus.append(f"{label} {len(below)} of {len(pairs)}" + (f" ({', '.join(below)})" if below else ""))
-    lines += ["", f"Sets where a method's FID is below the {cols[fj][1].lower()}'s at ε = {epsilon:g}: "
-              + "; ".join(versus) + "."]
+        parts = []
+        for eps in VERSUS_EPSILONS:
+            pairs = [(s, _at(summ.get(s, {}).get(name, {}), eps), _at(summ.get(s, {}).get(FLAGSHIP, {}), eps))
+                     for s in st.sets]
+            pairs = [(s, a["fid"], b["fid"]) for s, a, b in pairs if a is not None and b is not None]
+            below = [s for s, a, b in pairs if a < b]
+            parts.append(f"{len(below)} of {len(pairs)}" + (f" ({', '.join(below)})" if below else "")
+                         if pairs else "–")
+        versus.append(f"{label} " + " · ".join(parts))
+    lines += ["", f"Sets where a method's FID is below the {flag_label.lower()}'s, at ε = "
+              + " · ".join(f"{e:g}" for e in VERSUS_EPSILONS) + ": " + "; ".join(versus) + "."]
     if empty:
         lines += ["", "No stored cells yet: " + ", ".join(cols[j][1] for j in empty) + "."]
     n_runs = ", ".join(str(r) for r in sorted(runs)) or "0"

@@ -35,3 +35,18 @@ def test_large_odds_read_as_whole_numbers():
 
     assert "2,981× more confident" in plain_epsilon(8.0, 1e-5)  # e^8, not "2.98e+03"
     assert "20.1× more confident" in plain_epsilon(3.0, 1e-5)
+
+
+def test_where_another_method_beats_the_flagship_is_read_from_the_curves():
+    """Issue 41: the page says where the hypernetwork loses, measured (not an argument): a method's FID below the
+    flagship's at the same ε, with both numbers; nowhere gives no line."""
+    from dphyper.quality_target import below_flagship
+
+    curves = {"sets": {"a": {"methods": {
+        "hypernet": {"epsilon": [1.0, 8.0], "fid": [70.0, 60.0]},
+        "pe": {"epsilon": [1.0, 8.0], "fid": [80.0, 41.4]},
+        "dpsgd": {"epsilon": [1.0], "fid": [300.0]},
+        "base": {"epsilon": [1.0], "fid": [10.0]}}}}}
+    assert below_flagship(curves, {"pe": "PE"}, "hypernet") == ["PE: a at ε 8 (41 vs 60)"]
+    curves["sets"]["a"]["methods"]["pe"]["fid"] = [80.0, 90.0]
+    assert below_flagship(curves, {}, "hypernet") == []
