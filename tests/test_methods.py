@@ -59,6 +59,12 @@ def test_contract(name, models, tmp_path):
         ledger.record(e)
     eps, delta = ledger.total(delta=1e-5)
     assert eps <= 1.0 + 1e-3 and eps >= (0.999 if method.one_shot else 0.5), eps
+    if method.one_shot:  # what the page's "run it again" preview assumes (app/spread.rerun_cost): one Gaussian
+        from dphyper.privacy import MECHANISMS, calibrate_gaussian  # release per run, calibrated to the run's ε
+
+        (ev,) = res.events
+        assert MECHANISMS[ev.mechanism].exact_gaussian and ev.sample_rate == 1.0 and ev.steps == 1
+        assert ev.noise_multiplier == pytest.approx(calibrate_gaussian(epsilon=1.0, delta=1e-5), rel=1e-9)
     # Samples come from the adapter (the one place that samples), reproducibly from the reported seed.
     assert res.samples.shape == (2, 1, 32, 32) and res.report["sampling_seed"] == 5
     assert res.report["method"] == name and res.report["epsilon"] == 1.0
