@@ -373,7 +373,8 @@ def audit_scores(cfg, member: np.ndarray, frequencies_: int = 250) -> np.ndarray
 
 
 DP_MERF = Method(name="dp-merf", label="DP-MERF", config_cls=DPMerfConfig, train=train, one_shot=False,
-                 noise="once, into the mean of 1,000 random features of the pixels and the count (then a free fit)",
+                 noise=f"once, into the mean of {2 * DPMerfConfig().frequencies:,} random features of the pixels and "
+                       "the count (then a free fit)",
                  identity=identity, sweep=SWEEP, one_default=True, cost=cost, duration="about 30 s on CPU", plan=plan,
                  refit=refit, audit=Audit(audit_scores, variants=VARIANTS),
                  smallest={"frequencies": 16, "pool": 64, "fit_iters": 20, "fit_steps": 3, "batch": 4},

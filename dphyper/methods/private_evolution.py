@@ -361,7 +361,8 @@ def audit_scores(cfg, member: np.ndarray, bins: int = 128) -> np.ndarray:
 
 PRIVATE_EVOLUTION = Method(
     name="private-evolution", label="Private Evolution", config_cls=PEConfig, train=train, one_shot=False,
-    noise="into 4 rounds of votes: each private image picks the closest of the base model's own images",
+    noise=f"into {PEConfig().rounds} rounds of votes: each private image picks the closest of the base model's own "
+          "images",
     identity=identity, sweep=SWEEP, one_default=True, cost=cost, duration="minutes on CPU", budget=budget, plan=plan,
     budget_unit="images per round",
     adapter_format="images", audit=Audit(audit_scores, variants=VARIANTS),
