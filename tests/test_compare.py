@@ -389,7 +389,7 @@ def test_one_default_for_both_regimes_is_closest_to_each_sets_best_on_average():
     assert hp == a and score == pytest.approx((300 / 100 + 90 / 69 + 200 / 200 + 1.0 / 1.0) / 4)
 
 
-@pytest.mark.parametrize("method", ["qem", "hypernet", "slicing"])
+@pytest.mark.parametrize("method", ["qem", "hypernet", "slicing", "dp-merf", "private-evolution"])
 def test_shipped_defaults_are_the_public_sweeps_one_default(method):
     """QEM, the hypernetwork and slicing keep n private, so each ships one setting for both regimes: the
     public sweep's ``one_default`` (closest to each public set's best over the sweep's epsilons once stage

@@ -81,11 +81,12 @@ class DPMerfConfig(PrivateRunConfig):
     features: str = field(default="rff", metadata={"help": "rff: random Fourier features of the pixels (the "
                                                            "paper's); phi: the public encoder's embedding (the "
                                                            "hypernetwork's release)"})
-    frequencies: int = field(default=500, metadata={"help": "D, random frequencies (2D features)"})
+    # frequencies, bandwidth, reg: the public sweep's one_default (BENCHMARKS, sweep section)
+    frequencies: int = field(default=250, metadata={"help": "D, random frequencies (2D features)"})
     bandwidth: float = field(default=1.0, metadata={"help": "kernel length scale, times the public median "
                                                             "pairwise pixel distance"})
     feature_seed: int = field(default=0, metadata={"help": "public seed of the random frequencies"})
-    reg: float = field(default=0.001, metadata={"help": "pull of the fitted weights towards the uniform public pool"})
+    reg: float = field(default=0.0, metadata={"help": "pull of the fitted weights towards the uniform public pool"})
     fit_iters: int = field(default=500, metadata={"help": "FISTA iterations of the weight fit"})
     pool: int = field(default=2048, metadata={"help": "public images the fit may weight"})
     fit_steps: int = field(default=100, metadata={"help": "LoRA training steps on the weighted public images"})
