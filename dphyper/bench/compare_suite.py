@@ -75,13 +75,17 @@ def _work_per_run(cells: list[dict], sets: dict) -> list[str]:
         by_n: dict[int, list[dict]] = {}
         for c in mine:
             by_n.setdefault(sets[c["set"]]["n"], []).append(c)
+        def fids(cs: list[dict]) -> str:  # each (set, epsilon): its runs' FIDs, so the spread shows
+            groups: dict[tuple, list[float]] = {}
+            for c in cs:
+                groups.setdefault((c["set"], float(c["epsilon"])), []).append(c["fid"])
+            return ", ".join(f"{s} ε={e:g}: " + " / ".join(f"{f:.0f}" for f in v) for (s, e), v in sorted(groups.items()))
+
         out += ["", f"**{m.label}: work per run** (UNet evaluations, from its report): " + "; ".join(
             f"n = {n}: {sorted({c['model_calls'] for c in cs})[0]:,} calls, median "
-            f"{float(np.median([c['seconds_to_lora'] for c in cs])):.0f} s to its output, FID "
-            + ", ".join(f"{c['set']} ε={float(c['epsilon']):g} {c['fid']:.1f}"
-                        for c in sorted(cs, key=lambda c: (c['set'], float(c['epsilon']))))
-            for n, cs in sorted(by_n.items())) + ". Its calls do not grow with n (only the embedding of the "
-            "private images does): what n changes is how well the votes concentrate."]
+            f"{float(np.median([c['seconds_to_lora'] for c in cs])):.0f} s to its output, FID of each run: "
+            + fids(cs) for n, cs in sorted(by_n.items())) + ". Its calls do not grow with n (only the embedding "
+            "of the private images does): what n changes is how well the votes concentrate."]
     return out
 
 
