@@ -76,7 +76,8 @@ def where_others_win() -> str:
     lines = below_flagship(_curves(), {k: m.label for k, m in METHODS.items()}, FLAGSHIP)
     if not lines:
         return f"On the benchmark's sets no method's FID is below the {METHODS[FLAGSHIP].label.lower()}'s at any ε."
-    return (f"On the benchmark's sets (one run per cell, FID against the {METHODS[FLAGSHIP].label.lower()}'s): "
+    return (f"On the benchmark's sets (a cell's mean FID over its runs, most cells one run, against the "
+            f"{METHODS[FLAGSHIP].label.lower()}'s): "
             + "; ".join(lines) + ". A gap smaller than the sampling spread of one run (an sd of 7–9 FID) is not "
             "evidence either way.")
 
