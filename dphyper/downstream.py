@@ -21,7 +21,6 @@ import math
 import time
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -124,5 +123,5 @@ def summarise(runs: list[dict]) -> dict:
 
     mi = mean_interval([r["accuracy"] for r in runs])
     return {"mean": mi["mean"], "half_width": mi["half_width"], "runs": mi["runs"],
-            "low_one_run": float(np.mean([r["low"] for r in runs])) if len(runs) == 1 else math.nan,
-            "high_one_run": float(np.mean([r["high"] for r in runs])) if len(runs) == 1 else math.nan}
+            "low_one_run": runs[0]["low"] if len(runs) == 1 else math.nan,
+            "high_one_run": runs[0]["high"] if len(runs) == 1 else math.nan}

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .privacy import PrivacyEvent, PrivacyLedger
+from .privacy import PrivacyEvent, PrivacyLedger, check_registered
 
 _KEY = secrets.token_bytes(32)  # per process, never written anywhere
 
@@ -95,7 +95,7 @@ class LedgerBook:
         return other
 
     def record(self, images: frozenset[bytes], event: PrivacyEvent, method: str) -> None:
-        PrivacyLedger().record(event)  # refuses an unregistered mechanism now, not when the ledger is shown
+        check_registered(event)  # refused now, not when the ledger is shown
         with self._lock:
             self._entries.append((event, method, images))
 

@@ -156,9 +156,7 @@ class PrivacyLedger:
             return tuple(self._events)
 
     def record(self, event: PrivacyEvent) -> None:
-        if event.mechanism not in MECHANISMS:  # how it composes must be known, never guessed
-            raise ValueError(f"unregistered privacy mechanism {event.mechanism!r}: its module registers it with "
-                             "privacy.register_mechanism (is the method's module imported?)")
+        check_registered(event)
         with self._lock:
             self._events.append(event)
 
@@ -211,6 +209,13 @@ def register_mechanism(name: str, *, exact_gaussian: bool, words: Callable[[Priv
 
 
 SUM_COUNT = register_mechanism("gaussian_sum_count", exact_gaussian=True, words=lambda e: "one Gaussian release")
+
+
+def check_registered(event: PrivacyEvent) -> None:
+    """How an event composes must be known, never guessed: an unregistered mechanism is refused on record."""
+    if event.mechanism not in MECHANISMS:
+        raise ValueError(f"unregistered privacy mechanism {event.mechanism!r}: its module registers it with "
+                         "privacy.register_mechanism (is the method's module imported?)")
 
 
 def _one_gaussian(e: PrivacyEvent) -> bool:

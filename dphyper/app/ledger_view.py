@@ -9,20 +9,17 @@ from ..ledger import LedgerBook
 from ..ledger import total_text
 
 
-
-
 # ---------------------------------------------------------------- ledger and runs
 
 
 def _ledger_method(method: str, e) -> str:
     """A ledger row's method in words: the registry's label and what its event did."""
     from ..methods import METHODS
-
     from ..privacy import MECHANISMS
 
     label = METHODS[method].label if method in METHODS else method
-    m = MECHANISMS.get(e.mechanism)  # its words come from the module that makes such events
-    return f"{label} ({m.words(e) if m is not None else e.mechanism.replace('_', ' ')})"
+    # its words come from the module that makes such events (the book refuses an unregistered one on record)
+    return f"{label} ({MECHANISMS[e.mechanism].words(e)})"
 
 LEDGER_RULES = (
     "Releases are counted **per image**: a run counts against every image it used, whatever the folder, "

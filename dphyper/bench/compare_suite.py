@@ -109,12 +109,13 @@ def compare_table(curv: dict, summ: dict, tg: dict, res: dict, st) -> str:
     from ..floor import FloorConfig
 
     eps = list(st.epsilons)
+    stored = table_cells(res, st.sets, st.samples, st.steps)
     tuned = TUNED
     fl = FloorConfig()
     title = "quick run, `python -m dphyper bench --quick`" if st.quick else "`python -m dphyper bench`"
     rows = [f"## Privacy-utility comparison ({title})", "",
             f"Machine: {curv['settings']['machine']}. Compute time of the cells in this table (sum of their wall times): "
-            f"{sum(c['seconds_cell'] for c in table_cells(res, st.sets, st.samples, st.steps)) / 60:.1f} min"
+            f"{sum(c['seconds_cell'] for c in stored) / 60:.1f} min"
             f"; this invocation (stored cells are reused): {res['last_run']['seconds'] / 60:.1f} min. "
             f"δ = {DELTA:g} for every private method. Each cell: {st.samples} samples, {st.steps} DDIM steps, "
             f"sampling seed {st.seed} + repeat, new privacy noise each time (OS-seeded); {_repeats_text(summ, st.sets)}. "
@@ -165,7 +166,7 @@ def compare_table(curv: dict, summ: dict, tg: dict, res: dict, st) -> str:
         rows += ["", f"**P4** (seconds per DP-SGD step / per non-private step, same set, same batch size): median "
                  f"{float(np.median(p4)):.2f}× (range {min(p4):.2f}–{max(p4):.2f}, {len(p4)} runs; Opacus "
                  "grad-sample mode `hooks`)."]
-    rows += _work_per_run(table_cells(res, st.sets, st.samples, st.steps), res["sets"])
+    rows += _work_per_run(stored, res["sets"])
     fig = "bench/compare.png" if st.quick else "docs/privacy_utility.png"
     rows += ["", f"Figures: `bench/compare.html` (plotly), `{fig}`; all cells in `bench/results.json`"
              + ("" if st.quick else "; the app's curves in `assets/curves/privacy_utility.json`") + "."]
