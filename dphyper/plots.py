@@ -42,6 +42,7 @@ def curves(summary: dict, sets_info: dict, settings: dict) -> dict:
                 "epsilon": [e for e, _ in finite], "fid": [r["fid"] for _, r in finite],
                 "agreement": [r["agreement"] for _, r in finite],
                 "seconds_to_lora": [r["seconds_to_lora"] for _, r in finite],
+                "runs": [r["repeats"] for _, r in finite],
             }
             for k in ("fid", "agreement"):  # interval bands, once some cell has repeated runs
                 halves = [r.get(k + "_half") for _, r in finite]

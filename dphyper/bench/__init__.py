@@ -33,6 +33,7 @@ SUITES: dict[str, tuple[str, str, str]] = {
     "theory": ("theory_suite", "bench_theory", "file"),
     "same-release": ("same_release_suite", "bench_same_release", "result"),
     "downstream": ("downstream_suite", "bench_downstream", "result"),
+    "shift": ("shift_suite", "bench_shift", "result"),
 }
 
 

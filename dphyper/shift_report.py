@@ -1,0 +1,130 @@
+"""Where the flagship should lose, read back from the stored cells (issue 41).
+
+The shifted sets (``shifted_sets``: turned, inverted, typed glyphs, and mixtures) are private data the public
+data does not cover. Their comparison cells sit in ``bench/results.json`` beside the others; this module turns
+them into what a user reads: per set and ε, which method measured lowest and whether its interval lies below
+the hypernetwork's (a *crossover*), the README's sentence, and the note a hypernetwork run gets when the reach
+check says its set is outside the public data.
+
+Nothing here is measured and nothing private is read: the curves asset (``assets/curves/shift.json``) holds
+public benchmark numbers and, per shifted set, the noise-free clipped mean embedding of that public set. The
+run-time note compares a run's *released* (noisy) mean and count to those: post-processing of a DP output.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from .config import REPO_DIR
+
+SHIFT_CURVES = REPO_DIR / "assets" / "curves" / "shift.json"
+EPSILONS = (1.0, 8.0, 64.0)  # the issue's grid (infinity: the hypernetwork's noise-free reference)
+BASE = "base"  # "no adaptation" is a choice a user can make too: the base model competes like a method
+
+
+def _entry(curv: dict, s: str, meth: str, epsilon: float) -> tuple[float, float | None, int] | None:
+    """(mean FID, 95 % half-width or None, runs) of a method's cell; the base model has one cell at every ε."""
+    m = curv["sets"][s]["methods"].get(meth)
+    if not m:
+        return None
+    if meth == BASE:
+        flat = m.get("flat")
+        return (flat["fid"], None, 1) if flat else None
+    if epsilon not in m["epsilon"]:
+        return None
+    i = m["epsilon"].index(epsilon)
+    half = (m.get("fid_half") or [None] * len(m["epsilon"]))[i]
+    return m["fid"][i], half, (m.get("runs") or [1] * len(m["epsilon"]))[i]
+
+
+def crossovers(curv: dict, flagship: str, epsilons=EPSILONS) -> list[dict]:
+    """Per shifted set and ε with a flagship cell: the flagship's FID and every method measured below it.
+
+    ``apart`` is the evidence rule's test on independent runs: the other method's interval lies wholly below
+    the flagship's (both cells need two runs or more); otherwise a lower mean is reported as just that.
+    """
+    out = []
+    for s in curv["sets"]:
+        for e in epsilons:
+            flag = _entry(curv, s, flagship, e)
+            if flag is None:
+                continue
+            below = []
+            for meth in curv["sets"][s]["methods"]:
+                other = _entry(curv, s, meth, e) if meth != flagship else None
+                if other is None or other[0] >= flag[0]:
+                    continue
+                apart = (other[1] is not None and flag[1] is not None and other[0] + other[1] < flag[0] - flag[1])
+                below.append({"method": meth, "fid": other[0], "half": other[1], "runs": other[2], "apart": apart})
+            below.sort(key=lambda r: r["fid"])
+            out.append({"set": s, "epsilon": e, "flagship": flag[0], "flagship_half": flag[1],
+                        "flagship_runs": flag[2], "below": below})
+    return out
+
+
+def _label(meth: str, labels: dict[str, str]) -> str:
+    return "the base model (no adaptation)" if meth == BASE else labels.get(meth, meth)
+
+
+def summary_line(curv: dict, labels: dict[str, str], flagship: str) -> str:
+    """One generated sentence: in how many (shifted set, ε) cells each method measured below the flagship."""
+    rows = crossovers(curv, flagship)
+    if not rows:
+        return "The shifted sets have no stored cells yet."
+    counts: dict[str, list[str]] = {}
+    for r in rows:
+        for b in r["below"]:
+            counts.setdefault(b["method"], []).append(f"{r['set']} ε {r['epsilon']:g}"
+                                                      + (" (intervals apart)" if b["apart"] else ""))
+    sets = sorted({r["set"] for r in rows})
+    head = (f"On {len(sets)} shifted sets ({', '.join(sets)}) at ε = "
+            + ", ".join(f"{e:g}" for e in sorted({r['epsilon'] for r in rows})) + f" ({len(rows)} cells), ")
+    if not counts:
+        return head + f"no method's FID was below the {labels[flagship].lower()}'s."
+    return head + "FID below the " + labels[flagship].lower() + "'s: " + "; ".join(
+        f"{_label(m, labels)} in {len(v)}" for m, v in sorted(counts.items(), key=lambda kv: -len(kv[1]))) + "."
+
+
+def load(path: Path = SHIFT_CURVES) -> dict | None:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def advice(release_mean, noisy_count: float, epsilon: float, labels: dict[str, str], flagship: str,
+           curv: dict | None = None) -> str:
+    """For a run whose set the reach check calls outside: what measured best on the nearest shifted set.
+
+    Nearest: the shifted sets of the stored size closest to the *noisy* count (log scale), and of those the one
+    whose clean public mean embedding is closest to the *released* mean; then the measured ε closest to the
+    run's (log scale). Inputs are DP outputs and public numbers only. '' when no shifted cell is stored.
+    """
+    import torch
+
+    curv = curv if curv is not None else load()
+    if not curv or not curv.get("sets"):
+        return ""
+    cand = [s for s, v in curv["sets"].items() if v.get("release_mean") and flagship in v["methods"]]
+    if not cand:
+        return ""
+    n = max(float(noisy_count), 1.0)
+    gap = {s: abs(math.log(curv["sets"][s]["info"]["n"] / n)) for s in cand}
+    cand = [s for s in cand if gap[s] == min(gap.values())]
+    mean = torch.as_tensor(release_mean, dtype=torch.float32).flatten()
+    s = min(cand, key=lambda k: float((torch.tensor(curv["sets"][k]["release_mean"]) - mean).norm()))
+    measured = curv["sets"][s]["methods"][flagship]["epsilon"]
+    if not measured:
+        return ""
+    e = min(measured, key=lambda x: abs(math.log(x / epsilon)))
+    row = next(r for r in crossovers(curv, flagship, (e,)) if r["set"] == s)
+    runs = "one run per cell" if row["flagship_runs"] == 1 else f"{row['flagship_runs']} runs"
+    where = f"On the benchmark's nearest shifted set (`{s}`, measured at ε = {e:g}, {runs})"
+    if not row["below"]:
+        return f"{where} the {labels[flagship].lower()} still measured best (FID {row['flagship']:.0f})."
+    best = row["below"][0]
+    return (f"{where} {_label(best['method'], labels)} measured lowest: FID {best['fid']:.0f} against the "
+            f"{labels[flagship].lower()}'s {row['flagship']:.0f}"
+            + (" (intervals apart)." if best["apart"] else " (a lower mean, not yet an interval apart)."))
