@@ -24,13 +24,16 @@ def plain_epsilon(epsilon: float, delta: float) -> str:
 
 def epsilon_for_quality(curves: dict, bench_set: str, target: float, metric: str = "agreement") -> dict[str, float | None]:
     """Method -> the smallest measured ε from which every measured ε reaches ``target`` (None: none does).
-    ``metric`` is a higher-is-better column of the curves (class agreement)."""
+    ``metric`` is a higher-is-better column of the curves (class agreement). A cell with repeated runs reaches
+    the target only when its 95 % interval does (mean - half-width ≥ target); a one-run cell, by its value."""
     methods = curves.get("sets", {}).get(bench_set, {}).get("methods", {})
     out: dict[str, float | None] = {}
     for name, m in methods.items():
         eps, vals = m.get("epsilon") or [], m.get(metric) or []
         if not eps:  # a reference with one flat value (the base model, the non-private floor)
             continue
+        halves = m.get(metric + "_half") or [None] * len(eps)
+        vals = [v - h if h is not None and math.isfinite(h) else v for v, h in zip(vals, halves)]
         pairs = sorted(zip(eps, vals))
         best = None
         for e, v in reversed(pairs):  # from the largest ε down, while the target holds
@@ -48,11 +51,15 @@ def quality_answer(curves: dict, bench_set: str | None, target: float, labels: d
     found = epsilon_for_quality(curves, bench_set, target)
     flat = {name: m["flat"]["agreement"] for name, m in curves["sets"][bench_set]["methods"].items()
             if m.get("flat") and not m.get("epsilon")}
-    runs = curves.get("settings", {}).get("repeats", 1)
-    grid = sorted({e for m in curves["sets"][bench_set]["methods"].values() for e in (m.get("epsilon") or [])})
+    methods = curves["sets"][bench_set]["methods"].values()
+    runs = sorted({r for m in methods for r in (m.get("runs") or [])}) or [curves.get("settings", {}).get("repeats", 1)]
+    grid = sorted({e for m in methods for e in (m.get("epsilon") or [])})
     span = f"measured ε from {grid[0]:g} to {grid[-1]:g}" if grid else "no measured ε"
-    lines = [f"**Class agreement ≥ {target:.2f} on `{bench_set}`** ({span}; "
-             f"{runs} run{'s' * (runs != 1)} per cell, so a single noisy cell can move this answer):"]
+    many = runs[-1] > 1
+    lines = [f"**Class agreement ≥ {target:.2f} on `{bench_set}`** ({span}; runs per cell: "
+             + (f"{runs[0]}" if runs[0] == runs[-1] else f"{runs[0]}–{runs[-1]}")
+             + ("; a cell with several runs counts only when its 95 % interval reaches the target" if many else "")
+             + "; a one-run cell is one noisy draw and can move this answer):"]
     for name, e in sorted(found.items(), key=lambda kv: (kv[1] is None, kv[1] or 0)):
         lines.append(f"- {labels.get(name, name)}: " + (f"ε ≥ **{e:g}**" if e is not None else "no measured ε reaches it"))
     for name, v in flat.items():

@@ -21,6 +21,17 @@ def test_the_smallest_epsilon_from_which_the_target_holds():
     assert "from 0.25 to 8" in text
 
 
+def test_a_repeated_cell_reaches_the_target_only_with_its_interval():
+    curves = {"sets": {"s": {"methods": {
+        "a": {"epsilon": [1, 4], "agreement": [0.75, 0.8], "agreement_half": [0.1, 0.02], "runs": [3, 3]},
+        "b": {"epsilon": [1, 4], "agreement": [0.75, 0.8], "runs": [1, 1]},
+    }}}}
+    # a at eps 1: 0.75 - 0.1 < 0.7 -> not yet; at 4: 0.78 >= 0.7. b's single runs count by value.
+    assert epsilon_for_quality(curves, "s", 0.7) == {"a": 4, "b": 1}
+    text = quality_answer(curves, "s", 0.7, {})
+    assert "runs per cell: 1–3" in text and "95 % interval reaches the target" in text
+
+
 def test_plain_words_follow_epsilon():
     assert "2.72×" in plain_epsilon(1.0, 1e-5) and "7.39×" in plain_epsilon(2.0, 1e-5)
     assert "No privacy" in plain_epsilon(math.inf, 1e-5)

@@ -52,8 +52,7 @@ that noisy summary into LoRA weights in one forward pass.
 
 **Where another method wins, measured.** {where}
 The hypernetwork can only produce what its public training taught it (Fashion-MNIST here): data unlike the
-public data is where a method that learns from each example (DP-SGD) should catch up, and the shifted-data
-benchmark that measures it has not run yet.
+public data is where a method that learns from each example should catch up. {shift}
 
 **What is protected.** The LoRA, the samples and the report are DP outputs. Not covered: the
 server that receives your upload, and the "only you see this" views (thumbnails, exact
@@ -80,6 +79,17 @@ def where_others_win() -> str:
             f"{METHODS[FLAGSHIP].label.lower()}'s): "
             + "; ".join(lines) + ". A gap smaller than the sampling spread of one run (an sd of 7–9 FID) is not "
             "evidence either way.")
+
+
+def shifted_data_line() -> str:
+    """The shifted-data benchmark's generated sentence (the README's too), from its stored curves."""
+    from ..methods import FLAGSHIP, METHODS
+    from ..shift_report import load, summary_line
+
+    curv = load()
+    if not curv:
+        return "The shifted-data benchmark that measures it has not run yet."
+    return summary_line(curv, {k: m.label for k, m in METHODS.items()}, FLAGSHIP) + " (`bench --suite shift`)"
 
 
 def public_api() -> list[str]:
@@ -201,7 +211,7 @@ def build_demo():
             again_strip = gr.Gallery(label="Each run's first 4 samples (two runs per row)", columns=8, height="auto",
                                      object_fit="contain")
             again_text = gr.Markdown()
-            gr.Markdown(EXPLAIN.format(where=where_others_win()))
+            gr.Markdown(EXPLAIN.format(where=where_others_win(), shift=shifted_data_line()))
         with gr.Tab("Base model (public only)"):
             base_n = gr.Slider(4, 64, value=16, step=4, label="Samples")
             base_seed = gr.Number(0, precision=0, label="Seed")
