@@ -70,6 +70,15 @@ SWEEP_SETS = (
     BenchSet("public-coats-100", "single-class", 100, (4,), split="train"),
     BenchSet("public-mixed-1000", "mixed", 1000, tuple(range(10)), split="train"),
 )
+# Issue 35: public sets that discriminate. On the uniform mix (the base model's own population) standing still
+# wins, so the sweep there picked near no-ops; these are phi-k-NN neighbourhoods of the train split at both sizes
+# (knn-1000's recipe, another split and anchor), where a method that moves the model towards the private set
+# shows it. A family of its own: ``bench --suite sweep --sets public-knn-100,public-knn-1000``.
+KNN_SWEEP_SETS = (
+    BenchSet("public-knn-100", "knn", 100, split="train"),
+    BenchSet("public-knn-1000", "knn", 1000, split="train"),
+)
+SWEEP_FAMILIES = (SWEEP_SETS, KNN_SWEEP_SETS)  # a method's one default is chosen within one family
 
 
 # ---------------------------------------------------------------- sets
@@ -134,7 +143,7 @@ def build_set(s: BenchSet, cache_dir: Path, seed: int = SET_SEED, max_reference:
         chosen, held = np.sort(perm[: s.n]), perm[s.n:]
         ref_images, ref_labels = images[held], labels[held]
         hist = np.bincount(labels[near], minlength=10)
-        note = f"{2 * s.n} nearest test images (phi space) of test image {anchor}, split at random; labels " + \
+        note = f"{2 * s.n} nearest {s.split} images (phi space) of {s.split} image {anchor}, split at random; labels " + \
             ", ".join(f"{CLASS_NAMES[c]} {hist[c]}" for c in np.argsort(-hist) if hist[c])
     else:
         per_class = [s.n // len(classes) + (1 if i < s.n % len(classes) else 0) for i in range(len(classes))]

@@ -16,8 +16,6 @@ Hyperparameter defaults come from a sweep on public sets only (never the private
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import math
 import secrets
 import threading
@@ -25,7 +23,7 @@ import time
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ClassVar
 
 import torch
 from torch.utils.data import DataLoader, TensorDataset
@@ -37,8 +35,9 @@ from .gpu import ZERO_GPU, gpu
 from .lora import add_lora, lora_model_fn
 from .run_config import PrivateRunConfig
 from .privacy import PrivacyEvent, check_epsilon_delta, private_generator
+from .dpsgd_sigma import _SIGMA_MEMO, dpsgd_noise_multiplier, sigma_memo  # noqa: F401  (the family's)
 from .dpsgd_steps import (DPSGD_EVENT, DRAW_PIECE, PHYSICAL_BATCH, _mask_grad_samples, _mask_views,  # noqa: F401
-                          accumulate_physical, draw_piece, masked_step, pda_alpha, pda_step, physical_batch, public_gradient)  # the family's
+                          accumulate_physical, average_grad_samples, draw_piece, ema_update, masked_step, pda_alpha, pda_step, physical_batch, public_gradient)  # the family's
 
 
 # Opacus' RDP analysis warns "Optimal order is the largest alpha" whenever its fixed order grid could be extended;
@@ -60,6 +59,11 @@ class DPSGDConfig(PrivateRunConfig):
     max_grad_norm: float = field(default=0.0, metadata={"help": "per-sample clipping norm C (0 = tuned default)"})
     max_steps: int = field(default=0, metadata={"help": "step budget (0 = epochs / sample rate); sigma is calibrated for the steps that run"})
     accountant: str = field(default="prv", metadata={"help": "Opacus accountant: prv or rdp"})
+    multiplicity: int = field(default=1, metadata={"help": "noise/timestep draws per image per step, averaged "
+                                                   "before clipping (DPDM's augmentation multiplicity; same sensitivity C)"})
+    ema: float = field(default=0.0, metadata={"help": "release an exponential moving average of the weights with "
+                                              "this decay (0 = the last iterate; post-processing of the noisy steps)"})
+    NEUTRAL: ClassVar[dict] = {"multiplicity": 1, "ema": 0.0}  # issue 35's additions (run_config.NEUTRAL)
     chunk_seconds: float = field(default=0.0, metadata={"help": "train in GPU calls of at most this many seconds "
                                                               "(ZeroGPU); 0 = one call. The accounting is identical"})
 
@@ -68,6 +72,8 @@ class DPSGDConfig(PrivateRunConfig):
         for name in ("epochs", "batch_size", "lr", "max_grad_norm", "max_steps", "chunk_seconds"):
             if not (getattr(self, name) >= 0):  # NaN fails too
                 raise ValueError(f"{name} must be >= 0 (0 = the default), got {getattr(self, name)}")
+        if not (isinstance(self.multiplicity, int) and self.multiplicity >= 1) or not 0.0 <= self.ema < 1.0:
+            raise ValueError(f"multiplicity must be an integer >= 1 and ema in [0, 1), got {self.multiplicity}, {self.ema}")
 
 
 # Chosen by the public sweep (`python -m dphyper bench --suite sweep --methods dpsgd`, bench/sweep.json) on
@@ -142,46 +148,6 @@ class DPSGDResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def dpsgd_noise_multiplier(*, epsilon: float, delta: float, sample_rate: float, steps: int,
-                           accountant: str = "prv") -> float:
-    """sigma for `steps` Poisson-sampled Gaussian steps at (epsilon, delta): Opacus' own search (4-8 s on 2 cores).
-
-    No process-wide cache (issue 37): the rate 1 / ceil(n / B) and the steps are functions of a session's
-    private n, so a shared memo would answer a second visitor at once exactly when an earlier visitor had loaded a
-    folder of that size, and the page's timing would tell. A caller that asks again for its *own* settings (one
-    session's plan line) opens its own memo with ``sigma_memo(d)``; a hit returns the float a fresh search gives
-    (the search is deterministic), so nothing about the answer changes, only its speed, and only for its owner.
-    """
-    key = (float(epsilon), float(delta), float(sample_rate), int(steps), str(accountant))
-    memo = _SIGMA_MEMO.get()
-    if memo is not None and key in memo:
-        return memo[key]
-    from opacus.accountants.utils import get_noise_multiplier
-
-    sigma = float(get_noise_multiplier(target_epsilon=key[0], target_delta=key[1], sample_rate=key[2], steps=key[3],
-                                       accountant=key[4]))
-    if memo is not None:
-        if len(memo) >= 256:  # one session's memo stays small
-            memo.clear()
-        memo[key] = sigma
-    return sigma
-
-
-# The memo of the caller's own context (a ContextVar: each Gradio handler runs in its own copy, so a memo set by
-# one session's handler is never seen by another's); None = no memo.
-_SIGMA_MEMO: contextvars.ContextVar[dict | None] = contextvars.ContextVar("dphyper_sigma_memo", default=None)
-
-
-@contextlib.contextmanager
-def sigma_memo(memo: dict):
-    """Within this block, ``dpsgd_noise_multiplier`` remembers its answers in ``memo`` (the caller's own dict)."""
-    token = _SIGMA_MEMO.set(memo)
-    try:
-        yield memo
-    finally:
-        _SIGMA_MEMO.reset(token)
-
-
 def make_private(engine, module: torch.nn.Module, opt: torch.optim.Optimizer, dataset, *, batch_size: int,
                  max_grad_norm: float, sigma: float, device: torch.device):
     """Opacus' ``make_private`` with both private draws on OS-seeded generators.
@@ -202,10 +168,12 @@ def make_private(engine, module: torch.nn.Module, opt: torch.optim.Optimizer, da
 
 
 def loss_pieces(x0: torch.Tensor, scheduler, generator: torch.Generator, device: torch.device,
-                physical: int | None = None, piece: int | None = None):
-    """(images, noise, timesteps) of a batch in physical pieces, the draws made per ``draw_piece`` images."""
-    phys = physical_batch(device, physical, piece)
+                physical: int | None = None, piece: int | None = None, multiplicity: int = 1):
+    """(images, noise, timesteps) of a batch in physical pieces, the draws made per ``draw_piece`` images; with
+    ``multiplicity`` k, each image is k consecutive rows with their own draws (a piece holds whole images)."""
+    phys = max(1, physical_batch(device, physical, piece) // multiplicity) * multiplicity
     for xd in x0.split(draw_piece(device, piece)):
+        xd = xd.repeat_interleave(multiplicity, 0) if multiplicity > 1 else xd
         noise, t = draw_noise(xd, scheduler, generator)
         yield from zip(xd.split(phys), noise.split(phys), t.split(phys))
 
@@ -231,6 +199,7 @@ class TrainState:
     opt_state: dict | None = None
     history: list = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
+    ema: dict[str, torch.Tensor] | None = None  # the weights' moving average (cfg.ema > 0), what the run releases
     train_seconds: float = 0.0
     # Sparse DP-SGD (``methods/sparse.py``): base-UNet parameter name -> boolean mask of its trained rows
     # (dim 0). None = the LoRA (DP-SGD, PDA-DPMD). The mask is public or a DP output (post-processing).
@@ -298,6 +267,9 @@ def advance_dpsgd(images: torch.Tensor, state: TrainState, *, max_steps: int = 0
             for name, p in zip(names, params):
                 p.copy_(state.lora[name].to(device))
     opt = torch.optim.Adam(params, lr=cfg.lr)
+    k = cfg.multiplicity
+    ema = None if not cfg.ema else [state.ema[name].to(device) for name in names] if state.ema else [
+        p.detach().clone() for p in params]
     if state.opt_state is not None:
         opt.load_state_dict(state.opt_state)
     loader = DataLoader(TensorDataset(images), batch_size=min(cfg.batch_size, n), shuffle=True)  # non-private only
@@ -357,20 +329,24 @@ def advance_dpsgd(images: torch.Tensor, state: TrainState, *, max_steps: int = 0
                     p.grad_sample = torch.zeros((0, *p.shape), device=device)
                 step_with(pub, alpha)
             else:
-                pieces = list(loss_pieces(x0, sched, gen, device, state.physical, state.piece))
+                pieces = list(loss_pieces(x0, sched, gen, device, state.physical, state.piece, k))
                 total = 0.0
                 for i, (xp, noise, t) in enumerate(pieces):
                     loss = noised_loss(lambda x, tt: model(x, tt).sample, xp, noise, t, sched)
-                    total += loss.item() * len(xp)
+                    total += loss.item() * len(xp) / k
                     if engine is None:  # plain gradient accumulation: the batch mean
-                        loss = loss * (len(xp) / len(x0))
+                        loss = loss * (len(xp) / (k * len(x0)))
                     with warnings.catch_warnings():  # Opacus' full backward hooks on a frozen input: expected
                         warnings.simplefilter("ignore", UserWarning)
                         loss.backward()
+                    if engine is not None and k > 1:  # one row per image before any clipping
+                        average_grad_samples(params, k)
                     if engine is not None and i < len(pieces) - 1:
                         accumulate_physical(opt, params, masks)
                 step_with(pub, alpha)
                 losses.append(total / len(x0))
+            if ema is not None:
+                ema_update(ema, params, cfg.ema, step)
             if engine is not None and getattr(opt, "_is_last_step_skipped", False):
                 raise RuntimeError("Opacus skipped a step: the step count would not match the accountant")
             step += 1
@@ -384,6 +360,7 @@ def advance_dpsgd(images: torch.Tensor, state: TrainState, *, max_steps: int = 0
         model._close()
     base_opt = opt.original_optimizer if engine is not None else opt
     return replace(state, step=step, lora=lora, opt_state=_to_cpu(base_opt.state_dict()),
+                   ema=None if ema is None else {name: e.detach().cpu().clone() for name, e in zip(names, ema)},
                    history=list(engine.accountant.history) if engine is not None else [], losses=losses,
                    train_seconds=state.train_seconds + time.perf_counter() - t0)
 
@@ -406,7 +383,7 @@ def finish_dpsgd(state: TrainState, *, device: torch.device | None = None, t_all
     if private and sum(k for _, _, k in state.history) != state.step:
         raise RuntimeError("the accountant's steps and the run's steps differ")
     eps_spent = epsilon_spent(state)
-    lora = dict(state.lora or {})
+    lora = dict(state.ema or state.lora or {})  # with cfg.ema, the average of the iterates is the release
     t1 = time.perf_counter()
     cfg = replace(cfg, seed=cfg.seed if cfg.seed is not None else secrets.randbits(31))  # reported, see pipeline
     if cfg.samples:
@@ -435,6 +412,8 @@ def finish_dpsgd(state: TrainState, *, device: torch.device | None = None, t_all
         "grad_sample_mode": "hooks" if private else None,
         "lr": cfg.lr,
         "batch_size": cfg.batch_size,
+        "multiplicity": cfg.multiplicity,
+        "ema": cfg.ema,
         "samples": int(x.shape[0]),
         "sampling_steps": cfg.steps,
         "sampling_seed": cfg.seed,

@@ -128,3 +128,24 @@ def accumulate_physical(opt, params: list[torch.Tensor], masks: list[torch.Tenso
 def pda_alpha(step: int, total_steps: int) -> float:
     """The authors' schedule: weight of the private gradient, cos(pi t / 2T), from 1 down to 0."""
     return math.cos(math.pi * step / (2 * total_steps))
+
+
+def average_grad_samples(params: list[torch.Tensor], k: int) -> None:
+    """Augmentation multiplicity (DPDM): each image's k consecutive rows (its k noise and timestep draws) become
+    one per-sample gradient, their mean, before Opacus clips. The mean of k gradients of one image's losses is the
+    gradient of that image's averaged loss, so clipping still bounds each image's contribution by C: the
+    sensitivity, the noise and the accounting are those of k = 1."""
+    for p in params:
+        gs = p.grad_sample if isinstance(p.grad_sample, torch.Tensor) else torch.cat(p.grad_sample)
+        if gs.shape[0] % k:
+            raise RuntimeError(f"{gs.shape[0]} per-sample rows are not whole images of {k} draws")
+        p.grad_sample = gs.view(gs.shape[0] // k, k, *gs.shape[1:]).mean(1)
+
+
+@torch.no_grad()
+def ema_update(ema: list[torch.Tensor], params: list[torch.Tensor], decay: float, step: int) -> None:
+    """One step of the weights' moving average, with diffusers' warm-up (decay min(d, (1 + t) / (10 + t))) so that
+    a run of a few hundred steps is not dominated by the initial weights. A function of the noisy iterates only."""
+    d = min(decay, (1 + step) / (10 + step))
+    for e, p in zip(ema, params):
+        e.mul_(d).add_(p.detach(), alpha=1 - d)

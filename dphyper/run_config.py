@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from .privacy import DEFAULT_DELTA, check_epsilon_delta
 
@@ -19,6 +20,13 @@ class PrivateRunConfig:
     steps: int = field(default=25, metadata={"help": "DDIM sampling steps"})
     seed: int | None = field(default=None, metadata={"help": "seed of the *sampling* noise only (never the privacy noise)"})
     out: Path = field(default=Path("out"), metadata={"help": "output folder (the adapter file, samples/, grid.png, report.json)"})
+    # Settings added after cells were stored, at the value that runs exactly the code that ran before (same draws,
+    # same release): a stored cell's identity leaves them out at that value, so adding one stales nothing.
+    NEUTRAL: ClassVar[dict] = {}
+
+    def settings(self) -> dict:
+        """Every setting, less those at their ``NEUTRAL`` value: what a stored cell's identity hashes."""
+        return {k: v for k, v in asdict(self).items() if k not in self.NEUTRAL or v != self.NEUTRAL[k]}
 
     def __post_init__(self) -> None:
         check_epsilon_delta(self.epsilon, self.delta)  # NaN included: never "not finite, so no privacy"

@@ -11,13 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict
+
 from pathlib import Path
 
 import numpy as np
 
 from . import compare
-from .compare import DELTA, SWEEP_SETS, BenchSet, _load, _merge_cell
+from .compare import DELTA, SWEEP_FAMILIES, SWEEP_SETS, BenchSet, _load, _merge_cell
 
 # ---------------------------------------------------------------- public sweep (every method, one protocol)
 
@@ -45,7 +45,8 @@ def run_cost(hp: dict, n: int, method: str | None = None) -> int:
     batch = min(hp.get("batch_size", 64), n)
     q = 1.0 / math.ceil(n / batch)
     steps = math.ceil(hp.get("epochs", 10.0) / q)
-    return int(steps * (n * q + hp.get("public_batch_size", 0)))
+    # augmentation multiplicity: k forward/backward passes per private example
+    return int(steps * (n * q * hp.get("multiplicity", 1) + hp.get("public_batch_size", 0)))
 
 
 def hp_key(hp: dict) -> str:
@@ -64,7 +65,7 @@ def sweep_stamp(method: str, hp: dict, *, samples: int = 128, steps: int = 25, s
 
     m = get_method(method)
     cfg = m.config_cls(epsilon=1.0, delta=DELTA, samples=samples, steps=steps, seed=seed, **hp)
-    run = {k: v for k, v in asdict(cfg).items() if k != "epsilon"}  # epsilon is in the key
+    run = {k: v for k, v in cfg.settings().items() if k != "epsilon"}  # epsilon is in the key
     assets = {k: v for k, v in m.identity().items() if k not in ("defaults", "tuned")}  # tuned: the sweep's output
     assets["base_unet"] = compare.base_unet_id()  # through the module: one name to patch, one place to read
     blob = json.dumps({"run": run, "assets": assets}, sort_keys=True, default=str)
@@ -148,7 +149,7 @@ def sweep_plan(method: str, n: int, done: dict, set_name: str, band: float | Non
             # one default for every set (``one_default``): the other sets' three best too, at every epsilon
             # (a stage-2 variant of another set's best may not have run here at all), so that the candidates
             # are compared on every (set, epsilon)
-            plan += [(e, c["hp"]) for s in SWEEP_SETS if s.name != set_name
+            plan += [(e, c["hp"]) for s in family(set_name) if s.name != set_name
                      for c in rank_sweep(done, method, s.name, SWEEP_EPSILONS[0])[:3] for e in epsilons]
     seen, out = set(), []
     for e, hp in plan:
@@ -157,6 +158,11 @@ def sweep_plan(method: str, n: int, done: dict, set_name: str, band: float | Non
             seen.add(k)
             out.append((e, hp))
     return out
+
+
+def family(set_name: str) -> tuple[BenchSet, ...]:
+    """The sweep sets ``set_name`` is chosen with (``compare.SWEEP_FAMILIES``)."""
+    return next((f for f in SWEEP_FAMILIES if any(s.name == set_name for s in f)), SWEEP_SETS)
 
 
 def _halved_stage1(stage1: list[dict], ranked: list[dict], band: float | None) -> list[dict]:

@@ -13,13 +13,17 @@ from .common import BenchConfig, _executor, machine
 
 def bench_sweep(cfg: BenchConfig) -> dict:
     """The public sweep of every tunable method (resumable; ``--max-cells`` bounds one call)."""
-    from ..compare import SWEEP_SETS
+    from ..compare import KNN_SWEEP_SETS, SWEEP_SETS
     from ..sweep import run_sweep
     from ..methods import METHODS
 
     names = tuple(m for m in cfg.methods.split(",") if m) or tuple(n for n, m in METHODS.items() if m.sweep)
     wanted = [x for x in cfg.sets.split(",") if x]
-    sets = tuple(s for s in SWEEP_SETS if not wanted or s.name in wanted)
+    known = SWEEP_SETS + KNN_SWEEP_SETS
+    bad = [x for x in wanted if x not in {s.name for s in known}]
+    if bad:
+        raise ValueError(f"--sets: {bad} are not sweep sets; choose from {[s.name for s in known]}")
+    sets = tuple(s for s in known if s.name in wanted) if wanted else SWEEP_SETS
     if cfg.plan:
         from ..sweep import pending_text, sweep_pending
 
@@ -44,11 +48,11 @@ def bench_fid_noise(cfg: BenchConfig) -> dict:
     the sweep's protocol (128 samples, 25 DDIM steps). Differences between single cells smaller than this
     spread are not evidence; the sweep's successive halving uses it (``sweep.noise_bands``). Resumable:
     a set already in ``bench/fid_noise.json`` is kept."""
-    from ..compare import SWEEP_SETS, build_set, run_cell
+    from ..compare import KNN_SWEEP_SETS, SWEEP_SETS, build_set, run_cell
     from ..models import shared_models
 
     res = fid_noise_results()
-    for s in SWEEP_SETS:
+    for s in SWEEP_SETS + KNN_SWEEP_SETS:
         if s.name in res["sets"]:
             continue
         data = build_set(s, REPO_DIR / "bench")
@@ -119,19 +123,23 @@ def sweep_table(res: dict) -> str:
                     continue
                 rows += [f"**{method}**, `{s}`, ε = {eps:g}:", ""]
                 dpsgd_like = all({"lr", "max_grad_norm", "epochs", "batch_size"} <= set(c["hp"]) for c in ranked)
-                rows += (["| lr | C | epochs | batch | cost | FID | agreement | seconds |", "|---|---|---|---|---|---|---|---|"]
+                rows += (["| lr | C | epochs | batch | other | cost | FID | agreement | seconds |",
+                          "|---|---|---|---|---|---|---|---|---|"]
                          if dpsgd_like else ["| settings | cost | FID | agreement | seconds |", "|---|---|---|---|---|"])
                 for c in ranked:
                     hp = c["hp"]
                     tail = f"{c['cost']:,} | {c['fid']:.1f} | {c['agreement']:.3f} | {c['seconds_to_lora']:.0f} |"
                     if dpsgd_like:
+                        other = ", ".join(f"{k} {v}" for k, v in sorted(hp.items()) if k not in DPSGD_KEYS)
                         rows.append(f"| {hp['lr']:g} | {hp['max_grad_norm']:g} | {hp['epochs']:g} | "
-                                    f"{hp['batch_size']} | " + tail)
+                                    f"{hp['batch_size']} | {other} | " + tail)
                     else:  # another method's own settings (qem, slicing)
                         rows.append("| " + ", ".join(f"{k} {v}" for k, v in sorted(hp.items())) + " | " + tail)
                 rows.append("")
     from ..sweep import ONE_DEFAULT_EPSILONS, one_default
     from ..methods import METHODS
+
+    rows += ["", configurations_line(cells)]
 
     for m in METHODS.values():
         if m.one_default:  # one setting for every size (it keeps n private): the sweep rule's pick
@@ -150,6 +158,19 @@ def sweep_table(res: dict) -> str:
             f"{r['epochs']:g} epochs, batch {r['batch_size']} "
             + (f"(from `{r['tuned_on']}`)" if r["tuned_on"] else "(not swept yet)") for r in table) + "."]
     return "\n".join(rows)
+
+
+DPSGD_KEYS = ("lr", "max_grad_norm", "epochs", "batch_size")
+
+
+def configurations_line(cells: dict) -> str:
+    """Issue 35's protocol check: settings tried per method and set (within ±20 % of each other once a family of
+    sets is complete), from the fresh cells."""
+    count: dict[str, dict[str, int]] = {}
+    for c in cells.values():
+        count.setdefault(c["method"], {}).setdefault(c["set"], set()).add(json.dumps(c["hp"], sort_keys=True))
+    return "Settings tried per method and set (issue 35: the same number per method, within ±20 %): " + "; ".join(
+        f"{m} " + ", ".join(f"{s} {len(v)}" for s, v in sorted(by.items())) for m, by in sorted(count.items())) + "."
 
 
 def _summary(cfg: BenchConfig, res: dict) -> dict:

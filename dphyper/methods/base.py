@@ -140,7 +140,8 @@ def shipped_defaults(config_cls: type, exclude: tuple[str, ...] = ()) -> dict:
     from dataclasses import fields
 
     d = config_cls()
-    return {f.name: getattr(d, f.name) for f in fields(d) if f.name not in RUN_FIELDS + tuple(exclude)}
+    kept = d.settings() if hasattr(d, "settings") else {f.name: getattr(d, f.name) for f in fields(d)}
+    return {k: v for k, v in kept.items() if k not in RUN_FIELDS + tuple(exclude)}
 
 
 # Every audit can simulate these bugs (tests check that each is caught); a method may add its own.

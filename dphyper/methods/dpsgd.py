@@ -36,14 +36,18 @@ def identity() -> dict:
 
 
 def _stage2(n: int) -> list[dict]:
-    """Around stage 1's best: full batch, a large clip norm, and a longer run."""
-    return [{"batch_size": n}, {"max_grad_norm": 1.0}, {"epochs": 300.0 if n <= 316 else 200.0}]
+    """Around stage 1's best: full batch, a large clip norm, a longer run, and what the DP diffusion recipes add
+    (issue 35): several noise/timestep draws per image (DPDM's augmentation multiplicity) and an EMA of the
+    weights as the release."""
+    return [{"batch_size": n}, {"max_grad_norm": 1.0}, {"epochs": 300.0 if n <= 316 else 200.0},
+            {"multiplicity": 4}, {"ema": 0.999}]
 
 
 # Learning rate x length first (with Adam and C far below the per-example gradient norms, C only
-# sets the clipping regime); every run within sweep.COMPUTE_CAP.
+# sets the clipping regime); every run within sweep.COMPUTE_CAP. The rates span 1e-4 to 1e-1 (issue 35: the
+# earlier 1e-3..3e-2 put both shipped rates on an edge), 14 stage-1 runs under successive halving.
 SWEEP = {"stage1": [{"lr": lr, "max_grad_norm": 0.01, "epochs": ep, "batch_size": 64}
-                    for lr in (1e-3, 1e-2, 3e-2) for ep in (10.0, 100.0)],
+                    for lr in (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1) for ep in (10.0, 100.0)],
          "stage2": _stage2}
 
 

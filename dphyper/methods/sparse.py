@@ -402,7 +402,7 @@ def cost(hp: dict, n: int) -> int:
     q = 1.0 / math.ceil(n / batch)
     steps = math.ceil(d["epochs"] / q)
     score = {"private": n, "public": d["public_pool"], "random": 0}[d["mask"]] * d["draws"]
-    return int(score + steps * n * q)
+    return int(score + steps * n * q * d.get("multiplicity", 1))
 
 
 def identity() -> dict:
@@ -416,10 +416,10 @@ def identity() -> dict:
 def _stage2(n: int) -> list[dict]:
     """Around stage 1's best: sparsity, the budget split, the clip norm, and the two mask controls."""
     return [{"mask": "random"}, {"mask": "public"}, {"groups": 64}, {"groups": 1024}, {"split": 0.4},
-            {"split": 0.1}, {"max_grad_norm": 1.0}]
+            {"split": 0.1}, {"max_grad_norm": 1.0}, {"multiplicity": 4}, {"ema": 0.999}]
 
 
-SWEEP = {"stage1": [{"lr": lr, "epochs": ep} for lr in (3e-4, 1e-3, 3e-3) for ep in (10.0, 50.0)],
+SWEEP = {"stage1": [{"lr": lr, "epochs": ep} for lr in (1e-4, 3e-4, 1e-3, 3e-3, 1e-2) for ep in (10.0, 50.0)],
          "stage2": _stage2}
 
 
