@@ -21,13 +21,16 @@ REFERENCES = (("base", "base model"), ("nonprivate", "non-private floor"))
 
 
 def results_table(results_path: Path = RESULTS, epsilon: float = EPSILON) -> str:
-    """FID (class agreement) at ``epsilon`` per full-grid set and method, as stored (mean over the cell's runs)."""
-    from .compare import CompareSettings, summarise
-    from .methods import METHODS
+    """FID (class agreement) at ``epsilon`` per full-grid set and method, as stored: the mean over the cell's runs,
+    ± the 95 % half-width where it has several; then each method's wins / ties / losses against the flagship."""
+    from .compare import CompareSettings, summarise, table_cells
+    from .evidence import group_runs
+    from .methods import FLAGSHIP, METHODS
 
     res = json.loads(Path(results_path).read_text())
     st = CompareSettings().resolved()
     summ = summarise(res, st.sets, st.samples, st.steps)
+    runs_of = group_runs(table_cells(res, st.sets, st.samples, st.steps))
     cols = [*REFERENCES, *((name, m.label) for name, m in METHODS.items())]
     table: list[list[str]] = []
     runs: set[int] = set()
@@ -41,7 +44,8 @@ def results_table(results_path: Path = RESULTS, epsilon: float = EPSILON) -> str
                 row.append("–")
                 continue
             runs.add(cell["repeats"])
-            row.append(f"{cell['fid']:.1f} ({cell['agreement']:.2f})")
+            half = cell.get("fid_half")
+            row.append(f"{cell['fid']:.1f}" + (f"±{half:.1f}" if half is not None else "") + f" ({cell['agreement']:.2f})")
         table.append(row)
     # A method with no stored cell at all gets no empty column: the sentence under the table names it.
     empty = [j for j, (name, _) in enumerate(cols) if name not in dict(REFERENCES)
@@ -49,32 +53,53 @@ def results_table(results_path: Path = RESULTS, epsilon: float = EPSILON) -> str
     keep = [j for j in range(len(cols)) if j not in empty]
     lines = ["| set | " + " | ".join(cols[j][1] for j in keep) + " |", "|---" * (len(keep) + 1) + "|"]
     lines += ["| " + " | ".join([row[0], *(row[j + 1] for j in keep)]) + " |" for row in table]
-    # Where each method stands against the flagship, counted from the same cells (raw FID; with one run per
-    # cell a count, not evidence: BENCHMARKS' evidence section has the intervals).
-    from .methods import FLAGSHIP
-
     flag_label = dict(cols)[FLAGSHIP]
-    versus = []
-    for name, label in cols:
-        if name in dict(REFERENCES) or name == FLAGSHIP:
+    versus, untested = [], []
+    for j, (name, label) in enumerate(cols):
+        if name in dict(REFERENCES) or name == FLAGSHIP or j in empty:
             continue
         parts = []
         for eps in VERSUS_EPSILONS:
-            pairs = [(s, _at(summ.get(s, {}).get(name, {}), eps), _at(summ.get(s, {}).get(FLAGSHIP, {}), eps))
-                     for s in st.sets]
-            pairs = [(s, a["fid"], b["fid"]) for s, a, b in pairs if a is not None and b is not None]
-            below = [s for s, a, b in pairs if a < b]
-            parts.append(f"{len(below)} of {len(pairs)}" + (f" ({', '.join(below)})" if below else "")
-                         if pairs else "–")
-        versus.append(f"{label} " + " · ".join(parts))
-    lines += ["", f"Sets where a method's FID is below the {flag_label.lower()}'s, at ε = "
-              + " · ".join(f"{e:g}" for e in VERSUS_EPSILONS) + ": " + "; ".join(versus) + "."]
+            verdicts = {s: _versus(runs_of.get((s, name, _key(summ, s, name, eps))),
+                                   runs_of.get((s, FLAGSHIP, _key(summ, s, FLAGSHIP, eps)))) for s in st.sets}
+            tested = {s: v for s, v in verdicts.items() if v is not None}
+            if not tested:
+                parts.append("–")
+                continue
+            n = {k: sum(v == k for v in tested.values()) for k in ("win", "tie", "loss")}
+            wins = [s for s, v in tested.items() if v == "win"]
+            parts.append(f"{n['win']}/{n['tie']}/{n['loss']} of {len(tested)}" + (f" ({', '.join(wins)})" if wins else ""))
+        if set(parts) == {"–"}:
+            untested.append(label)
+        else:
+            versus.append(f"{label} " + " · ".join(parts))
+    lines += ["", f"Against the {flag_label.lower()}, wins/ties/losses over the sets at ε = "
+              + " · ".join(f"{e:g}" for e in VERSUS_EPSILONS) + " (a win or loss needs the paired 95 % interval of the "
+              "FID difference to exclude 0; a set counts once both cells have 2 or more paired runs): "
+              + ("; ".join(versus) if versus else "none yet") + "."
+              + (f" Not yet repeated enough to count: {', '.join(untested)}." if untested else "")]
     if empty:
         lines += ["", "No stored cells yet: " + ", ".join(cols[j][1] for j in empty) + "."]
     n_runs = ", ".join(str(r) for r in sorted(runs)) or "0"
-    head = (f"FID at ε = {epsilon:g} (class agreement), {st.samples} samples per run, runs per cell: {n_runs} "
-            "(generated from `bench/results.json` by `python -m dphyper bench --report-only`):")
+    head = (f"FID at ε = {epsilon:g} (± 95 % interval where a cell has several runs; class agreement), {st.samples} "
+            f"samples per run, runs per cell: {n_runs} (generated from `bench/results.json` by "
+            "`python -m dphyper bench --report-only`):")
     return head + "\n\n" + "\n".join(lines)
+
+
+def _key(summ: dict, s: str, method: str, epsilon: float) -> str | None:
+    """The summary's epsilon key of a method's cell at ``epsilon`` (the stored cells' own string)."""
+    return next((k for k in summ.get(s, {}).get(method, {}) if k != "base" and math.isclose(float(k), epsilon)), None)
+
+
+def _versus(mine: list[dict], flag: list[dict]) -> str | None:
+    """'win' / 'tie' / 'loss' of a method against the flagship by the paired FID rule; None under 2 paired runs."""
+    from .evidence import paired_runs
+
+    if not mine or not flag:
+        return None
+    p = paired_runs(mine, flag, "fid")
+    return None if p is None else p["verdict"]
 
 
 def _at(by_eps: dict, epsilon: float) -> dict | None:
