@@ -12,6 +12,16 @@ schedule without clipping or noise (the non-private floor).
 Grad-sample mode: ``hooks`` (Opacus' default). The LoRA layers are plain ``nn.Linear``
 modules inside peft, which hooks support; per-step cost is measured in docs/BENCHMARKS.md.
 Hyperparameter defaults come from a sweep on public sets only (never the private folder).
+
+Two settings the DP diffusion recipes tune (issue 35), each with its privacy argument:
+
+* ``multiplicity`` k (DPDM's augmentation multiplicity): an image enters a step as k rows, each with its own
+  noise and timestep draw. The k per-row gradients are averaged into one per-image gradient *before* clipping
+  (``dpsgd_steps.average_grad_samples``), so one image still moves the clipped sum by at most C: the Gaussian
+  noise sigma C, the Poisson rate and the accountant are exactly those of k = 1. Clipping each row as if it
+  were an image would give sensitivity k C; the audit's ``clip-each-draw`` variant is that bug, and is caught.
+* ``ema`` d: the release is an exponential moving average of the iterates. Every iterate is already an output
+  of the accounted mechanism (the accountant bounds the whole sequence), so the average is post-processing.
 """
 
 from __future__ import annotations
@@ -268,7 +278,7 @@ def advance_dpsgd(images: torch.Tensor, state: TrainState, *, max_steps: int = 0
                 p.copy_(state.lora[name].to(device))
     opt = torch.optim.Adam(params, lr=cfg.lr)
     k = cfg.multiplicity
-    ema = None if not cfg.ema else [state.ema[name].to(device) for name in names] if state.ema else [
+    ema = None if not cfg.ema else [state.ema[name].to(device, copy=True) for name in names] if state.ema else [
         p.detach().clone() for p in params]
     if state.opt_state is not None:
         opt.load_state_dict(state.opt_state)

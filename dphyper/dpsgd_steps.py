@@ -136,7 +136,9 @@ def average_grad_samples(params: list[torch.Tensor], k: int) -> None:
     gradient of that image's averaged loss, so clipping still bounds each image's contribution by C: the
     sensitivity, the noise and the accounting are those of k = 1."""
     for p in params:
-        gs = p.grad_sample if isinstance(p.grad_sample, torch.Tensor) else torch.cat(p.grad_sample)
+        gs = p.grad_sample
+        if not isinstance(gs, torch.Tensor):  # a list is Opacus' accumulation over batches: rows of other steps
+            raise RuntimeError("per-sample gradients of several batches cannot be merged by image")
         if gs.shape[0] % k:
             raise RuntimeError(f"{gs.shape[0]} per-sample rows are not whole images of {k} draws")
         p.grad_sample = gs.view(gs.shape[0] // k, k, *gs.shape[1:]).mean(1)

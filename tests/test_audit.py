@@ -49,6 +49,13 @@ def test_dpsgd_audit_catches_weak_noise():
     assert r["epsilon_lower_bound"] > 1.0, r
 
 
+def test_dpsgd_audit_catches_clipping_each_draw_instead_of_each_record():
+    """Augmentation multiplicity (issue 35): a record's k draws merged before clipping (shipped) keeps the claim;
+    clipping each draw as a record (sensitivity k C) is caught."""
+    r = run_audit(AuditConfig(method="dpsgd", epsilon=1.0, trials=1000, broken="clip-each-draw"))
+    assert r["epsilon_lower_bound"] > 1.0, r
+
+
 def test_unknown_variant_is_refused():
     with pytest.raises(ValueError):
         run_audit(AuditConfig(method="dpsgd", trials=10, broken="typo"))

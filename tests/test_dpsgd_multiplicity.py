@@ -128,3 +128,70 @@ def test_new_settings_stale_nothing_at_their_neutral_value_and_count_otherwise()
     # k draws per image cost k example gradients each (the compute cap counts them)
     hp = {"epochs": 10.0, "batch_size": 64}
     assert run_cost({**hp, "multiplicity": 4}, 1000) == 4 * run_cost(hp, 1000)
+
+
+def test_under_poisson_sampling_and_physical_pieces_the_step_is_the_sum_of_clipped_image_means_over_the_expected_batch():
+    """The training loop's path: a Poisson batch, k rows per image, run in pieces of 6 rows (the last one shorter),
+    each piece merged by image and accumulated (``accumulate_physical``), then one step: Opacus divides by the
+    expected batch size, never by the number of rows or pieces."""
+    import warnings
+
+    from opacus import PrivacyEngine
+
+    from dphyper.dpsgd import accumulate_physical
+
+    torch.manual_seed(1)
+    n, k, C, B = 40, 3, 0.2, 20
+    x, y = torch.randn(n, 5), torch.randn(n, 2)
+    w0 = torch.arange(10.0).view(2, 5) / 10
+    net = torch.nn.Linear(5, 2, bias=False)
+    with torch.no_grad():
+        net.weight.copy_(w0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model, opt, loader = PrivacyEngine(accountant="rdp").make_private(
+            module=net, optimizer=torch.optim.SGD(net.parameters(), lr=1.0),
+            data_loader=torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=B),
+            noise_multiplier=0.0, max_grad_norm=C, poisson_sampling=True)
+    params = [p for p in model.parameters() if p.requires_grad]
+    xb, yb = next(iter(loader))
+    assert len(xb) > 2
+    g = torch.Generator().manual_seed(2)
+    jitter = torch.randn(len(xb) * k, 5, generator=g) * 0.1  # each row's own draw
+    rows, targets = xb.repeat_interleave(k, 0) + jitter, yb.repeat_interleave(k, 0)
+    per = 2 * k  # pieces of 2 images
+    pieces = list(zip(rows.split(per), targets.split(per)))
+    opt.zero_grad(set_to_none=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for i, (xp, yp) in enumerate(pieces):
+            ((model(xp) - yp) ** 2).sum(1).mean().backward()
+            average_grad_samples(params, k)
+            if i < len(pieces) - 1:
+                accumulate_physical(opt, params, None)
+        opt.step()
+
+    def row_loss(w, r):
+        return ((rows[r] @ w.T - targets[r]) ** 2).sum()
+
+    expected = torch.zeros_like(w0)
+    for i in range(len(xb)):
+        gi = sum(torch.autograd.functional.jacobian(lambda w: row_loss(w, r), w0) for r in range(i * k, (i + 1) * k)) / k
+        expected += gi * min(1.0, C / float(gi.norm()))
+    torch.testing.assert_close(net.weight.detach(), w0 - expected / (n * (B / n)), rtol=1e-5, atol=1e-6)
+
+
+def test_merging_refuses_gradients_accumulated_over_several_batches():
+    p = torch.nn.Parameter(torch.zeros(2))
+    p.grad_sample = [torch.zeros(3, 2), torch.zeros(3, 2)]
+    with pytest.raises(RuntimeError, match="several batches"):
+        average_grad_samples([p], 3)
+
+
+def test_a_shipped_default_that_leaves_its_neutral_value_changes_the_comparison_identity(monkeypatch):
+    from dphyper.compare import method_id
+
+    before = {m: method_id(m, None, 100) for m in ("dpsgd", "pda-dpmd")}
+    # As if the sweep had shipped k = 4 (stored cells ran at 1): the default now differs from the neutral value.
+    monkeypatch.setattr(DPSGDConfig, "NEUTRAL", {"multiplicity": 4, "ema": 0.0})
+    assert all(method_id(m, None, 100) != before[m] for m in before)

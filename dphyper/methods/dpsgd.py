@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..dpsgd import DPSGDConfig, train_dpsgd
-from .base import Audit, Method, MethodResult, StepsBudget
+from .base import BROKEN_VARIANTS, Audit, Method, MethodResult, StepsBudget
 
 
 def train(images: torch.Tensor, cfg: DPSGDConfig, models, *, progress=None, cancel=None,
@@ -32,7 +32,10 @@ def train(images: torch.Tensor, cfg: DPSGDConfig, models, *, progress=None, canc
 def identity() -> dict:
     from ..dpsgd import TUNED
 
-    return {"tuned": [dict(r) for r in TUNED], "accountant": DPSGDConfig().accountant}
+    d = DPSGDConfig()
+    # A setting added later counts once its shipped default leaves the value the stored cells ran with.
+    moved = {k: getattr(d, k) for k, v in d.NEUTRAL.items() if getattr(d, k) != v}
+    return {"tuned": [dict(r) for r in TUNED], "accountant": d.accountant, **moved}
 
 
 def _stage2(n: int) -> list[dict]:
@@ -52,7 +55,7 @@ SWEEP = {"stage1": [{"lr": lr, "max_grad_norm": 0.01, "epochs": ep, "batch_size"
 
 
 def audit_scores(cfg, member: np.ndarray, steps: int = 20, batches: int = 10,
-                  pda: bool = False) -> np.ndarray:
+                  pda: bool = False, draws: int = 8) -> np.ndarray:
     """The audit of ``python -m dphyper audit --method dpsgd`` (and ``pda-dpmd``): the Opacus DP-SGD
     set-up the baseline uses (``make_private`` with Poisson sampling, per-sample clipping, sigma from
     ``dpsgd_noise_multiplier``, OS-seeded noise) on a small linear model where the canary's gradient
@@ -63,13 +66,18 @@ def audit_scores(cfg, member: np.ndarray, steps: int = 20, batches: int = 10,
     ``pda``: the PDA-DPMD update instead (``dpsgd.pda_step``: the noisy private gradient mixed
     with a public batch's gradient, weight ``pda_alpha``); its broken variant
     ``private-as-public`` draws the "public" batch from the private records (canary included).
+
+    ``draws``: every record enters as that many rows, whose per-sample gradients the shipped
+    ``average_grad_samples`` merges before clipping (augmentation multiplicity, issue 35; k = 1 is the same
+    code with nothing to merge). Its broken variant ``clip-each-draw`` skips the merge: each row is clipped as
+    if it were a record, so a record moves the sum by k C.
     """
     import warnings
 
     from opacus import PrivacyEngine
     from torch.utils.data import DataLoader, TensorDataset
 
-    from ..dpsgd import dpsgd_noise_multiplier, make_private, pda_alpha, pda_step, public_gradient
+    from ..dpsgd import average_grad_samples, dpsgd_noise_multiplier, make_private, pda_alpha, pda_step, public_gradient
 
     dim = 8
     g = torch.Generator().manual_seed(cfg.seed)
@@ -83,7 +91,7 @@ def audit_scores(cfg, member: np.ndarray, steps: int = 20, batches: int = 10,
     idx_gen = torch.Generator().manual_seed(cfg.seed + 2)  # which public rows: public, not privacy noise
     cx = torch.zeros(1, dim)
     cx[0, 0] = 100.0  # the canary: a huge gradient on coordinate 0 only (clipped to C when correct)
-    cy = torch.tensor([[-100.0]])
+    cy = torch.tensor([[-1e4]])  # far: w0 does not reach the canary's optimum (-100) and turn back within a run
     # The same Poisson rate with and without the canary (what the accountant assumes): a batch size for
     # which n and n + 1 records give the same number of batches.
     batch = math.ceil((cfg.n + 1) / batches)
@@ -124,7 +132,9 @@ def audit_scores(cfg, member: np.ndarray, steps: int = 20, batches: int = 10,
                         public_grads = public_gradient(model, list(model.parameters()), rows, len(rows), idx_gen,
                                                        lambda mdl, b: ((mdl(b[:, :dim]) - b[:, dim:]) ** 2).mean())
                     if len(xb):
-                        ((model(xb) - yb) ** 2).sum().backward()
+                        ((model(xb.repeat_interleave(draws, 0)) - yb.repeat_interleave(draws, 0)) ** 2).sum().backward()
+                        if cfg.broken != "clip-each-draw":
+                            average_grad_samples(list(model.parameters()), draws)
                     else:
                         for p in model.parameters():
                             p.grad_sample = torch.zeros((0, *p.shape))
@@ -134,6 +144,8 @@ def audit_scores(cfg, member: np.ndarray, steps: int = 20, batches: int = 10,
                         opt.step()
                     done += 1
         w0 = model._module.weight[0, 0].item()
+        if not math.isfinite(w0):  # an unclipped leak (PDA's private-as-public) can overflow: an observable output
+            w0 = 1e30
         # Each clipped canary step pushes w0 down by C / B. With PDA-DPMD, a canary that leaks into the
         # mixed update can also make w0 oscillate and grow: two statistics, -w0 and |w0|, and the
         # audit picks one on the selection half (never on the measured half).
@@ -149,6 +161,7 @@ def plan(n: int, epsilon: float, delta: float, max_steps: int) -> str:
 
 DPSGD = Method(name="dpsgd", label="DP-SGD", config_cls=DPSGDConfig, train=train, one_shot=False,
                noise="every step, into clipped per-example LoRA gradients", identity=identity, sweep=SWEEP,
-               audit=Audit(audit_scores, trials=1000, max_app_trials=1000), plan=plan,
+               audit=Audit(audit_scores, variants=(*BROKEN_VARIANTS, "clip-each-draw"), trials=1000,
+                           max_app_trials=1000), plan=plan,
                smallest={"max_steps": 3}, plot_style=("DP-SGD LoRA", "#d62728"),
                budget=StepsBudget("max_steps"), budget_unit="training steps")

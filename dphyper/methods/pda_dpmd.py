@@ -96,7 +96,7 @@ def plan(n: int, epsilon: float, delta: float, max_steps: int) -> str:
 # The audit: DP-SGD's set-up with the shipped PDA-DPMD update (``dpsgd.pda_step``: the noisy gradient mixed
 # with a public batch's gradient). Extra broken variant ``private-as-public``: the private records (canary
 # included) fed in as the "public" batch, the bug that would make the public gradient cost privacy.
-AUDIT = Audit(functools.partial(dpsgd_audit_scores, pda=True), variants=(*BROKEN_VARIANTS, "private-as-public"),
+AUDIT = Audit(functools.partial(dpsgd_audit_scores, pda=True), variants=(*BROKEN_VARIANTS, "private-as-public", "clip-each-draw"),
               trials=1000, max_app_trials=1000)
 
 PDA_DPMD = Method(name="pda-dpmd", label="PDA-DPMD", config_cls=PDADPMDConfig, train=train, one_shot=False,
