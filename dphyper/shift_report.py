@@ -121,7 +121,7 @@ def advice(release_mean, noisy_count: float, epsilon: float, labels: dict[str, s
     e = min(measured, key=lambda x: abs(math.log(x / epsilon)))
     row = next(r for r in crossovers(curv, flagship, (e,)) if r["set"] == s)
     runs = "one run per cell" if row["flagship_runs"] == 1 else f"{row['flagship_runs']} runs"
-    where = f"On the benchmark's nearest shifted set (`{s}`, measured at ε = {e:g}, {runs})"
+    where = f"On the benchmark's nearest shifted set (`{s}`, measured at ε = {e:g}, {runs}; BENCHMARKS, shifted data)"
     if not row["below"]:
         return f"{where} the {labels[flagship].lower()} still measured best (FID {row['flagship']:.0f})."
     best = row["below"][0]

@@ -122,10 +122,46 @@ def _text(curv: dict, res: dict, stored, st, labels: dict, flagship: str) -> str
     rows += ["", "The reach check's verdict on the hypernetwork's runs (its release alone): " + "; ".join(
         f"{s}: " + ", ".join(f"{v} × {k}" for (t, v), k in sorted(reach.items()) if t == s)
         for s in stored if any(t == s for t, _ in reach)) + "."]
+    rows += ["", plan_text(res, st.samples)]
     mixes = sorted({(parse(s)[0], parse(s)[2]) for s in stored if parse(s)[1] < 1})
     rows += ["", "Figure: `docs/shift.png` (FID against ε per set" + (", and against the shifted share for "
              + ", ".join(f"{k} at n = {n}" for k, n in mixes) if mixes else "; mixtures not run yet") + ")."]
     return "\n".join(rows)
+
+
+def plan_text(res: dict, samples: int) -> str:
+    """The issue's whole grid in CPU-hours, priced by the stored comparison cells' median minutes per method and n
+    (every set of that size costs about the same): each shifted set at ε 1 / 8 / 64 for every method, 3 runs
+    where a run costs under 5 minutes and 2 above (the issue's rule), less what is stored."""
+    import numpy as np
+
+    from ..methods import METHODS
+    from ..shifted_sets import all_names, parse
+
+    minutes: dict[tuple[str, int], list[float]] = {}
+    for c in res["cells"].values():
+        n = res["sets"].get(c["set"], {}).get("n")
+        if c["samples"] == samples and n and c["method"] in METHODS:
+            minutes.setdefault((c["method"], n), []).append(c["seconds_cell"] / 60)
+    have = {(c["set"], c["method"], float(c["epsilon"]), c["repeat"]) for c in res["cells"].values()
+            if c["samples"] == samples and c["epsilon"] not in (None, "inf")}
+    total, left, unpriced = 0.0, 0.0, set()
+    for name in all_names():
+        n = parse(name)[2]
+        for m in METHODS:
+            if (m, n) not in minutes:
+                unpriced.add(f"{m} at n = {n}")
+                continue
+            per = float(np.median(minutes[(m, n)]))
+            for e in (1.0, 8.0, 64.0):
+                for r in range(3 if per < 5 else 2):
+                    total += per
+                    left += 0 if (name, m, e, r) in have else per
+    return (f"**Plan** (every shifted set, {len(all_names())} of them, × every method × ε 1 / 8 / 64; 3 runs per cell, 2 "
+            f"where a run takes over 5 min), priced by the stored cells' median minutes per method and n: "
+            f"{total / 60:.0f} hours of this 2-core machine (a cell uses both cores), {left / 60:.0f} of them not run yet"
+            + (f" (not priced, no stored cell: {', '.join(sorted(unpriced))})" if unpriced else "")
+            + ". A GPU machine, when one is lent, takes the n = 1,000 training cells.")
 
 
 def _figure(curv: dict, labels: dict) -> None:
@@ -152,10 +188,16 @@ def _figure(curv: dict, labels: dict) -> None:
         for meth, m in curv["sets"][s]["methods"].items():
             label, colour = style(meth)
             if m["epsilon"]:
-                ax.plot(m["epsilon"], m["fid"], "o-", color=colour, label=label, ms=4)
+                halves = [h if h is not None else 0.0 for h in (m.get("fid_half") or [None] * len(m["epsilon"]))]
+                ax.errorbar(m["epsilon"], m["fid"], yerr=halves, fmt="o-", color=colour, label=label, ms=4,
+                            capsize=2)  # the 95 % interval over runs, where a cell has several
             elif "flat" in m:
                 ax.axhline(m["flat"]["fid"], color=colour, ls="--", label=label)
+        eps = sorted({e for m in curv["sets"][s]["methods"].values() for e in m["epsilon"]}) or [1.0]
         ax.set_xscale("log")
+        ax.minorticks_off()
+        ax.set_xticks(eps)
+        ax.set_xticklabels([f"{e:g}" for e in eps])
         ax.set(title=s, xlabel="ε", ylabel="FID")
     start = math.ceil(len(sets) / cols) * cols
     for ax, key in zip(flat[start:], share_panels):
