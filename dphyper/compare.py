@@ -28,7 +28,6 @@ import torch
 
 from .config import ASSETS_DIR, REPO_DIR
 from .privacy import DEFAULT_DELTA
-from .shifted_sets import all_names as _shifted_names
 
 EPSILONS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 QUICK_EPSILONS = (0.25, 1.0, 4.0)
@@ -40,45 +39,9 @@ SET_SEED = 2026
 CURVES_PATH = ASSETS_DIR / "curves" / "privacy_utility.json"
 
 
-@dataclass(frozen=True)
-class BenchSet:
-    """A private set's definition; the images come from ``build_set``."""
-
-    name: str
-    kind: str  # single-class | mixed | knn | least-seen
-    n: int
-    classes: tuple[int, ...] = ()  # empty for knn and least-seen (decided at build time)
-    split: str = "test"
-
-
-BENCH_SETS = (
-    BenchSet("sneakers-100", "single-class", 100, (7,)),
-    BenchSet("bags-1000", "single-class", 1000, (8,)),
-    BenchSet("mixed-100", "mixed", 100, tuple(range(10))),
-    BenchSet("mixed-1000", "mixed", 1000, tuple(range(10))),
-    BenchSet("knn-1000", "knn", 1000),
-    BenchSet("least-seen-100", "least-seen", 100),
-)
-# Private data the public data does not cover (issue 41; ``shifted_sets``): turned, inverted, glyphs, and mixtures.
-BENCH_SETS += tuple(BenchSet(name, "shifted", int(name.rsplit("-", 1)[1])) for name in _shifted_names())
-# The full run covers every kind and both sizes with four sets (the 2-core CPU's budget); the
-# other two are there for ``--sets``.
-FULL_SETS = ("sneakers-100", "least-seen-100", "mixed-1000", "knn-1000")
-QUICK_SETS = ("sneakers-100", "least-seen-100", "knn-1000")
-# DP-SGD's hyperparameters are tuned on these public (train-split) sets only.
-SWEEP_SETS = (
-    BenchSet("public-coats-100", "single-class", 100, (4,), split="train"),
-    BenchSet("public-mixed-1000", "mixed", 1000, tuple(range(10)), split="train"),
-)
-# Issue 35: public sets that discriminate. On the uniform mix (the base model's own population) standing still
-# wins, so the sweep there picked near no-ops; these are phi-k-NN neighbourhoods of the train split at both sizes
-# (knn-1000's recipe, another split and anchor), where a method that moves the model towards the private set
-# shows it. A family of its own: ``bench --suite sweep --sets public-knn-100,public-knn-1000``.
-KNN_SWEEP_SETS = (
-    BenchSet("public-knn-100", "knn", 100, split="train"),
-    BenchSet("public-knn-1000", "knn", 1000, split="train"),
-)
-SWEEP_FAMILIES = (SWEEP_SETS, KNN_SWEEP_SETS)  # a method's one default is chosen within one family
+# The sets (development, public tuning, shifted, fresh test) live in ``bench_sets``; re-exported here.
+from .bench_sets import (BENCH_SETS, FREEZE_PATH, FULL_SETS, KNN_SWEEP_SETS, QUICK_SETS, SWEEP_FAMILIES,  # noqa: E402,F401
+                         SWEEP_SETS, TEST_SETS, BenchSet, check_frozen)
 
 
 # ---------------------------------------------------------------- sets
@@ -160,7 +123,7 @@ def build_set(s: BenchSet, cache_dir: Path, seed: int = SET_SEED, max_reference:
     ref_hist = np.bincount(ref_labels, minlength=10) / len(ref_labels)
     return {"private": uint8_to_tensor(images[chosen]), "reference": uint8_to_tensor(ref_images),
             "reference_hist": torch.tensor(ref_hist, dtype=torch.float32),
-            "info": {"name": s.name, "kind": s.kind, "n": s.n, "split": s.split,
+            "info": {"name": s.name, "kind": s.kind, "n": s.n, "split": s.split, "role": s.role,
                      "classes": [CLASS_NAMES[c] for c in classes], "n_reference": int(len(ref_images)),
                      "reference_from": ref_source, "seed": seed, "note": note}}
 
@@ -369,6 +332,8 @@ def run_compare(settings: CompareSettings, log=print, executor=None) -> dict:
     unknown = [n for n in st.sets if n not in by_name]
     if unknown:
         raise ValueError(f"unknown benchmark set(s) {unknown}; choose from {list(by_name)}")
+    if not st.report_only:
+        check_frozen([by_name[n] for n in st.sets])  # a test set runs only after the freeze (bench_sets)
     for m in st.methods:
         get_method(m)  # a clear error for an unknown name
     path = Path(st.out) / "results.json"

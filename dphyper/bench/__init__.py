@@ -34,6 +34,7 @@ SUITES: dict[str, tuple[str, str, str]] = {
     "same-release": ("same_release_suite", "bench_same_release", "result"),
     "downstream": ("downstream_suite", "bench_downstream", "result"),
     "shift": ("shift_suite", "bench_shift", "result"),
+    "freeze": ("freeze_suite", "bench_freeze", "result"),
 }
 
 

@@ -22,7 +22,7 @@ class BenchConfig:
 
     suite: str = field(default="compare", metadata={"help": "which suite: compare (every method, the default), "
                                                    "sweep, fid-noise, app, audit, models, hypernet, p1, reach, sampling, executor, p4, sparse, theory, "
-                                                   "same-release, downstream or shift (compare, shift, same-release: --sets, --epsilons, --repeats, "
+                                                   "same-release, downstream, shift or freeze (compare, shift, same-release: --sets, --epsilons, --repeats, "
                                                    "--compare-samples; downstream: --methods ('real' = the private images), --epsilons, "
                                                    "--repeats, --report-only)"})
     methods: str = field(default="", metadata={"help": "compare/sweep/audit/downstream: comma-separated method names (default: "

@@ -131,9 +131,13 @@ def compare_table(curv: dict, summ: dict, tg: dict, res: dict, st) -> str:
             f"{fl.eval_every} steps apart (best weights kept; at most {fl.max_steps} steps).", "",
             "Sets (private images from the Fashion-MNIST test split; reference = held-out images of the same "
             "definition):", ""]
+    from ..bench_sets import BENCH_SETS
+
+    role = {s.name: s.role for s in BENCH_SETS}  # issue 35: development sets steered designs; test sets did not
     for name, info in res["sets"].items():
         if name in st.sets:
-            rows.append(f"- `{name}`: {info['kind']}, n = {info['n']}, classes {', '.join(info['classes']) or '–'}; "
+            rows.append(f"- `{name}` ({role.get(name, 'development')} set): {info['kind']}, n = {info['n']}, "
+                        f"classes {', '.join(info['classes']) or '–'}; "
                         f"{info['n_reference']} reference images from the {info['reference_from']} split. {info['note']}")
     rows += ["", "FID (class agreement in brackets; lower FID and higher agreement are better):", "",
              "| set | method | " + " | ".join(f"ε = {e:g}" for e in eps) + " | ε = ∞ / – |",
