@@ -106,17 +106,15 @@ def _text(curv: dict, res: dict, stored, st, labels: dict, flagship: str) -> str
                 row.append(f"{m['fid'][i]:.1f}" + (f" ± {half:.1f}" if half is not None else "")
                            + f" ·{m['runs'][i]}")
             flat = f"{m['flat']['fid']:.1f}" if "flat" in m else ""
-            rows.append(f"| {s} | {_label(meth, labels) if meth == 'base' else labels.get(meth, meth)} | "
+            rows.append(f"| {s} | {_label(meth, labels)} | "
                         + " | ".join(row) + f" | {flat} |")
     rows += ["", f"**Crossovers** (a method's FID below the {labels[flagship].lower()}'s at the same set and ε; "
              "'apart' when its 95 % interval lies wholly below the flagship's, which needs two runs of each):", ""]
     found = [r for r in crossovers(curv, flagship) if r["below"]]
     rows += [] if found else ["- none: no method measured below it on any stored cell."]
     for r in found:
-        if r["below"]:
-            rows.append(f"- {r['set']}, ε = {r['epsilon']:g} ({labels[flagship]} {r['flagship']:.1f}): " + "; ".join(
-                f"{_label(b['method'], labels)} {b['fid']:.1f}" + (" — apart" if b["apart"] else "")
-                for b in r["below"]))
+        rows.append(f"- {r['set']}, ε = {r['epsilon']:g} ({labels[flagship]} {r['flagship']:.1f}): " + "; ".join(
+            f"{_label(b['method'], labels)} {b['fid']:.1f}" + (" — apart" if b["apart"] else "") for b in r["below"]))
     reach = Counter((c["set"], (c.get("reach") or {}).get("verdict", "not recorded")) for c in cells
                     if c["method"] == flagship)
     rows += ["", "The reach check's verdict on the hypernetwork's runs (its release alone): " + "; ".join(
