@@ -123,17 +123,28 @@ def plot_png(curv: dict, path: Path) -> None:
     spare = list(axes.flat[len(names):])
     for ax in spare:
         ax.axis("off")
-    seen: dict = {}  # every method of any set, once (a method may have cells on some sets only)
-    for ax in axes.flat:
-        for h, lab in zip(*ax.get_legend_handles_labels()):
-            seen.setdefault(lab, h)
     if spare:  # an empty panel holds the legend, so no label is cut at the figure's edge
+        seen = legend_handles(axes.flat)
         spare[0].legend(list(seen.values()), list(seen), loc="center", fontsize=9, frameon=False)
         fig.tight_layout()
     else:
-        fig.legend(list(seen.values()), list(seen), loc="lower center", ncol=min(4, len(seen)), fontsize=8,
-                   frameon=False)
-        fig.tight_layout(rect=(0, 0.06 * math.ceil(len(seen) / 4), 1, 1))
+        legend_below(fig, axes.flat, 0.06)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=80)
     plt.close(fig)
+
+
+def legend_handles(axes) -> dict:
+    """Every labelled line of any panel, once (a method may have cells on some panels only): label -> handle."""
+    seen: dict = {}
+    for ax in axes:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            seen.setdefault(lab, h)
+    return seen
+
+
+def legend_below(fig, axes, row_height: float) -> None:
+    """One legend under the panels, four labels a row, with the layout leaving it room."""
+    seen = legend_handles(axes)
+    fig.legend(list(seen.values()), list(seen), loc="lower center", ncol=min(4, len(seen)), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, row_height * math.ceil(len(seen) / 4), 1, 1))

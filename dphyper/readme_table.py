@@ -60,8 +60,8 @@ def results_table(results_path: Path = RESULTS, epsilon: float = EPSILON) -> str
             continue
         parts = []
         for eps in VERSUS_EPSILONS:
-            verdicts = {s: _versus(runs_of.get((s, name, _key(summ, s, name, eps))),
-                                   runs_of.get((s, FLAGSHIP, _key(summ, s, FLAGSHIP, eps)))) for s in st.sets}
+            verdicts = {s: _versus(*(runs_of.get((s, m, _key(summ.get(s, {}).get(m, {}), eps))) for m in (name, FLAGSHIP)))
+                        for s in st.sets}
             tested = {s: v for s, v in verdicts.items() if v is not None}
             if not tested:
                 parts.append("–")
@@ -87,9 +87,9 @@ def results_table(results_path: Path = RESULTS, epsilon: float = EPSILON) -> str
     return head + "\n\n" + "\n".join(lines)
 
 
-def _key(summ: dict, s: str, method: str, epsilon: float) -> str | None:
-    """The summary's epsilon key of a method's cell at ``epsilon`` (the stored cells' own string)."""
-    return next((k for k in summ.get(s, {}).get(method, {}) if k != "base" and math.isclose(float(k), epsilon)), None)
+def _key(by_eps: dict, epsilon: float) -> str | None:
+    """The epsilon key of a method's cells at ``epsilon`` (the stored cells' own string; 'base' is no epsilon)."""
+    return next((k for k in by_eps if k != "base" and math.isclose(float(k), epsilon)), None)
 
 
 def _versus(mine: list[dict], flag: list[dict]) -> str | None:
@@ -103,10 +103,8 @@ def _versus(mine: list[dict], flag: list[dict]) -> str | None:
 
 
 def _at(by_eps: dict, epsilon: float) -> dict | None:
-    for key, cell in by_eps.items():
-        if key != "base" and (float(key) == epsilon or math.isclose(float(key), epsilon)):
-            return cell
-    return None
+    key = _key(by_eps, epsilon)
+    return None if key is None else by_eps[key]
 
 
 def readme_block(text: str, name: str = "results") -> str:

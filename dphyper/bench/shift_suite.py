@@ -52,8 +52,11 @@ def bench_shift(cfg: BenchConfig) -> dict:
     stored = tuple(s for s in all_names() if any(c["set"] == s for c in res["cells"].values()))
     summ = summarise(res, stored, st.samples, st.steps)
     curv = curves(summ, res["sets"], {"samples": st.samples, "steps": st.steps, "sampling_seed": st.seed})
+    from ..encoder import load_encoder
+
+    encoder = load_encoder()  # once for every set
     for s in stored:
-        curv["sets"][s]["release_mean"] = _clean_mean(s)
+        curv["sets"][s]["release_mean"] = _clean_mean(s, encoder)
     SHIFT_CURVES.parent.mkdir(parents=True, exist_ok=True)
     SHIFT_CURVES.write_text(json.dumps(curv, indent=1))
     labels = {k: m.label for k, m in METHODS.items()}
@@ -65,14 +68,14 @@ def bench_shift(cfg: BenchConfig) -> dict:
     return {"sets": list(stored), "crossovers": [r for r in crossovers(curv, FLAGSHIP) if r["below"]]}
 
 
-def _clean_mean(name: str) -> list[float]:
+def _clean_mean(name: str, encoder) -> list[float]:
     """The shifted set's clipped mean embedding, without noise: public data (the test split, drawn glyphs)."""
-    from ..encoder import embed, load_encoder
+    from ..encoder import embed
     from ..privacy import clip_embeddings
     from ..shifted_sets import build_shifted
 
     x = build_shifted(name)["private"]
-    emb = clip_embeddings(embed(x, load_encoder()), max_norm=1.0)
+    emb = clip_embeddings(embed(x, encoder), max_norm=1.0)
     return [round(float(v), 5) for v in emb.mean(0)]
 
 
@@ -169,7 +172,7 @@ def _figure(curv: dict, labels: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..plots import style
+    from ..plots import legend_below, style
     from ..shifted_sets import parse
 
     sets = list(curv["sets"])
@@ -213,12 +216,7 @@ def _figure(curv: dict, labels: dict) -> None:
     used = len(sets) if not share_panels else start + len(share_panels)
     for ax in flat[used:]:
         ax.axis("off")
-    seen: dict = {}
-    for ax in flat:
-        for h, lab in zip(*ax.get_legend_handles_labels()):
-            seen.setdefault(lab, h)
-    fig.legend(list(seen.values()), list(seen), loc="lower center", ncol=min(4, len(seen)), fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.07 * math.ceil(len(seen) / 4), 1, 1))
+    legend_below(fig, flat, 0.07)
     FIGURE.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(FIGURE, dpi=80)
     plt.close(fig)

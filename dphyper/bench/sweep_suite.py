@@ -90,6 +90,7 @@ def fid_noise_text(res: dict) -> str:
 
 def sweep_table(res: dict) -> str:
     """Per method, set and epsilon: every configuration tried, best FID first."""
+    from ..dpsgd import TUNED_KEYS
     from ..sweep import fresh_sweep_cells, rank_sweep
 
     rows = ["## Public sweep of every tunable method (`python -m dphyper bench --suite sweep`)", "",
@@ -122,7 +123,7 @@ def sweep_table(res: dict) -> str:
                 if not ranked:
                     continue
                 rows += [f"**{method}**, `{s}`, ε = {eps:g}:", ""]
-                dpsgd_like = all({"lr", "max_grad_norm", "epochs", "batch_size"} <= set(c["hp"]) for c in ranked)
+                dpsgd_like = all(set(TUNED_KEYS) <= set(c["hp"]) for c in ranked)
                 rows += (["| lr | C | epochs | batch | other | cost | FID | agreement | seconds |",
                           "|---|---|---|---|---|---|---|---|---|"]
                          if dpsgd_like else ["| settings | cost | FID | agreement | seconds |", "|---|---|---|---|---|"])
@@ -130,7 +131,7 @@ def sweep_table(res: dict) -> str:
                     hp = c["hp"]
                     tail = f"{c['cost']:,} | {c['fid']:.1f} | {c['agreement']:.3f} | {c['seconds_to_lora']:.0f} |"
                     if dpsgd_like:
-                        other = ", ".join(f"{k} {v}" for k, v in sorted(hp.items()) if k not in DPSGD_KEYS)
+                        other = ", ".join(f"{k} {v}" for k, v in sorted(hp.items()) if k not in TUNED_KEYS)
                         rows.append(f"| {hp['lr']:g} | {hp['max_grad_norm']:g} | {hp['epochs']:g} | "
                                     f"{hp['batch_size']} | {other} | " + tail)
                     else:  # another method's own settings (qem, slicing)
@@ -158,9 +159,6 @@ def sweep_table(res: dict) -> str:
             f"{r['epochs']:g} epochs, batch {r['batch_size']} "
             + (f"(from `{r['tuned_on']}`)" if r["tuned_on"] else "(not swept yet)") for r in table) + "."]
     return "\n".join(rows)
-
-
-DPSGD_KEYS = ("lr", "max_grad_norm", "epochs", "batch_size")
 
 
 def configurations_line(cells: dict) -> str:

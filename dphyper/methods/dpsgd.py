@@ -34,7 +34,7 @@ def identity() -> dict:
 
     d = DPSGDConfig()
     # A setting added later counts once its shipped default leaves the value the stored cells ran with.
-    moved = {k: getattr(d, k) for k, v in d.NEUTRAL.items() if getattr(d, k) != v}
+    moved = {k: v for k, v in d.settings().items() if k in d.NEUTRAL}
     return {"tuned": [dict(r) for r in TUNED], "accountant": d.accountant, **moved}
 
 
