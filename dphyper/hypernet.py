@@ -44,9 +44,13 @@ HYPERNET_PATH = ASSETS_DIR / "hypernet" / "hypernet.safetensors"  # the shipped 
 class HyperNetwork(nn.Module):
     """H: (S, d) means and (S,) noise stds -> {lora param name: (S, *shape)}."""
 
-    def __init__(self, lora_shapes: dict[str, tuple[int, ...]], embed_dim: int = 64, hidden: int = 256) -> None:
+    def __init__(self, lora_shapes: dict[str, tuple[int, ...]], embed_dim: int = 64, hidden: int = 256,
+                 depth: int = 1) -> None:
         super().__init__()
+        if depth < 1 or hidden < 1:
+            raise ValueError(f"H needs depth >= 1 and hidden >= 1, got depth {depth}, hidden {hidden}")
         self.embed_dim = embed_dim
+        self.depth = depth
         self.a_names = [n for n in lora_shapes if ".lora_A." in n]
         self.b_names = [n for n in lora_shapes if ".lora_B." in n]
         self.b_shapes = [tuple(lora_shapes[n]) for n in self.b_names]
@@ -57,9 +61,10 @@ class HyperNetwork(nn.Module):
             w = torch.empty(lora_shapes[n])
             nn.init.kaiming_uniform_(w, a=math.sqrt(5))
             self.lora_a.append(nn.Parameter(w))
+        # ``depth`` hidden blocks after the input layer (the shipped H has 1; the ablation varies it).
         self.trunk = nn.Sequential(
             nn.Linear(2 * embed_dim + 2, hidden), nn.SiLU(),
-            nn.Linear(hidden, hidden), nn.LayerNorm(hidden), nn.SiLU(),
+            *[layer for _ in range(depth) for layer in (nn.Linear(hidden, hidden), nn.LayerNorm(hidden), nn.SiLU())],
         )
         self.head = nn.Linear(hidden, sum(self.b_sizes))
         nn.init.zeros_(self.head.weight)
@@ -127,7 +132,8 @@ def lora_shapes_of(unet: nn.Module) -> dict[str, tuple[int, ...]]:
 
 
 def save_hypernet(h: HyperNetwork, path: Path, extra: dict[str, str] | None = None) -> None:
-    meta = {"embed_dim": str(h.embed_dim), "hidden": str(h.head.in_features), "anchor_radius": str(h.anchor_radius),
+    meta = {"embed_dim": str(h.embed_dim), "hidden": str(h.head.in_features), "depth": str(h.depth),
+            "anchor_radius": str(h.anchor_radius),
             **(extra or {})}
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().contiguous() for k, v in h.state_dict().items()}, str(path), metadata=meta)
@@ -142,7 +148,7 @@ def load_hypernet(unet_with_lora: nn.Module, path: Path | None = None, device: t
     with safe_open(str(path), "pt") as fh:
         meta = fh.metadata() or {}
     h = HyperNetwork(lora_shapes_of(unet_with_lora), embed_dim=int(meta.get("embed_dim", 64)),
-                     hidden=int(meta.get("hidden", 256)))
+                     hidden=int(meta.get("hidden", 256)), depth=int(meta.get("depth", 1)))
     tensors = load_file(str(path))
     if "anchor" in tensors:
         h.set_anchor(tensors["anchor"], radius=float(meta.get("anchor_radius", 0.0)))

@@ -87,6 +87,49 @@ def summary_line(curv: dict, labels: dict[str, str], flagship: str) -> str:
         f"{_label(m, labels)} in {len(v)}" for m, v in sorted(counts.items(), key=lambda kv: -len(kv[1]))) + "."
 
 
+def lowest_table(curv: dict, labels: dict[str, str], flagship: str) -> str:
+    """Per shifted set (share shifted, n) and ε: which method measured the lowest FID, against the flagship's.
+
+    The README's "when another method wins" table and the app's, generated from the stored curves; a cell says
+    "apart" only when the evidence rule does (``crossovers``), else the lower mean is just that.
+    """
+    from .shifted_sets import parse
+
+    rows = crossovers(curv, flagship)
+    if not rows:
+        return ""
+    eps = sorted({r["epsilon"] for r in rows})
+    flag = labels[flagship].lower()
+    out = ["| set (shifted share, n) | " + " | ".join(f"ε = {e:g}" for e in eps) + " |",
+           "|---|" + "---|" * len(eps)]
+    for s in sorted({r["set"] for r in rows}, key=lambda k: (parse(k)[0], parse(k)[2], parse(k)[1])):
+        _, share, n = parse(s)
+        cells = []
+        for e in eps:
+            r = next((r for r in rows if r["set"] == s and r["epsilon"] == e), None)
+            if r is None:
+                cells.append("")
+            elif not r["below"]:
+                cells.append(f"{flag} {r['flagship']:.0f}")
+            else:
+                b = r["below"][0]
+                cells.append(f"**{_label(b['method'], labels)}** {b['fid']:.0f} vs {r['flagship']:.0f}"
+                             + (" (apart)" if b["apart"] else ""))
+        out.append(f"| {s} ({100 * share:.0f} %, {n}) | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def readme_block(curv: dict, labels: dict[str, str], flagship: str) -> str:
+    """The README's generated shifted-data block (the app shows the same): the count sentence, then the table of
+    which method measured lowest per set and ε ("A vs B": A's FID against the flagship's)."""
+    table = lowest_table(curv, labels, flagship)
+    line = summary_line(curv, labels, flagship)
+    if not table:
+        return line
+    return (line + f" Lowest FID per set and ε (bold: the method below the {labels[flagship].lower()}, against "
+            "its FID; 'apart': 95 % intervals separate):\n\n" + table)
+
+
 def load(path: Path = SHIFT_CURVES) -> dict | None:
     try:
         return json.loads(Path(path).read_text())

@@ -50,6 +50,7 @@ class HypernetTrainConfig:
     p_no_privacy: float = field(default=0.2, metadata={"help": "probability of epsilon = inf for a set"})
     delta: float = field(default=DEFAULT_DELTA, metadata={"help": "delta of the simulated releases"})
     hidden: int = field(default=256, metadata={"help": "width of H's hidden layers"})
+    depth: int = field(default=1, metadata={"help": "hidden blocks of H after its input layer (the ablation's sizes)"})
     lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate"})
     warmup_steps: int = field(default=100, metadata={"help": "linear learning-rate warm-up"})
     limit_images: int = field(default=0, metadata={"help": "use only the first N public images (0 = all; for tests)"})
@@ -158,7 +159,7 @@ def train_hypernet(cfg: HypernetTrainConfig, images: torch.Tensor | None = None)
 
     unet = add_lora(load_unet(device=device))
     unet.requires_grad_(False)
-    hyper = HyperNetwork(lora_shapes_of(unet), embed_dim=emb.shape[1], hidden=cfg.hidden).to(device)
+    hyper = HyperNetwork(lora_shapes_of(unet), embed_dim=emb.shape[1], hidden=cfg.hidden, depth=cfg.depth).to(device)
     if cfg.anchor:
         hyper.set_anchor(clipped_mean(emb), radius=cfg.anchor_radius)  # the public population's mean
     if cfg.freeze_a:

@@ -353,3 +353,25 @@ def test_freeze_a_keeps_the_shared_down_projections(tmp_path):
     a_keys = [k for k in h1 if k.startswith("lora_a.")]
     assert a_keys and all(torch.equal(h1[k], h2[k]) for k in a_keys)  # A stayed where it was
     assert any(not torch.equal(h1[k], h2[k]) for k in h1 if k.startswith("head."))  # the step moved the head
+
+
+def test_depth_and_width_are_saved_and_loaded_and_depth_one_keeps_the_shipped_layout(tmp_path):
+    """The ablation's H sizes (issue 41): a deeper, wider H round-trips through its file; depth 1 is today's H,
+    whose parameter names the shipped checkpoint uses."""
+    from dphyper.hypernet import load_hypernet, save_hypernet
+
+    unet = _unet()
+    shapes = lora_shapes_of(unet)
+    assert [k for k in HyperNetwork(shapes).state_dict() if k.startswith("trunk")] == [
+        "trunk.0.weight", "trunk.0.bias", "trunk.2.weight", "trunk.2.bias", "trunk.3.weight", "trunk.3.bias"]
+    h = HyperNetwork(shapes, hidden=32, depth=3)
+    assert sum(isinstance(m, torch.nn.LayerNorm) for m in h.trunk) == 3
+    torch.nn.init.normal_(h.head.weight, std=0.05)
+    save_hypernet(h, tmp_path / "h.safetensors")
+    h2 = load_hypernet(unet, tmp_path / "h.safetensors", device=torch.device("cpu"))
+    assert (h2.depth, h2.head.in_features) == (3, 32)
+    mean = torch.randn(64)
+    a, b = h.generate(mean, 0.1), h2.generate(mean, 0.1)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match="depth"):
+        HyperNetwork(shapes, depth=0)

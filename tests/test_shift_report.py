@@ -61,6 +61,21 @@ def test_summary_line_counts_cells_per_method():
     assert shift_report.summary_line({"sets": {}}, LABELS, "hyp").startswith("The shifted sets have no")
 
 
+def test_lowest_table_names_the_lowest_method_per_set_and_epsilon():
+    table = shift_report.lowest_table(_curv(), LABELS, "hyp").splitlines()
+    assert table[0] == "| set (shifted share, n) | ε = 1 | ε = 8 |"
+    rows = {r.split(" |")[0].lstrip("| "): r for r in table[2:]}
+    # glyphs: PE at eps 1 with separated intervals; DP-SGD's single run at eps 8, a lower mean only
+    assert "**Private Evolution** 150 vs 200 (apart)" in rows["shift-glyphs-100 (100 %, 100)"]
+    assert "**DP-SGD** 120 vs 180 |" in rows["shift-glyphs-100 (100 %, 100)"]
+    assert rows["shift-rot90-100 (100 %, 100)"].startswith("| shift-rot90-100 (100 %, 100) | hypernetwork 70 |")
+    assert list(rows) == ["shift-glyphs-100 (100 %, 100)", "shift-rot90-100 (100 %, 100)",
+                          "shift-rot90-1000 (100 %, 1000)"]  # by kind, then n
+    block = shift_report.readme_block(_curv(), LABELS, "hyp")
+    assert block.startswith(shift_report.summary_line(_curv(), LABELS, "hyp")) and block.endswith(table[-1])
+    assert shift_report.readme_block({"sets": {}}, LABELS, "hyp").startswith("The shifted sets have no")
+
+
 def test_advice_picks_the_nearest_set_by_released_count_and_mean_then_the_nearest_epsilon():
     c = _curv()
     # n ~ 100, mean near the glyphs' -> glyphs; eps 6 -> the measured 8
@@ -85,7 +100,7 @@ def test_readme_sentence_is_generated_from_the_stored_shift_curves():
 
     block = re.search(r"<!-- shift:start -->\n(.*?)\n<!-- shift:end -->", README.read_text(), re.S)
     assert block, "README lost its generated shift sentence"
-    assert block.group(1) == shift_report.summary_line(curv, {k: m.label for k, m in METHODS.items()}, FLAGSHIP)
+    assert block.group(1) == shift_report.readme_block(curv, {k: m.label for k, m in METHODS.items()}, FLAGSHIP)
 
 
 def test_an_outside_run_gets_the_advice_and_a_within_run_does_not(monkeypatch):

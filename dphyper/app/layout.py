@@ -84,12 +84,12 @@ def where_others_win() -> str:
 def shifted_data_line() -> str:
     """The shifted-data benchmark's generated sentence (the README's too), from its stored curves."""
     from ..methods import FLAGSHIP, METHODS
-    from ..shift_report import load, summary_line
+    from ..shift_report import load, readme_block
 
     curv = load()
     if not curv:
         return "The shifted-data benchmark that measures it has not run yet."
-    return summary_line(curv, {k: m.label for k, m in METHODS.items()}, FLAGSHIP) + " (`bench --suite shift`)"
+    return "(`bench --suite shift`) " + readme_block(curv, {k: m.label for k, m in METHODS.items()}, FLAGSHIP)
 
 
 def public_api() -> list[str]:

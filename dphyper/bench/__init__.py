@@ -35,6 +35,7 @@ SUITES: dict[str, tuple[str, str, str]] = {
     "downstream": ("downstream_suite", "bench_downstream", "result"),
     "shift": ("shift_suite", "bench_shift", "result"),
     "freeze": ("freeze_suite", "bench_freeze", "result"),
+    "ablation": ("ablation_suite", "bench_ablation", "result"),
 }
 
 

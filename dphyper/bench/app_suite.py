@@ -157,6 +157,9 @@ def _p3_in_browser(url: str, files: list[Path], repeats: int = 3) -> list[dict]:
             total = time.perf_counter() - t
             n_img = page.locator("img[src*='gradio_api/file'], img[src*='/file=']").count()
             out.append({"total": total, "upload_and_decode": t_upload, "images": n_img})
+            # The base model's column refreshes after the run: let it finish here, or it runs into the next
+            # repeat's upload and run and times two visitors' work as one.
+            page.wait_for_selector("text=no fine-tuning, public only", timeout=120000)
             page.close()
         browser.close()
     return out

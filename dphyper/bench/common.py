@@ -22,7 +22,7 @@ class BenchConfig:
 
     suite: str = field(default="compare", metadata={"help": "which suite: compare (every method, the default), "
                                                    "sweep, fid-noise, app, audit, models, hypernet, p1, reach, sampling, executor, p4, sparse, theory, "
-                                                   "same-release, downstream, shift or freeze (compare, shift, same-release: --sets, --epsilons, --repeats, "
+                                                   "same-release, downstream, shift, freeze or ablation (compare, shift, same-release: --sets, --epsilons, --repeats, "
                                                    "--compare-samples; downstream: --methods ('real' = the private images), --epsilons, "
                                                    "--repeats, --report-only)"})
     methods: str = field(default="", metadata={"help": "compare/sweep/audit/downstream: comma-separated method names (default: "
@@ -38,6 +38,11 @@ class BenchConfig:
     repeats: int = field(default=1, metadata={"help": "compare: repeats of each private cell (new privacy noise and sampling seed)"})
     epsilons: str = field(default="", metadata={"help": "compare: comma-separated epsilons to run, in this order (default: "
                                                   "the full or quick grid); the tables still show every stored cell"})
+    train_steps: int = field(default=1000, metadata={"help": "ablation: training steps of every H variant (the same "
+                                                     "budget for each; 5435 = the shipped recipe's)"})
+    train_minutes: float = field(default=0.0, metadata={"help": "ablation: stop training after about this many minutes "
+                                                        "in this call, keeping the state; rerun to continue (0 = no "
+                                                        "limit)"})
     samples: int = field(default=1000, metadata={"help": "generated images per FID (models suite)"})
     set_samples: int = field(default=256, metadata={"help": "generated images per example set (hypernet suite)"})
     steps: int = field(default=25, metadata={"help": "DDIM steps for every sample"})

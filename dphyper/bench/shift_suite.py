@@ -33,7 +33,7 @@ def bench_shift(cfg: BenchConfig) -> dict:
     from ..compare import CompareSettings, run_compare, summarise
     from ..methods import FLAGSHIP, METHODS
     from ..plots import curves
-    from ..shift_report import EPSILONS, SHIFT_CURVES, crossovers, summary_line
+    from ..shift_report import EPSILONS, SHIFT_CURVES, crossovers, readme_block
     from ..shifted_sets import all_names
 
     sets = tuple(s for s in cfg.sets.split(",") if s) or DEFAULT_SETS
@@ -64,7 +64,7 @@ def bench_shift(cfg: BenchConfig) -> dict:
     write_section(cfg.doc, "shift", _text(curv, res, stored, st, labels, FLAGSHIP))
     from ..readme_table import README
 
-    write_section(README, "shift", summary_line(curv, labels, FLAGSHIP))
+    write_section(README, "shift", readme_block(curv, labels, FLAGSHIP))
     return {"sets": list(stored), "crossovers": [r for r in crossovers(curv, FLAGSHIP) if r["below"]]}
 
 
