@@ -46,15 +46,16 @@ def _open_clip():
     return open_clip
 
 
-def build_clip() -> nn.Module:
-    """A randomly initialised open_clip model of the custom config (no download).
+def build_clip(embed_dim: int = EMBED_DIM) -> nn.Module:
+    """A randomly initialised open_clip model of the custom config (no download); ``embed_dim`` is φ's output
+    dimension (64 shipped; the ablation trains 32 and 128 by the same command).
 
     open_clip logs "no pretrained weights, initialized randomly" on the root logger; that
     is the intent here (our weights are loaded right after), so it is silenced.
     """
     logging.disable(logging.WARNING)
     try:
-        return _open_clip().create_model(MODEL_NAME, pretrained=None)
+        return _open_clip().create_model(MODEL_NAME, pretrained=None, embed_dim=int(embed_dim))
     finally:
         logging.disable(logging.NOTSET)
 
@@ -62,9 +63,9 @@ def build_clip() -> nn.Module:
 class Encoder(nn.Module):
     """phi: (N, 1, 32, 32) in [-1, 1] -> (N, 64) unit vectors."""
 
-    def __init__(self, visual: nn.Module | None = None) -> None:
+    def __init__(self, visual: nn.Module | None = None, embed_dim: int = EMBED_DIM) -> None:
         super().__init__()
-        self.visual = visual if visual is not None else build_clip().visual
+        self.visual = visual if visual is not None else build_clip(embed_dim).visual
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # The ViT takes RGB; the profile is grayscale, so the channel is repeated.
@@ -75,8 +76,9 @@ def load_encoder(path: Path | None = None, device: torch.device | None = None) -
     path = Path(path or ENCODER_PATH)
     if not path.exists():
         raise FileNotFoundError(f"No encoder at {path}: run `python -m dphyper train encoder` first.")
-    enc = Encoder()
-    enc.visual.load_state_dict(load_file(str(path)))
+    tensors = load_file(str(path))
+    enc = Encoder(embed_dim=tensors["proj"].shape[1] if "proj" in tensors else EMBED_DIM)  # φ's width, from its file
+    enc.visual.load_state_dict(tensors)
     return enc.requires_grad_(False).eval().to(device or get_device())
 
 
@@ -113,11 +115,13 @@ class EncoderTrainConfig:
     max_minutes: float = field(default=0.0, metadata={"help": "stop after about this many minutes, keeping the state; rerun to continue (0 = no limit)"})
     chunk_steps: int = field(default=0, metadata={"help": "stop after this many steps in this invocation, keeping the state (0 = no limit)"})
     save_every: int = field(default=100, metadata={"help": "keep the state every this many steps"})
+    embed_dim: int = field(default=EMBED_DIM, metadata={"help": "dimension of φ's embedding (64 shipped; the "
+                                                             "ablation's 32 and 128)"})
     eval_images: int = field(default=0, metadata={"help": "zero-shot accuracy on the first N test images (0 = all 10,000)"})
 
 
 # What must match for a saved state to be continued (the rest only says where and how long to run).
-_STATE_KEYS = ("epochs", "batch_size", "lr", "contrastive_weight", "limit_images", "seed")
+_STATE_KEYS = ("epochs", "batch_size", "lr", "contrastive_weight", "limit_images", "seed", "embed_dim")
 
 
 def _state_path(cfg: EncoderTrainConfig) -> Path:
@@ -145,7 +149,7 @@ def train_encoder(cfg: EncoderTrainConfig) -> dict:
     x, y = load_fashion_mnist("train")
     if cfg.limit_images:
         x, y = x[: cfg.limit_images], y[: cfg.limit_images]
-    clip = build_clip()
+    clip = build_clip(cfg.embed_dim)
     tokenizer = _open_clip().get_tokenizer(MODEL_NAME)
     captions = tokenizer([f"a photo of a {name.lower()}" for name in CLASS_NAMES])
     encoder = Encoder(clip.visual)
@@ -211,7 +215,7 @@ def train_encoder(cfg: EncoderTrainConfig) -> dict:
     seconds += time.time() - t0
     encoder.eval()
     result = {"done": True, "epochs": cfg.epochs, "train_seconds": round(seconds, 1), "loss_history": history,
-              "embed_dim": EMBED_DIM, "model": MODEL_NAME}
+              "embed_dim": cfg.embed_dim, "model": MODEL_NAME}
     try:  # zero-shot accuracy on the test split, for the record only
         xt, yt = load_fashion_mnist("test")
         if cfg.eval_images:

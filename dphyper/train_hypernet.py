@@ -50,6 +50,8 @@ class HypernetTrainConfig:
     p_no_privacy: float = field(default=0.2, metadata={"help": "probability of epsilon = inf for a set"})
     delta: float = field(default=DEFAULT_DELTA, metadata={"help": "delta of the simulated releases"})
     hidden: int = field(default=256, metadata={"help": "width of H's hidden layers"})
+    encoder: Path = field(default=ENCODER_PATH, metadata={"help": "φ to train H on (the shipped encoder; the "
+                                                                  "ablation's other embedding dimensions)"})
     depth: int = field(default=1, metadata={"help": "hidden blocks of H after its input layer (the ablation's sizes)"})
     lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate"})
     warmup_steps: int = field(default=100, metadata={"help": "linear learning-rate warm-up"})
@@ -67,16 +69,17 @@ class HypernetTrainConfig:
                                                             "(Hang et al. 2023; 0 = the plain noise MSE)"})
 
 
-def public_embeddings(images: torch.Tensor, cache: Path | None = None) -> torch.Tensor:
+def public_embeddings(images: torch.Tensor, cache: Path | None = None, encoder: Path = ENCODER_PATH) -> torch.Tensor:
     """phi of every public image, cached next to the training state."""
     from .encoder import embed, load_encoder
 
-    key = f"{ENCODER_PATH.stat().st_mtime_ns}-{len(images)}" if ENCODER_PATH.exists() else None
+    encoder = Path(encoder)
+    key = f"{encoder.resolve()}-{encoder.stat().st_mtime_ns}-{len(images)}" if encoder.exists() else None
     if cache is not None and cache.exists():
         saved = torch.load(cache, weights_only=False)
         if saved.get("key") == key:
             return saved["emb"]
-    emb = embed(images, load_encoder(device=torch.device("cpu")))
+    emb = embed(images, load_encoder(encoder, device=torch.device("cpu")))
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         torch.save({"key": key, "emb": emb}, cache)
@@ -155,7 +158,7 @@ def train_hypernet(cfg: HypernetTrainConfig, images: torch.Tensor | None = None)
         labels = None if labels is None else labels[: cfg.limit_images]
     work = Path(cfg.work_dir)
     work.mkdir(parents=True, exist_ok=True)
-    emb = public_embeddings(images, work / "public_embeddings.pt")
+    emb = public_embeddings(images, work / "public_embeddings.pt", cfg.encoder)
 
     unet = add_lora(load_unet(device=device))
     unet.requires_grad_(False)
