@@ -57,6 +57,10 @@ def bench_shift(cfg: BenchConfig) -> dict:
     encoder = load_encoder()  # once for every set
     for s in stored:
         curv["sets"][s]["release_mean"] = _clean_mean(s, encoder)
+        # the reach check's verdicts on the flagship's runs (what a user of that set was told)
+        curv["sets"][s]["reach"] = dict(sorted(Counter(
+            (c.get("reach") or {}).get("verdict", "not recorded") for c in res["cells"].values()
+            if c["set"] == s and c["method"] == FLAGSHIP and c["samples"] == st.samples).items()))
     SHIFT_CURVES.parent.mkdir(parents=True, exist_ok=True)
     SHIFT_CURVES.write_text(json.dumps(curv, indent=1))
     labels = {k: m.label for k, m in METHODS.items()}
@@ -210,11 +214,13 @@ def _figure(curv: dict, labels: dict) -> None:
                 m = curv["sets"][s]["methods"].get(meth, {})
                 if 8.0 in m.get("epsilon", []):
                     pts.append((100 * x, m["fid"][m["epsilon"].index(8.0)]))
+                elif not m.get("epsilon") and "flat" in m:  # the base model: one cell per set, at every ε
+                    pts.append((100 * x, m["flat"]["fid"]))
             if len(pts) > 1:
-                ax.plot(*zip(*pts), "o-", color=style(meth)[1], label=style(meth)[0], ms=4)
+                ax.plot(*zip(*pts), "o--" if meth == "base" else "o-", color=style(meth)[1], label=style(meth)[0],
+                        ms=4)
         ax.set(title=f"{key[0]}, n = {key[1]}, ε = 8", xlabel="% shifted", ylabel="FID")
-    used = len(sets) if not share_panels else start + len(share_panels)
-    for ax in flat[used:]:
+    for ax in flat[len(sets):start] + flat[start + len(share_panels):]:  # the grid's empty places
         ax.axis("off")
     legend_below(fig, flat, 0.07)
     FIGURE.parent.mkdir(parents=True, exist_ok=True)
