@@ -61,7 +61,7 @@ def build_clip(embed_dim: int = EMBED_DIM) -> nn.Module:
 
 
 class Encoder(nn.Module):
-    """phi: (N, 1, 32, 32) in [-1, 1] -> (N, 64) unit vectors."""
+    """phi: (N, 1, 32, 32) in [-1, 1] -> (N, d) unit vectors (d = 64 shipped)."""
 
     def __init__(self, visual: nn.Module | None = None, embed_dim: int = EMBED_DIM) -> None:
         super().__init__()
@@ -84,7 +84,7 @@ def load_encoder(path: Path | None = None, device: torch.device | None = None) -
 
 @torch.inference_mode()
 def embed(x: torch.Tensor, encoder: Encoder | None = None, batch_size: int = 64) -> torch.Tensor:
-    """Embeddings (N, 64) of images (N, 1, 32, 32), computed in batches.
+    """Embeddings (N, d) of images (N, 1, 32, 32), computed in batches (d = 64 for the shipped φ).
 
     Batches of 64 are the fastest on the 2-core CPU (0.92 s for 1,000 images, against 1.6 s
     at 512: the activations stay in cache); see docs/BENCHMARKS.md.
