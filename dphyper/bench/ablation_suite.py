@@ -45,6 +45,7 @@ VARIANTS = {
 }
 REFERENCE = next(iter(VARIANTS))
 ENCODER_RECIPE = {"epochs": 1}  # the shipped φ's command: `python -m dphyper train encoder --epochs 1`
+SHIPPED_STEPS = 5435  # assets/hypernet/hypernet.json: the shipped H's training steps
 EPSILONS = (1.0, math.inf)
 DEV_SETS = ("sneakers-100", "least-seen-100", "knn-1000", "mixed-1000")
 WORK = REPO_DIR / "runs" / "ablation"
@@ -197,15 +198,35 @@ def _runs(res: dict, variant: str, s: str, eps: float, samples: int) -> list[dic
             and c["epsilon"] == ("inf" if math.isinf(eps) else eps) and c["samples"] == samples]
 
 
+def _shipped_runs(samples: int) -> dict:
+    """(set, ε) -> the shipped flagship's FIDs in the comparison's stored cells (``bench/results.json``)."""
+    from ..methods import FLAGSHIP
+
+    out: dict = {}
+    for c in _json(REPO_DIR / "bench" / "results.json").get("cells", {}).values():
+        if c.get("method") == FLAGSHIP and c.get("samples") == samples:
+            out.setdefault((c["set"], c["epsilon"]), []).append(c["fid"])
+    return out
+
+
+def _fmt(fids: list[float]) -> str:
+    """'mean ± 95 % half-width (runs)'; no half-width for one run."""
+    from ..evidence import mean_interval
+
+    iv = mean_interval(fids)
+    return f"{iv['mean']:.1f}" + ("" if math.isnan(iv["half_width"]) else f" ± {iv['half_width']:.1f}") + f" ({iv['runs']})"
+
+
 def report(res: dict, steps: int, samples: int) -> str:
     """BENCHMARKS' ablation section, generated from ``bench/ablation.json``."""
-    from ..evidence import mean_interval, paired_runs
+    from ..evidence import paired_runs
 
     rows = ["## The hypernetwork's capacity, ablated (`python -m dphyper bench --suite ablation`)", "",
             f"Machine: {machine()}. Each H trained from scratch by `train_hypernet` with the trainer's defaults, "
-            f"seed 0 and the same budget of {steps} steps (only width and depth differ; today's size, 256 wide with "
-            "one hidden block, retrained the same way, is the reference). Each cell: the flagship's comparison "
-            f"cell with that H, {samples} samples, 25 DDIM steps, sampling seed = run index (paired across "
+            f"seed 0 and the same budget of {steps} steps ({100 * steps / SHIPPED_STEPS:.0f} % of the shipped recipe's "
+            f"{SHIPPED_STEPS:,}; only width and depth, or φ's dimension, differ; today's size, 256 wide with one "
+            "hidden block on the shipped 64-d φ, retrained the same way, is the reference). Each cell: the flagship's "
+            f"comparison cell with that H, {samples} samples, 25 DDIM steps, sampling seed = run index (paired across "
             "variants), new privacy noise per run. A win or loss needs the paired 95 % interval of the FID "
             "difference to exclude 0.", ""]
     done = {v: i for v, i in res.get("variants", {}).items() if v in VARIANTS}
@@ -220,31 +241,34 @@ def report(res: dict, steps: int, samples: int) -> str:
             d = (f"{d} (its φ: {i['encoder']['train_seconds'] / 60:.0f} min, zero-shot "
                  f"{i['encoder'].get('test_zero_shot_accuracy', float('nan')):.3f})")
         loss = "–" if i["final_loss"] is None else f"{i['final_loss']:.4f}"  # logged every 25 steps
-        rows.append(f"| {v}{' (reference)' if v == REFERENCE else ''} | {d} | {i['hidden']} × {i['depth']} | {trunk:,} | "
-                    f"{i['steps']} | {i['train_seconds'] / 60:.1f} min | {loss} |")
+        name = f"{v} (reference)" if v == REFERENCE else v
+        rows.append(f"| {name} | {d} | {i['hidden']} × {i['depth']} | {trunk:,} | {i['steps']} |"
+                    f" {i['train_seconds'] / 60:.1f} min | {loss} |")
     sets = sorted({c["set"] for c in res["cells"].values()})
-    rows += ["", "FID, mean ± 95 % half-width (runs); against the reference: paired difference and verdict:", "",
-             "| set | ε | " + " | ".join(done) + " |", "|---|---|" + "---|" * len(done)]
+    shipped = _shipped_runs(samples)
+    rows += ["", "FID, mean ± 95 % half-width (runs); against the reference: paired difference and verdict. The last "
+             "column is the shipped H (its full recipe) in the comparison's stored cells, for scale:", "",
+             "| set | ε | " + " | ".join(done) + " | shipped H |", "|---|---|" + "---|" * (len(done) + 1)]
     for s in sets:
         for eps in EPSILONS:
             ref = _runs(res, REFERENCE, s, eps, samples)
+            fids = shipped.get((s, "inf" if math.isinf(eps) else eps), [])
             cells = []
             for v in done:
                 runs = _runs(res, v, s, eps, samples)
                 if not runs:
                     cells.append("")
                     continue
-                iv = mean_interval([r["fid"] for r in runs])
-                text = f"{iv['mean']:.1f}" + ("" if math.isnan(iv["half_width"]) else f" ± {iv['half_width']:.1f}")
-                text += f" ({iv['runs']})"
+                text = _fmt([r["fid"] for r in runs])
                 d = paired_runs(runs, ref) if v != REFERENCE else None
                 if d:
                     text += f"; {d['diff']:+.1f} [{d['low']:+.1f}, {d['high']:+.1f}] {d['verdict']}"
                 cells.append(text)
+            cells.append(_fmt(fids) if fids else "")
             rows.append(f"| {s} | {'∞' if math.isinf(eps) else f'{eps:g}'} | " + " | ".join(cells) + " |")
     missing = [v for v in VARIANTS if v not in done]
-    rows += ["", "Cost of the shipped recipe instead (5,435 steps, 6,320 s for today's H on this machine): about 1.8 h "
-             "per variant, plus 0.5 h for each φ variant's encoder (one epoch, as shipped). A GPU machine, when one is "
-             "lent, takes them by the same command with `--train-steps 5435`."
+    rows += ["", f"Cost of the shipped recipe instead ({SHIPPED_STEPS:,} steps, 6,320 s for today's H on this machine): "
+             "about 1.8 h per variant, plus 0.5 h for each φ variant's encoder (one epoch, as shipped). A GPU machine, "
+             f"when one is lent, takes them by the same command with `--train-steps {SHIPPED_STEPS}`."
              + (f" Not trained yet at this budget: {', '.join(missing)}." if missing else "")]
     return "\n".join(rows)
