@@ -134,7 +134,8 @@ def reach_line(curv: dict, flagship: str) -> str:
     text = "The reach check's verdicts on the hypernetwork's runs: " + "; ".join(
         f"{s} " + ", ".join(f"{k} {n}" for k, n in r.items()) + f" of {sum(r.values())}" for s, r in told.items()) + "."
     if misses:
-        text += (f" On {', '.join(misses)} it said 'within' on most runs although the base model alone measured below "
+        names = misses[0] if len(misses) == 1 else ", ".join(misses[:-1]) + " and " + misses[-1]
+        text += (f" On {names} it said 'within' on most runs although the base model alone measured below "
                  "the hypernetwork at every ε: the check reads the released mean only, and a partly shifted set can "
                  "have a mean inside the public reach.")
     return text
