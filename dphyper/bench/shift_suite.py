@@ -84,7 +84,7 @@ def _clean_mean(name: str, encoder) -> list[float]:
 
 
 def _text(curv: dict, res: dict, stored, st, labels: dict, flagship: str) -> str:
-    from ..shift_report import _label, crossovers
+    from ..shift_report import _label, crossovers, summary_line
     from ..shifted_sets import parse
 
     cells = [c for c in res["cells"].values() if c["set"] in stored and c["samples"] == st.samples]
@@ -115,6 +115,7 @@ def _text(curv: dict, res: dict, stored, st, labels: dict, flagship: str) -> str
             flat = f"{m['flat']['fid']:.1f}" if "flat" in m else ""
             rows.append(f"| {s} | {_label(meth, labels)} | "
                         + " | ".join(row) + f" | {flat} |")
+    rows += ["", summary_line(curv, labels, flagship)]
     rows += ["", f"**Crossovers** (a method's FID below the {labels[flagship].lower()}'s at the same set and ε; "
              "'apart' when its 95 % interval lies wholly below the flagship's, which needs two runs of each):", ""]
     found = [r for r in crossovers(curv, flagship) if r["below"]]
