@@ -111,14 +111,8 @@ class _WithHypernet:
         return getattr(self._models, name)
 
 
-def _save(res: dict) -> None:
-    tmp = RESULTS.with_suffix(".tmp")
-    tmp.write_text(json.dumps(res, indent=1, sort_keys=True))
-    tmp.replace(RESULTS)  # never half-written
-
-
 def bench_ablation(cfg: BenchConfig) -> dict:
-    from ..compare import _set_data, run_cell
+    from ..compare import _save, _set_data, run_cell
     from ..bench_sets import BENCH_SETS
     from ..encoder import load_encoder
     from ..hypernet import load_hypernet
@@ -165,7 +159,7 @@ def bench_ablation(cfg: BenchConfig) -> dict:
             if enc is not None:
                 trained = json.loads(Path(enc.out).with_suffix(".json").read_text())
                 res["variants"][v]["encoder"] = {k: x for k, x in trained.items() if k != "loss_history"}
-            _save(res)
+            _save(RESULTS, res)  # never half-written
         models = shared_models()
         for v, info in res["variants"].items():
             if v not in VARIANTS or info["recipe"] != recipe_id(v, steps) or not (WORK / v).exists():
@@ -186,7 +180,7 @@ def bench_ablation(cfg: BenchConfig) -> dict:
                                         seed=cfg.seed + rep)
                         cell.update({"set": s, "variant": v, "recipe": info["recipe"], "repeat": rep})
                         res["cells"][key] = cell
-                        _save(res)
+                        _save(RESULTS, res)  # never half-written
                         print(f"{key}: FID {cell['fid']:.1f} ({cell['seconds_cell']:.0f} s)", flush=True)
     write_section(cfg.doc, "ablation", report(res, steps, cfg.compare_samples))
     return {"variants": res["variants"], "cells": len(res["cells"]), "file": str(RESULTS)}
